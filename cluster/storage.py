@@ -1,0 +1,202 @@
+"""One storage layer for a local folder or an ``s3://`` URI.
+
+Tables are folders of Parquet *parts*. A part is written whole or not at all (a local
+part goes to a hidden temporary name and is renamed; an S3 object only appears once its
+upload completes), and it records in its Parquet metadata the ids of the items it
+finished, so a stage that is stopped and re-run skips exactly what is done. A part that
+cannot be read (a truncated file left by a crash of some other writer) is moved to
+``_corrupt/`` and its items are simply done again.
+
+No Ray here: this module is used by single-process jobs and inside Ray tasks alike.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import posixpath
+import uuid
+from typing import Any, Iterable
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+DONE_KEY = b"partdistill.done_ids"
+
+
+class StorageError(RuntimeError):
+    """Storage that cannot be used; the message names the location and what to do."""
+
+
+def _s3_options(endpoint_url: str = "", region: str = "") -> dict[str, Any]:
+    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+    client: dict[str, Any] = {}
+    if endpoint:
+        client["endpoint_url"] = endpoint
+    region = region or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+    if region:
+        client["region_name"] = region
+    return {"client_kwargs": client} if client else {}
+
+
+class Storage:
+    """Files and Parquet tables under one root (``runs`` or ``s3://bucket/prefix``).
+
+    Paths given to methods are relative to the root, ``/``-separated.
+    """
+
+    def __init__(self, root: str, endpoint_url: str = "", region: str = "") -> None:
+        if not root:
+            raise StorageError("storage.root is empty: give a folder or an s3:// URI")
+        self.root_uri = root.rstrip("/")
+        self.endpoint_url = endpoint_url
+        self.region = region
+        protocol, _, rest = self.root_uri.partition("://")
+        if not rest:
+            protocol, rest = "file", os.path.abspath(self.root_uri)
+        self.protocol = protocol
+        if protocol == "s3":
+            self.fs = fsspec.filesystem("s3", **_s3_options(endpoint_url, region))
+            self._check_bucket(rest.split("/", 1)[0])
+        elif protocol == "file":
+            self.fs = fsspec.filesystem("file", auto_mkdir=True)
+            os.makedirs(rest, exist_ok=True)
+        else:
+            raise StorageError(f"storage.root={root!r}: unsupported scheme {protocol!r} (use a folder or s3://)")
+        self.base = rest.rstrip("/")
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "Storage":
+        """From a ``StorageConfig``."""
+        return cls(cfg.root, cfg.endpoint_url, cfg.region)
+
+    # -- paths -----------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        """Filesystem path (no scheme) of ``parts`` under the root."""
+        return posixpath.join(self.base, *[p.strip("/") for p in parts if p])
+
+    def uri(self, *parts: str) -> str:
+        """Full URI (with scheme for S3) of ``parts`` under the root."""
+        p = self.path(*parts)
+        return f"s3://{p}" if self.protocol == "s3" else p
+
+    def pyarrow_filesystem(self) -> Any:
+        """A pyarrow filesystem over the same storage (for Ray Data and Ray Train)."""
+        from pyarrow.fs import FSSpecHandler, LocalFileSystem, PyFileSystem
+
+        if self.protocol == "file":
+            return LocalFileSystem()
+        return PyFileSystem(FSSpecHandler(self.fs))
+
+    def _check_bucket(self, bucket: str) -> None:
+        try:
+            self.fs.ls(bucket, refresh=True)
+        except FileNotFoundError:
+            raise StorageError(
+                f"storage.root={self.root_uri}: bucket {bucket!r} does not exist"
+                f"{' at ' + self.endpoint_url if self.endpoint_url else ''}; create it "
+                f"(aws s3 mb s3://{bucket}) or point storage.root elsewhere"
+            ) from None
+        except PermissionError as e:
+            raise StorageError(
+                f"storage.root={self.root_uri}: access to bucket {bucket!r} denied ({e}); "
+                "check AWS credentials (AWS_ACCESS_KEY_ID / instance profile)"
+            ) from None
+        except OSError as e:
+            raise StorageError(
+                f"storage.root={self.root_uri}: cannot reach bucket {bucket!r} ({e}); check "
+                "storage.endpoint_url / AWS_ENDPOINT_URL and the network"
+            ) from None
+
+    # -- files -----------------------------------------------------------------
+    def exists(self, *parts: str) -> bool:
+        return self.fs.exists(self.path(*parts))
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Write a whole file atomically (temp + rename locally; one PUT on S3)."""
+        target = self.path(rel)
+        if self.protocol == "file":
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            tmp = posixpath.join(os.path.dirname(target), f".tmp-{uuid.uuid4().hex}-{os.path.basename(target)}")
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, target)
+        else:
+            self.fs.pipe_file(target, data)
+
+    def read_bytes(self, rel: str) -> bytes:
+        return self.fs.cat_file(self.path(rel))
+
+    def write_json(self, rel: str, obj: Any) -> None:
+        self.write_bytes(rel, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+    def read_json(self, rel: str) -> Any:
+        return json.loads(self.read_bytes(rel))
+
+    def listdir(self, rel: str) -> list[str]:
+        """Names (not paths) in a folder; [] when it does not exist."""
+        p = self.path(rel)
+        if not self.fs.exists(p):
+            return []
+        return sorted(posixpath.basename(x.rstrip("/")) for x in self.fs.ls(p, detail=False, refresh=True))
+
+    def delete(self, rel: str) -> None:
+        p = self.path(rel)
+        if self.fs.exists(p):
+            self.fs.rm(p, recursive=True)
+
+    # -- Parquet tables made of parts -------------------------------------------
+    def part_names(self, table_dir: str) -> list[str]:
+        """The readable parts of a table folder, sorted; unreadable ones are quarantined."""
+        good = []
+        for name in self.listdir(table_dir):
+            if not name.endswith(".parquet") or name.startswith((".", "_")):
+                continue
+            try:
+                with self.fs.open(self.path(table_dir, name), "rb") as f:
+                    pq.read_metadata(f)
+                good.append(name)
+            except Exception as e:  # noqa: BLE001 - any unreadable part is quarantined alike
+                log.warning("part %s/%s is unreadable (%s): moved to _corrupt/, its items will be redone", table_dir, name, e)
+                self.fs.mv(self.path(table_dir, name), self.path(table_dir, "_corrupt", name))
+        return good
+
+    def write_part(self, table_dir: str, table: pa.Table, done_ids: Iterable[str], name: str = "") -> str:
+        """Write one part; ``done_ids`` are the items it finishes (even ones with no rows)."""
+        done = sorted(set(done_ids))
+        meta = dict(table.schema.metadata or {})
+        meta[DONE_KEY] = json.dumps(done).encode()
+        table = table.replace_schema_metadata(meta)
+        name = name or f"part-{uuid.uuid4().hex[:16]}.parquet"
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression="zstd")
+        self.write_bytes(posixpath.join(table_dir, name), sink.getvalue().to_pybytes())
+        return name
+
+    def done_ids(self, table_dir: str) -> set[str]:
+        """Ids of the items finished by the readable parts of a table folder."""
+        done: set[str] = set()
+        for name in self.part_names(table_dir):
+            with self.fs.open(self.path(table_dir, name), "rb") as f:
+                md = pq.read_schema(f).metadata or {}
+            done.update(json.loads(md.get(DONE_KEY, b"[]")))
+        return done
+
+    def read_table(self, table_dir: str, columns: list[str] | None = None, schema: pa.Schema | None = None) -> pa.Table:
+        """All readable parts of a table folder as one table (empty table when none)."""
+        tables = []
+        for name in self.part_names(table_dir):
+            with self.fs.open(self.path(table_dir, name), "rb") as f:
+                tables.append(pq.read_table(f, columns=columns))
+        if not tables:
+            if schema is None:
+                raise StorageError(f"{self.uri(table_dir)}: no table here (run the stage that writes it)")
+            return schema.empty_table() if columns is None else schema.empty_table().select(columns)
+        return pa.concat_tables([t.replace_schema_metadata(None) for t in tables], promote_options="default")
+
+    def part_uris(self, table_dir: str) -> list[str]:
+        return [self.uri(table_dir, n) for n in self.part_names(table_dir)]

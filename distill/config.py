@@ -1,0 +1,329 @@
+"""The one typed configuration schema of every job.
+
+Layers, later wins: the dataclass defaults below → a YAML preset (``--config FILE``)
+→ ``key=value`` command-line overrides (omegaconf dotlist syntax, lists as ``[a,b]``).
+A misspelled key or a value of the wrong type fails at load with the key's full name;
+the ``__post_init__`` checks then validate values (ranges, choices).
+
+Each stage owns one dataclass. Pure data: no IO beyond reading the YAML file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the key and the fix."""
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}")
+
+
+def _positive(key: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+DATA_SOURCES = ("procedural", "psb", "shapenetpart", "files", "generated", "table")
+
+
+@dataclass
+class StorageConfig:
+    """Where every artifact of a run lives: ``{root}/{run}/...``."""
+
+    root: str = "runs"
+    """A local folder or a URI such as ``s3://bucket/prefix``."""
+    endpoint_url: str = ""
+    """S3-compatible endpoint (e.g. ``http://127.0.0.1:5000``); empty: the AWS default,
+    or ``AWS_ENDPOINT_URL`` from the environment."""
+    region: str = ""
+    """S3 region; empty: ``AWS_DEFAULT_REGION`` or us-east-1."""
+
+
+@dataclass
+class DataConfig:
+    """Which shapes a stage reads."""
+
+    source: str = "procedural"
+    """procedural (the embedded corpus) | psb | shapenetpart | files (any mesh / point
+    cloud trimesh reads) | generated (a generated shape table) | table (a Parquet shape
+    table at ``path``)."""
+    path: str = ""
+    """Dataset folder (psb, shapenetpart, files) or shape-table folder/URI (table)."""
+    categories: list[str] = field(default_factory=list)
+    """Categories to keep; empty: all the source has."""
+    split: str = "all"
+    """all | train | val | test. ShapeNetPart uses its official lists; other sources
+    split by sorted id within each category: ``train`` = first half, ``test`` = rest."""
+    num_points: int = 2048
+    """Points per shape (DESIGN §3: 2048)."""
+    per_category: int = 0
+    """At most this many shapes per category (0: all). For ``procedural``: how many to make
+    (0: 24)."""
+    category: str = ""
+    """For ``files``: the category of every file (empty: each file's folder name)."""
+    part_names: list[str] = field(default_factory=list)
+    """For ``files``: the part names of ``category`` when it is not a known category."""
+
+    def __post_init__(self) -> None:
+        _choice("data.source", self.source, DATA_SOURCES)
+        _choice("data.split", self.split, ("all", "train", "val", "test"))
+        if self.num_points < 16:
+            raise ConfigError(f"data.num_points={self.num_points} is too small (>= 16)")
+        _positive("data.per_category", self.per_category, allow_zero=True)
+        if self.source in ("psb", "shapenetpart", "files", "table") and not self.path:
+            raise ConfigError(f"data.source={self.source} needs data.path (a folder or URI)")
+
+
+@dataclass
+class EvalConfig:
+    """The shapes a student is evaluated on (``mode=pre``); empty source: ``data`` itself."""
+
+    data: DataConfig = field(default_factory=lambda: DataConfig(source="procedural"))
+    enabled: bool = True
+
+
+@dataclass
+class RenderConfig:
+    """Multi-view rendering (DESIGN §3: PartSLIP's 10 views at distance 2.2, 800²)."""
+
+    views: str = "partslip"
+    """partslip | ring | sphere."""
+    num_views: int = 10
+    """For ring / sphere view sets."""
+    image_size: int = 800
+    distance: float = 2.2
+    fov_deg: float = 50.0
+    point_radius: float = 0.02
+    """Splat radius (unit-sphere units) when a shape has no mesh."""
+    depth_tolerance: float = 0.02
+    """A point is visible when it is at most this far behind the rendered surface."""
+    backend: str = "auto"
+    """auto | embree (trimesh ray casting) | torch (splatting / rasteriser)."""
+
+    def __post_init__(self) -> None:
+        _choice("render.views", self.views, ("partslip", "ring", "sphere"))
+        _choice("render.backend", self.backend, ("auto", "embree", "torch", "pytorch3d"))
+        if self.image_size < 16:
+            raise ConfigError(f"render.image_size={self.image_size} is too small (>= 16)")
+        _positive("render.num_views", self.num_views)
+        _positive("render.distance", self.distance)
+
+
+@dataclass
+class TeacherConfig:
+    """The 2D teacher whose predictions become knowledge units."""
+
+    name: str = "simulated"
+    """simulated | grounding_dino | owlv2 | clipseg | grounded_sam."""
+    model: str = ""
+    """Hub id or local directory of the model (real teachers)."""
+    sam_model: str = ""
+    """Hub id or local directory of SAM (grounded_sam)."""
+    preset: str = "glip_like"
+    """Simulated teacher's error model: glip_like | clean."""
+    output: str = "box"
+    """Simulated teacher's output: box | mask."""
+    score_threshold: float = 0.5
+    whole_object_fraction: float = 0.98
+    """Drop boxes covering at least this fraction of the projected shape's box."""
+    prompt_template: str = "{part}"
+    """Prompt per part; ``{part}`` and ``{category}`` are filled in."""
+    batch_size: int = 10
+    device: str = "auto"
+    """auto (CUDA when present) | cpu | cuda."""
+
+    def __post_init__(self) -> None:
+        _choice(
+            "teacher.name",
+            self.name,
+            ("simulated", "grounding_dino", "owlv2", "clipseg", "grounded_sam"),
+        )
+        _choice("teacher.preset", self.preset, ("glip_like", "clean"))
+        _choice("teacher.output", self.output, ("box", "mask"))
+        _choice("teacher.device", self.device, ("auto", "cpu", "cuda"))
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise ConfigError(f"teacher.score_threshold={self.score_threshold} not in [0, 1]")
+        if "{part}" not in self.prompt_template:
+            raise ConfigError("teacher.prompt_template must contain '{part}'")
+
+
+@dataclass
+class StudentConfig:
+    """The 3D point-cloud student."""
+
+    backbone: str = "dgcnn"
+    width: int = 64
+    """Base channel width."""
+    k: int = 20
+    """Neighbours per point for local geometric context."""
+    use_normals: bool = False
+    dropout: float = 0.3
+    pretrained: str = ""
+    """Optional state-dict file of a pretrained encoder."""
+
+    def __post_init__(self) -> None:
+        _positive("student.width", self.width)
+        _positive("student.k", self.k)
+
+
+@dataclass
+class TrainConfig:
+    """Forward then backward distillation (DESIGN §3)."""
+
+    epochs: int = 25
+    batch_size: int = 16
+    lr: float = 3e-3
+    lr_min: float = 3e-5
+    weight_decay: float = 0.0
+    bd_rounds: int = 1
+    """Backward-distillation rounds (0: forward distillation only)."""
+    bd_trigger: str = "plateau"
+    """plateau (5-epoch moving average of the loss changes by < bd_plateau_delta) | epoch."""
+    bd_epoch: int = 10
+    """Epoch of the first re-scoring when bd_trigger=epoch."""
+    bd_plateau_delta: float = 0.01
+    select: str = "last"
+    """Which checkpoint is reported: last (fixed schedule) | val (best on a validation
+    split of the distillation shapes, scored against teacher knowledge, never test labels)."""
+    augment: bool = True
+    checkpoint_every: int = 1
+    """Epochs between checkpoints."""
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        _positive("train.epochs", self.epochs)
+        _positive("train.batch_size", self.batch_size)
+        _positive("train.lr", self.lr)
+        _positive("train.bd_rounds", self.bd_rounds, allow_zero=True)
+        _choice("train.bd_trigger", self.bd_trigger, ("plateau", "epoch"))
+        _choice("train.select", self.select, ("last", "val"))
+        _choice("train.device", self.device, ("auto", "cpu", "cuda"))
+
+
+@dataclass
+class GenerationConfig:
+    """Shape generators (procedural or text-to-3D)."""
+
+    name: str = "procedural"
+    """procedural | shap_e."""
+    model: str = ""
+    count: int = 0
+    """Shapes per category (0: data.per_category, else 24)."""
+    categories: list[str] = field(default_factory=list)
+    num_inference_steps: int = 64
+    guidance_scale: float = 15.0
+
+    def __post_init__(self) -> None:
+        _choice("generation.name", self.name, ("procedural", "shap_e"))
+        _positive("generation.count", self.count, allow_zero=True)
+
+
+@dataclass
+class ClusterConfig:
+    """Ray resources per stage. ``address`` empty: ``RAY_ADDRESS`` or a local Ray."""
+
+    address: str = ""
+    num_cpus: int = 0
+    """CPUs of a local Ray (0: all of this machine's)."""
+    render_cpus: float = 1.0
+    teacher_actors: int = 1
+    teacher_gpus: float = 0.0
+    train_workers: int = 1
+    gpus_per_worker: float = 0.0
+
+
+@dataclass
+class Config:
+    """Every job's configuration."""
+
+    run: str = "default"
+    """Run name: artifacts go to ``{storage.root}/{run}/``."""
+    seed: int = 0
+    mode: str = "pre"
+    """pre: distil on ``data`` and evaluate on ``eval.data`` | tta: distil on the shapes to
+    be segmented."""
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    progress: bool = True
+    """Show progress bars."""
+
+    def __post_init__(self) -> None:
+        _choice("mode", self.mode, ("pre", "tta"))
+        if not self.run or "/" in self.run:
+            raise ConfigError(f"run={self.run!r} must be a non-empty name without '/'")
+
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def _resolve_preset(path: str) -> str:
+    """``smoke`` or ``configs/smoke.yaml`` or any path → an existing YAML file."""
+    candidates = [path, os.path.join(CONFIG_DIR, path), os.path.join(CONFIG_DIR, f"{path}.yaml")]
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            return candidate
+    presets = sorted(f[:-5] for f in os.listdir(CONFIG_DIR) if f.endswith(".yaml"))
+    raise ConfigError(f"--config {path!r}: no such file; presets: {', '.join(presets)}")
+
+
+def load_config(argv: list[str] | None = None, **overrides: Any) -> Config:
+    """Build the typed config from ``[--config FILE] [key=value ...]``.
+
+    ``overrides`` (keyword form, dotted keys written with ``__``: ``data__path=...``) are
+    applied last; tests use them.
+    """
+    argv = list(argv or [])
+    preset: str | None = None
+    dotlist: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("--config", "-c"):
+            if i + 1 >= len(argv):
+                raise ConfigError("--config needs a file name or preset name")
+            preset = argv[i + 1]
+            i += 2
+            continue
+        if arg.startswith("--config="):
+            preset = arg.split("=", 1)[1]
+        elif "=" in arg and not arg.startswith("-"):
+            dotlist.append(arg)
+        else:
+            raise ConfigError(f"argument {arg!r}: expected --config FILE or key=value")
+        i += 1
+    dotlist += [f"{k.replace('__', '.')}={v}" for k, v in overrides.items()]
+
+    schema = OmegaConf.structured(Config)
+    layers = [schema]
+    try:
+        if preset is not None:
+            layers.append(OmegaConf.load(_resolve_preset(preset)))
+        layers.append(OmegaConf.from_dotlist(dotlist))
+        merged = OmegaConf.merge(*layers)
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or ""
+        first = str(e).splitlines()[0]
+        where = f" (from {preset})" if preset else ""
+        raise ConfigError(f"config key {key!r}{where}: {first}") from None
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain-dict view of a config (for JSON summaries and checkpoints)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
