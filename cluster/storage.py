@@ -17,7 +17,8 @@ import logging
 import os
 import posixpath
 import uuid
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import fsspec
 import pyarrow as pa
@@ -106,7 +107,7 @@ class Storage:
                 f"storage.root={self.root_uri}: access to bucket {bucket!r} denied ({e}); "
                 "check AWS credentials (AWS_ACCESS_KEY_ID / instance profile)"
             ) from None
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001 - botocore's connection errors are no OSError
             raise StorageError(
                 f"storage.root={self.root_uri}: cannot reach bucket {bucket!r} ({e}); check "
                 "storage.endpoint_url / AWS_ENDPOINT_URL and the network"
@@ -161,7 +162,9 @@ class Storage:
                     pq.read_metadata(f)
                 good.append(name)
             except Exception as e:  # noqa: BLE001 - any unreadable part is quarantined alike
-                log.warning("part %s/%s is unreadable (%s): moved to _corrupt/, its items will be redone", table_dir, name, e)
+                log.warning(
+                    "part %s/%s is unreadable (%s): moved to _corrupt/, its items will be redone", table_dir, name, e
+                )
                 self.fs.mv(self.path(table_dir, name), self.path(table_dir, "_corrupt", name))
         return good
 

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -56,9 +57,7 @@ UNIT_SCHEMA = pa.schema(
     ]
 )
 
-REJECT_SCHEMA = pa.schema(
-    [("item", pa.string()), ("stage", pa.string()), ("reason", pa.string())]
-)
+REJECT_SCHEMA = pa.schema([("item", pa.string()), ("stage", pa.string()), ("reason", pa.string())])
 
 
 class ShapeError(ValueError):
@@ -128,9 +127,7 @@ class Shape:
             if self.labels.shape != (n,):
                 raise ShapeError(f"shape {self.shape_id}: labels {self.labels.shape} != ({n},)")
             if self.labels.max(initial=-1) >= len(self.part_names) or self.labels.min(initial=0) < -1:
-                raise ShapeError(
-                    f"shape {self.shape_id}: labels outside [-1, {len(self.part_names) - 1}]"
-                )
+                raise ShapeError(f"shape {self.shape_id}: labels outside [-1, {len(self.part_names) - 1}]")
 
     @property
     def num_points(self) -> int:
@@ -250,8 +247,14 @@ class KnowledgeUnits:
 
     def with_scores(self, score: np.ndarray, round: int) -> "KnowledgeUnits":
         return KnowledgeUnits(
-            self.shape_id, self.view, self.label, np.asarray(score, np.float32),
-            self.point_idx, self.offsets, self.teacher, round,
+            self.shape_id,
+            self.view,
+            self.label,
+            np.asarray(score, np.float32),
+            self.point_idx,
+            self.offsets,
+            self.teacher,
+            round,
         )
 
 

@@ -1,0 +1,66 @@
+"""The frame every job runs in: config → storage → stage → one-line JSON summary.
+
+``python jobs/X.py [--config FILE] [key=value ...]`` calls ``run_job``: a bad config or an
+unusable storage root ends the job at once with a one-line error naming the key (exit 2);
+the stage's summary is printed as the *last line* of standard output and merged into
+``{root}/{run}/metrics.json`` under the job's name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cluster.storage import Storage, StorageError
+from distill.config import Config, ConfigError, load_config, to_dict
+
+log = logging.getLogger("partdistill")
+
+StageFn = Callable[[Config, Storage], dict[str, Any]]
+
+
+def setup_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def record_metrics(storage: Storage, run: str, job: str, summary: dict[str, Any]) -> None:
+    """Merge ``summary`` into ``{run}/metrics.json`` under ``job`` (read-modify-write)."""
+    rel = f"{run}/metrics.json"
+    metrics: dict[str, Any] = {}
+    if storage.exists(rel):
+        try:
+            metrics = storage.read_json(rel)
+        except (ValueError, OSError):
+            log.warning("%s was unreadable; starting it afresh", storage.uri(rel))
+    metrics[job] = summary
+    metrics["last_job"] = job
+    storage.write_json(rel, metrics)
+
+
+def run_job(job: str, stage: StageFn, argv: list[str] | None = None) -> dict[str, Any]:
+    """Run one job from the command line; returns its summary (tests call this directly)."""
+    setup_logging()
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        cfg = load_config(argv)
+        storage = Storage.from_config(cfg.storage)
+    except (ConfigError, StorageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    log.info("%s: run=%s storage=%s", job, cfg.run, storage.uri(cfg.run))
+    storage.write_json(f"{cfg.run}/config/{job}.json", to_dict(cfg))
+    start = time.perf_counter()
+    summary = stage(cfg, storage)
+    summary = {"job": job, "run": cfg.run, **summary, "seconds": round(time.perf_counter() - start, 2)}
+    record_metrics(storage, cfg.run, job, summary)
+    print(json.dumps(summary, sort_keys=False, default=str), flush=True)
+    return summary

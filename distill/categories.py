@@ -1,0 +1,145 @@
+"""Known categories and their part names, in label order (label k = ``part_names[k]``).
+
+The tables are constants so that the label order never depends on which files a run
+happens to ingest. Procedural categories live in ``generation.procedural`` (distill must
+not import generation); they reuse the ShapeNetPart names and orders, so a student
+distilled on procedural shapes can be evaluated on ShapeNetPart directly.
+"""
+
+from __future__ import annotations
+
+# ShapeNetPart, from shapenet-part-order_meta.json (PartDistill's prompts), except Lamp:
+# that file lists 2 parts but the dataset's Lamp labels have 4 (global ids 24..27).
+SHAPENETPART_PARTS: dict[str, list[str]] = {
+    "Airplane": ["body", "wing", "tail", "engine"],
+    "Bag": ["handle", "body"],
+    "Cap": ["panels or crown", "visor or peak"],
+    "Car": ["roof", "hood", "wheel or tire", "body"],
+    "Chair": ["back", "seat", "leg", "armrest"],
+    "Earphone": ["earcup", "headband", "data wire"],
+    "Guitar": ["head or tuners", "neck", "body"],
+    "Knife": ["blade", "handle"],
+    "Lamp": ["base", "lampshade", "canopy", "tube"],
+    "Laptop": ["keyboard", "screen or monitor"],
+    "Motorbike": ["gas tank", "seat", "wheel", "handle", "headlight", "frame"],
+    "Mug": ["handle", "cup"],
+    "Pistol": ["frame", "grip", "trigger"],
+    "Rocket": ["body", "fin", "nose cone"],
+    "Skateboard": ["wheel", "deck", "belt for foot"],
+    "Table": ["tabletop", "leg", "drawer"],
+}
+
+# synsetoffset2category.txt.
+SHAPENETPART_SYNSETS: dict[str, str] = {
+    "Airplane": "02691156",
+    "Bag": "02773838",
+    "Cap": "02954340",
+    "Car": "02958343",
+    "Chair": "03001627",
+    "Earphone": "03261776",
+    "Guitar": "03467517",
+    "Knife": "03624134",
+    "Lamp": "03636649",
+    "Laptop": "03642806",
+    "Motorbike": "03790512",
+    "Mug": "03797390",
+    "Pistol": "03948459",
+    "Rocket": "04099429",
+    "Skateboard": "04225987",
+    "Table": "04379243",
+}
+
+
+def _pid_starts() -> dict[str, int]:
+    # Global part ids run through the categories in this order (shapenet_pid_start.json).
+    starts, k = {}, 0
+    for name, parts in SHAPENETPART_PARTS.items():
+        starts[name] = k
+        k += len(parts)
+    return starts
+
+
+SHAPENETPART_PID_START: dict[str, int] = _pid_starts()
+"""First global part id of each ShapeNetPart category (category-local label = global − start)."""
+
+# Labeled PSB (Kalogerakis et al. 2010): per category, the sorted set of part names its
+# label files use (derived once from the 190 development meshes in shared/data).
+PSB_PARTS: dict[str, list[str]] = {
+    "Airplane": ["body", "rudder", "stabilizer", "wing"],
+    "Ant": ["antenna", "back", "head", "leg", "torso"],
+    "Armadillo": [
+        "back", "ear", "foot", "hand", "head", "lowerArm", "lowerLeg", "tail", "torso", "upperArm", "upperLeg",
+    ],
+    "Bearing": ["base1", "base2", "bigroller", "mediumroller", "smallroller", "tinyroller"],
+    "Bird": ["body", "head", "leg", "tail", "wing"],
+    "Bust": ["background", "ear", "eye", "face", "hair", "mouth", "neck", "nose"],
+    "Chair": ["arm", "backsupport", "leg", "support"],
+    "Cup": ["body", "handle"],
+    "Fish": ["body", "fin", "tail"],
+    "FourLeg": ["earhorn", "head", "leg", "neck", "tail", "torso"],
+    "Glasses": ["lens", "middle", "skeleton"],
+    "Hand": ["finger1", "finger2", "finger3", "finger4", "hand", "thumb"],
+    "Human": ["foot", "hand", "head", "lowerarm", "lowerleg", "torso", "upperarm", "upperleg"],
+    "Mech": ["bigbox", "bigcylinder", "mediumcylinder", "smallbox", "smallcylinder"],
+    "Octopus": ["body", "leg"],
+    "Plier": ["center", "edge", "handle"],
+    "Table": ["leg", "support"],
+    "Teddy": ["ear", "hand", "head", "leg", "torso"],
+    "Vase": ["base", "body", "handle", "spout", "top"],
+}
+
+TABLES: dict[str, dict[str, list[str]]] = {"shapenetpart": SHAPENETPART_PARTS, "psb": PSB_PARTS}
+"""Known tables by source name. Sources without a table of their own (files, procedural,
+generated) look in ShapeNetPart first, then Labeled PSB."""
+
+
+def _lookup(table: dict[str, list[str]], category: str) -> list[str] | None:
+    if category in table:
+        return list(table[category])
+    folded = category.casefold()
+    for name, parts in table.items():
+        if name.casefold() == folded:
+            return list(parts)
+    return None
+
+
+def canonical_name(name: str, available: list[str], what: str = "category") -> str:
+    """``name`` matched case-insensitively against ``available`` → the available spelling.
+
+    Raises ``ValueError`` listing the available names when nothing matches.
+    """
+    if name in available:
+        return name
+    folded = name.casefold()
+    for candidate in available:
+        if candidate.casefold() == folded:
+            return candidate
+    raise ValueError(f"unknown {what} {name!r}; available: {', '.join(sorted(available)) or '(none)'}")
+
+
+def part_names_for(
+    category: str, extra: dict[str, list[str]] | None = None, source: str | None = None
+) -> list[str]:
+    """The part names of ``category`` in label order (case-insensitive lookup).
+
+    Looks in ``extra`` first (e.g. ``{data.category: data.part_names}`` or the procedural
+    table), then in the table of ``source`` when it has one (``psb``, ``shapenetpart``),
+    else in ShapeNetPart then Labeled PSB. Raises ``ValueError`` naming the category and
+    the known ones when none has it.
+    """
+    if extra:
+        found = _lookup(extra, category)
+        if found is not None:
+            if not found:
+                raise ValueError(f"category {category!r}: empty part-name list")
+            return found
+    tables = [TABLES[source]] if source in TABLES else [SHAPENETPART_PARTS, PSB_PARTS]
+    for table in tables:
+        found = _lookup(table, category)
+        if found is not None:
+            return found
+    known = sorted({*SHAPENETPART_PARTS, *PSB_PARTS, *(extra or {})}) if source not in TABLES else sorted(tables[0])
+    raise ValueError(
+        f"unknown category {category!r} (source {source or 'any'}): no part names; known categories: "
+        f"{', '.join(known)}. For your own category set data.category and data.part_names."
+    )
