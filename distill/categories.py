@@ -68,7 +68,17 @@ PSB_PARTS: dict[str, list[str]] = {
     "Airplane": ["body", "rudder", "stabilizer", "wing"],
     "Ant": ["antenna", "back", "head", "leg", "torso"],
     "Armadillo": [
-        "back", "ear", "foot", "hand", "head", "lowerArm", "lowerLeg", "tail", "torso", "upperArm", "upperLeg",
+        "back",
+        "ear",
+        "foot",
+        "hand",
+        "head",
+        "lowerArm",
+        "lowerLeg",
+        "tail",
+        "torso",
+        "upperArm",
+        "upperLeg",
     ],
     "Bearing": ["base1", "base2", "bigroller", "mediumroller", "smallroller", "tinyroller"],
     "Bird": ["body", "head", "leg", "tail", "wing"],
@@ -117,9 +127,7 @@ def canonical_name(name: str, available: list[str], what: str = "category") -> s
     raise ValueError(f"unknown {what} {name!r}; available: {', '.join(sorted(available)) or '(none)'}")
 
 
-def part_names_for(
-    category: str, extra: dict[str, list[str]] | None = None, source: str | None = None
-) -> list[str]:
+def part_names_for(category: str, extra: dict[str, list[str]] | None = None, source: str | None = None) -> list[str]:
     """The part names of ``category`` in label order (case-insensitive lookup).
 
     Looks in ``extra`` first (e.g. ``{data.category: data.part_names}`` or the procedural

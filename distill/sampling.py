@@ -86,8 +86,21 @@ def sample_surface(mesh: Mesh, n: int, seed: int) -> tuple[np.ndarray, np.ndarra
         raise ValueError(f"n={n}: the number of points to sample must be >= 1")
     faces = np.asarray(mesh.faces)
     areas, normals = face_areas_normals(mesh.vertices, faces)
-    total = areas.sum()
-    if not total > 0.0:
+    labels = None if mesh.face_labels is None else np.asarray(mesh.face_labels)
+    return _sample_faces(np.asarray(mesh.vertices, np.float64), faces, areas, normals, labels, n, seed)
+
+
+def _sample_faces(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    areas: np.ndarray,
+    normals: np.ndarray,
+    face_labels: np.ndarray | None,
+    n: int,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``sample_surface`` with the per-face areas (any common scale) and normals given."""
+    if not areas.sum() > 0.0:
         raise ValueError("mesh has zero total area: nothing to sample")
     rng = np.random.default_rng(seed)
     cdf = np.cumsum(areas)
@@ -96,9 +109,9 @@ def sample_surface(mesh: Mesh, n: int, seed: int) -> tuple[np.ndarray, np.ndarra
     u, w = rng.random(n), rng.random(n)
     flip = u + w > 1.0
     u[flip], w[flip] = 1.0 - u[flip], 1.0 - w[flip]
-    tri = np.asarray(mesh.vertices, dtype=np.float64)[faces[face]]
+    tri = vertices[faces[face]]
     points = tri[:, 0] + u[:, None] * (tri[:, 1] - tri[:, 0]) + w[:, None] * (tri[:, 2] - tri[:, 0])
-    labels = None if mesh.face_labels is None else np.asarray(mesh.face_labels)[face].astype(np.int64)
+    labels = None if face_labels is None else face_labels[face].astype(np.int64)
     return points.astype(np.float32), normals[face].astype(np.float32), labels
 
 
@@ -153,25 +166,32 @@ def shape_from_mesh(
             raise ShapeError(f"shape {shape_id}: {face_labels.shape[0]} face labels for {len(faces)} faces")
         _check_part_labels(shape_id, face_labels, part_names, "face labels")
 
-    areas, _ = face_areas_normals(vertices, faces)
-    used = np.asarray(vertices, dtype=np.float64)[np.unique(faces)]
-    extent = float(np.ptp(used, axis=0).max())
+    vertices = np.asarray(vertices, dtype=np.float64)
+    areas, face_normals = face_areas_normals(vertices, faces)
+    used = np.zeros(len(vertices), bool)
+    used[faces] = True
+    extent = float(np.ptp(vertices[used], axis=0).max())
     keep = (areas > _DEGENERATE_REL_AREA * extent**2) & (faces[:, 0] != faces[:, 1])
     keep &= (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])
     if not keep.any():
         raise ShapeError(f"shape {shape_id}: mesh has zero surface area (all {len(faces)} faces are degenerate)")
-    faces = faces[keep]
+    faces, areas, face_normals = faces[keep], areas[keep], face_normals[keep]
     if face_labels is not None:
         face_labels = face_labels[keep]
     # Compact the vertices to those the kept faces use, so the normalisation (and the
     # stored mesh) is about the surface and not about stray unreferenced vertices.
-    used_idx, inverse = np.unique(faces, return_inverse=True)
-    faces = inverse.reshape(-1, 3).astype(np.int32)
-    center, scale = normalize_transform(np.asarray(vertices, dtype=np.float64)[used_idx])
-    norm_vertices = apply_transform(np.asarray(vertices)[used_idx], center, scale)
+    used[:] = False
+    used[faces] = True
+    remap = np.cumsum(used) - 1
+    faces = remap[faces].astype(np.int32)
+    center, scale = normalize_transform(vertices[used])
+    norm_vertices = (vertices[used] - center) / scale
 
-    out_mesh = Mesh(norm_vertices, faces, None if face_labels is None else face_labels.astype(np.int32))
-    points, normals, labels = sample_surface(out_mesh, num_points, seed)
+    out_mesh = Mesh(
+        norm_vertices.astype(np.float32), faces, None if face_labels is None else face_labels.astype(np.int32)
+    )
+    # Areas scale uniformly and normals not at all under the normalisation: reuse them.
+    points, normals, labels = _sample_faces(norm_vertices, faces, areas, face_normals, face_labels, num_points, seed)
     meta = dict(meta or {})
     meta["normalize"] = {"center": [float(c) for c in center], "scale": scale}
     return Shape(
