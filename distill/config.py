@@ -87,7 +87,7 @@ class DataConfig:
 class EvalConfig:
     """The shapes a student is evaluated on (``mode=pre``); empty source: ``data`` itself."""
 
-    data: DataConfig = field(default_factory=lambda: DataConfig(source="procedural"))
+    data: DataConfig = field(default_factory=lambda: DataConfig(source="procedural", split="test"))
     enabled: bool = True
 
 
@@ -138,6 +138,9 @@ class TeacherConfig:
     prompt_template: str = "{part}"
     """Prompt per part; ``{part}`` and ``{category}`` are filled in."""
     batch_size: int = 10
+    nms_iou: float = 0.5
+    """Box teachers: drop a box overlapping a better box of the same part by IoU above this
+    (class-wise NMS; 1.0 keeps all). OWLv2 scores every image patch, so it needs this."""
     device: str = "auto"
     """auto (CUDA when present) | cpu | cuda."""
 
@@ -194,6 +197,11 @@ class TrainConfig:
     select: str = "last"
     """Which checkpoint is reported: last (fixed schedule) | val (best on a validation
     split of the distillation shapes, scored against teacher knowledge, never test labels)."""
+    val_fraction: float = 0.2
+    """With select=val: the fraction of each category's distillation shapes held out."""
+    per_category: bool = False
+    """One student per category (the paper) instead of one student over all categories
+    (category embedding + a head over the union of part slots, masked per category)."""
     augment: bool = True
     checkpoint_every: int = 1
     """Epochs between checkpoints."""
@@ -206,6 +214,8 @@ class TrainConfig:
         _positive("train.bd_rounds", self.bd_rounds, allow_zero=True)
         _choice("train.bd_trigger", self.bd_trigger, ("plateau", "epoch"))
         _choice("train.select", self.select, ("last", "val"))
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"train.val_fraction={self.val_fraction} not in [0, 1)")
         _choice("train.device", self.device, ("auto", "cpu", "cuda"))
 
 

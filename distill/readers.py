@@ -485,15 +485,20 @@ def _iter_files(data: DataConfig, seed: int) -> Iterator[SourceItem]:
 # Procedural
 
 
+# The procedural corpus is unbounded, so its splits are disjoint ranges of instance
+# indices rather than halves of one list: ``all``/``train`` make instances 0..n−1, ``val``
+# and ``test`` held-out instances (other indices, hence other seeds and proportions).
+PROCEDURAL_SPLIT_START = {"all": 0, "train": 0, "val": 500_000, "test": 1_000_000}
+
+
 def _iter_procedural(data: DataConfig, seed: int) -> Iterator[SourceItem]:
     from generation.procedural import CATEGORIES, make_shape  # lazy: distill does not import generation
 
     count = data.per_category or PROCEDURAL_DEFAULT_COUNT
+    start = PROCEDURAL_SPLIT_START[data.split]
     for category in _select_categories(list(CATEGORIES), data.categories, "procedural"):
-        ids = [f"{i:05d}" for i in range(count)]
-        for item_id in _split(ids, data.split):
-            index = int(item_id)
-            shape_id = f"procedural/{category}/{item_id}"
+        for index in range(start, start + count):
+            shape_id = f"procedural/{category}/{index:05d}"
             load = functools.partial(make_shape, category, index, seed, data.num_points)
             yield SourceItem(shape_id, category, f"procedural:{category}:{index}", load)
 

@@ -292,7 +292,9 @@ def test_procedural_items():
     shape = items[5].load()
     assert shape.shape_id == items[5].shape_id and shape.points.shape == (128, 3) and shape.meta["seed"] == 3
     test = list(iter_items(DataConfig(source="procedural", categories=["chair"], per_category=4, split="test"), 0))
-    assert [i.shape_id for i in test] == ["procedural/Chair/00002", "procedural/Chair/00003"]
+    # held-out instances: disjoint from train/all, same count
+    assert [i.shape_id for i in test] == [f"procedural/Chair/{1_000_000 + i}" for i in range(4)]
+    assert test[0].load().shape_id == test[0].shape_id
     assert len(list(iter_items(DataConfig(source="procedural"), seed=0))) == 8 * 24
 
 
