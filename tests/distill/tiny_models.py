@@ -177,10 +177,12 @@ def build_tiny_clipseg(directory: str, seed: int = 0, image_size: int = 32) -> s
     return str(directory)
 
 
-def build_tiny_grounding_dino(directory: str, seed: int = 0, image_size: int = 64) -> str:
+def build_tiny_grounding_dino(directory: str, seed: int = 0, image_size: int = 128) -> str:
     """Tiny ``GroundingDinoForObjectDetection`` (+ processor) saved into ``directory``; returns it.
 
-    10 queries → at most 10 boxes per view; 2 decoder layers (the model needs ≥ 2).
+    10 queries → at most 10 boxes per view; 2 decoder layers (the model needs ≥ 2). Images
+    are resized to image_size: at 64 the extra feature level is 1×1 and its GroupNorm
+    (one channel per group) rejects a batch of one image.
     """
     from transformers import (
         BertConfig,
