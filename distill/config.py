@@ -108,9 +108,13 @@ class RenderConfig:
     """A point is visible when it is at most this far behind the rendered surface."""
     backend: str = "auto"
     """auto | embree (trimesh ray casting) | torch (splatting / rasteriser)."""
+    point_visibility: str = "hpr"
+    """Point clouds without a mesh: hpr (hidden-point removal, Katz et al. 2007) | depth
+    (depth test against the splats). See ``distill.render`` for the measurements."""
 
     def __post_init__(self) -> None:
         _choice("render.views", self.views, ("partslip", "ring", "sphere"))
+        _choice("render.point_visibility", self.point_visibility, ("hpr", "depth"))
         _choice("render.backend", self.backend, ("auto", "embree", "torch", "pytorch3d"))
         if self.image_size < 16:
             raise ConfigError(f"render.image_size={self.image_size} is too small (>= 16)")
@@ -231,10 +235,40 @@ class GenerationConfig:
     categories: list[str] = field(default_factory=list)
     num_inference_steps: int = 64
     guidance_scale: float = 15.0
+    start: int = 0
+    """First instance index: instances ``start .. start + count - 1`` of each category."""
+    templates: list[str] = field(default_factory=lambda: ["a {style} {category}", "a 3d model of a {style} {category}"])
+    """shap_e prompt templates over ``{category}`` and ``{style}`` (generation/prompts.py)."""
+    styles: list[str] = field(
+        default_factory=lambda: ["modern", "wooden", "metal", "simple", "vintage", "futuristic", "minimalist", "sturdy"]
+    )
+    part_names: dict[str, list[str]] = field(default_factory=dict)
+    """Part names of categories that no known table has (``{category: [part, ...]}``)."""
+    batch_size: int = 4
+    """shap_e: prompts per actor call (one batched diffusion run)."""
+    actors: int = 0
+    """shap_e: generator actors (0: cluster.teacher_actors)."""
+    gpus: float = -1.0
+    """shap_e: GPUs per actor (< 0: cluster.teacher_gpus)."""
+    device: str = "auto"
+    """shap_e: auto (CUDA when present) | cpu | cuda."""
+    grid_size: int = 128
+    """shap_e: SDF grid cells a side for marching cubes (the pipeline's own is 128)."""
+    filter: bool = True
+    """Apply the mesh quality filters (generation/filters.py); rejects go to rejects/."""
+    output: str = "shapes"
+    """Shape-table folder under ``{storage.root}/{run}/`` that jobs/generate.py writes."""
 
     def __post_init__(self) -> None:
         _choice("generation.name", self.name, ("procedural", "shap_e"))
         _positive("generation.count", self.count, allow_zero=True)
+        _positive("generation.start", self.start, allow_zero=True)
+        _positive("generation.batch_size", self.batch_size)
+        _positive("generation.num_inference_steps", self.num_inference_steps)
+        _positive("generation.actors", self.actors, allow_zero=True)
+        _choice("generation.device", self.device, ("auto", "cpu", "cuda"))
+        if self.grid_size < 8:
+            raise ConfigError(f"generation.grid_size={self.grid_size} is too small (>= 8)")
 
 
 @dataclass

@@ -1,0 +1,29 @@
+"""Generate a shape corpus on Ray: procedural (labelled) or Shap-E text-to-3D (unlabelled).
+
+python jobs/generate.py generation.name=procedural generation.count=1000 run=proc
+python jobs/generate.py generation.name=shap_e generation.model=DIR generation.count=50 \
+    generation.categories=[chair,table] generation.gpus=1 generation.actors=4 run=gen
+
+Writes ``{storage.root}/{run}/{generation.output}/`` (default ``shapes``), rejects with
+their reasons to ``{run}/rejects/``, and prints the JSON summary as the last line. A
+re-run makes only the shapes still missing.
+"""
+
+from typing import Any
+
+from cluster.generate_ray import generate_shapes
+from cluster.job import run_job
+from cluster.storage import Storage
+from distill.config import Config
+
+
+def stage(cfg: Config, storage: Storage) -> dict[str, Any]:
+    return generate_shapes(cfg, storage, use_ray=True)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return run_job("generate", stage, argv)
+
+
+if __name__ == "__main__":
+    main()
