@@ -75,9 +75,7 @@ def focal_length(image_size: int, fov_deg: float) -> float:
     return float(image_size / 2.0 / np.tan(np.radians(fov_deg) / 2.0))
 
 
-def cameras_from_angles(
-    elev_azim: np.ndarray, distance: float, image_size: int, fov_deg: float
-) -> Cameras:
+def cameras_from_angles(elev_azim: np.ndarray, distance: float, image_size: int, fov_deg: float) -> Cameras:
     """Cameras at ``distance`` from the origin looking at it.
 
     elev_azim: (V, 2) degrees → ``Cameras`` with V views.
@@ -172,7 +170,7 @@ def pixel_rays(cams: Cameras) -> tuple[np.ndarray, np.ndarray]:
     hence a hit at ray parameter ``t`` has depth exactly ``t``.
     """
     s = cams.image_size
-    c = (np.arange(s, dtype=np.float32) + 0.5 - s / 2.0)
+    c = np.arange(s, dtype=np.float32) + 0.5 - s / 2.0
     f = cams.focal[:, None, None]
     x = np.broadcast_to(c[None, None, :] / f, (len(cams), s, s))
     y = np.broadcast_to(-c[None, :, None] / f, (len(cams), s, s))

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -230,6 +231,7 @@ class GenerationConfig:
     name: str = "procedural"
     """procedural | shap_e."""
     model: str = ""
+    """Hub id or local directory of the text-to-3D model (empty: ``openai/shap-e``)."""
     count: int = 0
     """Shapes per category (0: data.per_category, else 24)."""
     categories: list[str] = field(default_factory=list)
@@ -361,6 +363,8 @@ def load_config(argv: list[str] | None = None, **overrides: Any) -> Config:
         layers.append(OmegaConf.from_dotlist(dotlist))
         merged = OmegaConf.merge(*layers)
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {preset or 'overrides'}: not valid YAML ({e})") from None
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or ""
         first = str(e).splitlines()[0]

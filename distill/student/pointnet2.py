@@ -101,4 +101,3 @@ class PointNet2Seg(nn.Module):
 
     def forward(self, xyz: Tensor, normals: Tensor | None = None, category: Tensor | None = None) -> Tensor:
         return self.head(self.encoder(input_features(xyz, normals, self.use_normals)), category)
-
