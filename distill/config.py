@@ -102,7 +102,8 @@ class RenderConfig:
     """For ring / sphere view sets."""
     image_size: int = 800
     distance: float = 2.2
-    fov_deg: float = 50.0
+    fov_deg: float = 60.0
+    """Vertical field of view; ≥ 54° keeps the whole unit sphere in view at distance 2.2."""
     point_radius: float = 0.02
     """Splat radius (unit-sphere units) when a shape has no mesh."""
     depth_tolerance: float = 0.02
@@ -139,7 +140,7 @@ class TeacherConfig:
     """Simulated teacher's output: box | mask."""
     score_threshold: float = 0.5
     whole_object_fraction: float = 0.98
-    """Drop boxes covering at least this fraction of the projected shape's box."""
+    """Drop boxes and masks covering at least this fraction of the shape's pixels in a view."""
     prompt_template: str = "{part}"
     """Prompt per part; ``{part}`` and ``{category}`` are filled in."""
     batch_size: int = 10

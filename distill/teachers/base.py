@@ -77,8 +77,9 @@ def filter_predictions(
     score_threshold: float = 0.5,
     whole_object_fraction: float = 0.98,
 ) -> ViewPrediction:
-    """Keep ``score >= score_threshold``; drop boxes covering ≥ ``whole_object_fraction``
-    of the projected shape's pixels (DESIGN §3: whole-object boxes carry no part).
+    """Keep ``score >= score_threshold``; drop boxes (and masks) covering ≥
+    ``whole_object_fraction`` of the projected shape's pixels (DESIGN §3: whole-object
+    boxes carry no part).
 
     shape_mask: (H, W) bool pixels covered by the shape in this view.
     """
@@ -93,4 +94,8 @@ def filter_predictions(
         y0, y1 = np.clip(b[:, 1], 0, h), np.clip(b[:, 3], 0, h)
         inside = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
         keep &= inside < whole_object_fraction * total
+    if pred.masks is not None and len(pred) and total > 0:
+        # A mask over (nearly) every shape pixel is the whole object, not a part.
+        on_shape = (pred.masks & shape_mask[None]).reshape(len(pred), -1).sum(1)
+        keep &= on_shape < whole_object_fraction * total
     return pred.select(keep)

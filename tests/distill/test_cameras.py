@@ -38,7 +38,7 @@ def test_partslip_preset_matches_design():
     assert cams.eye[1, 0] == pytest.approx(2.2 * np.cos(e), rel=1e-6)
     assert (cams.eye[7:, 1] < 0).all()
     assert _is_rotation(cams.world_to_cam)
-    np.testing.assert_allclose(cams.focal, 400 / np.tan(np.radians(25)), rtol=1e-6)
+    np.testing.assert_allclose(cams.focal, 400 / np.tan(np.radians(30)), rtol=1e-6)  # fov 60°
 
 
 def test_ring_and_sphere_presets():
