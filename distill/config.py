@@ -278,6 +278,9 @@ class GenerationConfig:
 class ClusterConfig:
     """Ray resources per stage. ``address`` empty: ``RAY_ADDRESS`` or a local Ray."""
 
+    backend: str = "auto"
+    """auto (Ray when an address is set — ``cluster.address``, ``RAY_ADDRESS`` as under
+    ``ray job submit`` — else this process) | ray (start a local Ray if none) | local."""
     address: str = ""
     num_cpus: int = 0
     """CPUs of a local Ray (0: all of this machine's)."""
@@ -286,6 +289,9 @@ class ClusterConfig:
     teacher_gpus: float = 0.0
     train_workers: int = 1
     gpus_per_worker: float = 0.0
+
+    def __post_init__(self) -> None:
+        _choice("cluster.backend", self.backend, ("auto", "ray", "local"))
 
 
 @dataclass
