@@ -275,6 +275,20 @@ class GenerationConfig:
 
 
 @dataclass
+class SegmentConfig:
+    """Segmenting new shapes with trained students (``jobs/segment.py``)."""
+
+    students_from: str = ""
+    """Run whose students segment (empty: this run)."""
+    pictures: int = 24
+    """PNG pictures to draw (the first N shapes; 0: none)."""
+    picture_size: int = 300
+
+    def __post_init__(self) -> None:
+        _positive("segment.pictures", self.pictures, allow_zero=True)
+
+
+@dataclass
 class ClusterConfig:
     """Ray resources per stage. ``address`` empty: ``RAY_ADDRESS`` or a local Ray."""
 
@@ -312,6 +326,7 @@ class Config:
     student: StudentConfig = field(default_factory=StudentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     progress: bool = True
     """Show progress bars."""

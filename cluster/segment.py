@@ -1,0 +1,100 @@
+"""Segmenting new shapes: trained students + any shapes → labels, coloured PLYs, pictures.
+
+Outputs under ``{run}/segment/``: ``shapes/`` (the ingested shapes), ``labels/`` (Parquet:
+shape_id, category, student, labels per point, the points themselves so the labels can
+be used without the shape table), ``ply/<name>.ply`` (points coloured by part, with a
+``label`` property) and ``png/<name>.png`` (several views coloured by predicted part with
+a legend; a ground-truth row below when the shape has labels). A shape of a category no
+student knows goes to ``rejects/`` with the categories that are known.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from cluster.checkpoints import list_students, load_student
+from cluster.pipeline import ensure_shapes
+from cluster.rejects import write_rejects
+from cluster.storage import Storage
+from distill.config import Config
+from distill.metrics import MIoUTable
+from distill.records import SHAPE_SCHEMA, table_to_shapes
+from distill.training import predict
+from distill.visualize import colored_ply, png_bytes, segmentation_figure
+
+log = logging.getLogger(__name__)
+
+
+def file_name(shape_id: str) -> str:
+    """A shape id as a flat, portable file name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", shape_id).strip("_")
+
+
+def segment(cfg: Config, storage: Storage) -> dict[str, Any]:
+    out = f"{cfg.run}/segment"
+    shapes_dir = cfg.data.path if cfg.data.source == "table" else f"{out}/shapes"
+    ingested = ensure_shapes(cfg, storage, cfg.data, shapes_dir)
+    shapes = table_to_shapes(storage.read_table(shapes_dir, schema=SHAPE_SCHEMA))
+    done = storage.done_ids(f"{out}/labels")
+    todo = [s for s in shapes if s.shape_id not in done]
+    source_run = cfg.segment.students_from or cfg.run
+    students = list_students(storage, source_run)
+    if not students:
+        raise FileNotFoundError(
+            f"{storage.uri(source_run, 'checkpoints')}: no trained student; train one (jobs/pretrain.py) "
+            "or point segment.students_from at a run that has one"
+        )
+    loaded = [(name, *load_student(storage, source_run, name)[:2]) for name in students]
+    known = [c for _, _, space in loaded for c in space.categories]
+    # A user's files name their category freely ("chair", "CHAIR"): match case-insensitively.
+    canonical = {c.lower(): c for c in known}
+    for s in todo:
+        s.category = canonical.get(s.category.lower(), s.category)
+    table = MIoUTable()
+    pictures = 0
+    for name, model, space in loaded:
+        mine = [s for s in todo if s.category in space.categories]
+        if not mine:
+            continue
+        preds = predict(model, mine, "cpu", cfg.train.batch_size, space)
+        rows: dict[str, list[Any]] = {"shape_id": [], "category": [], "student": [], "points": [], "labels": []}
+        for s, pred in zip(mine, preds):
+            rows["shape_id"].append(s.shape_id)
+            rows["category"].append(s.category)
+            rows["student"].append(f"{source_run}/{name}")
+            rows["points"].append(s.points.reshape(-1))
+            rows["labels"].append(pred.astype(np.int32))
+            storage.write_bytes(f"{out}/ply/{file_name(s.shape_id)}.ply", colored_ply(s.points, pred))
+            if s.labels is not None:
+                table.add(s.shape_id, s.category, pred, s.labels, s.num_parts)
+            if pictures < cfg.segment.pictures:
+                title = f"{s.shape_id} ({s.category}), student {source_run}/{name}"
+                fig = segmentation_figure(s.points, pred, s.part_names, s.labels, title, cfg.segment.picture_size)
+                storage.write_bytes(f"{out}/png/{file_name(s.shape_id)}.png", png_bytes(fig))
+                pictures += 1
+        storage.write_part(f"{out}/labels", pa.table(rows), done_ids=rows["shape_id"])
+    unknown = [s for s in todo if s.category not in known]
+    write_rejects(
+        storage,
+        cfg.run,
+        "segment",
+        [(s.shape_id, f"no student for category {s.category!r}; trained: {', '.join(sorted(known))}") for s in unknown],
+    )
+    summary: dict[str, Any] = {
+        "segmented": len(todo) - len(unknown),
+        "skipped": len(shapes) - len(todo),
+        "rejected": len(unknown),
+        "pictures": pictures,
+        "labels": storage.uri(out, "labels"),
+        "ply": storage.uri(out, "ply"),
+        "png": storage.uri(out, "png"),
+        "ingest": ingested,
+    }
+    if table.per_shape:
+        summary["miou"] = table.summary()
+    return summary
