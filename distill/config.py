@@ -209,6 +209,8 @@ class TrainConfig:
     """One student per category (the paper) instead of one student over all categories
     (category embedding + a head over the union of part slots, masked per category)."""
     augment: bool = True
+    max_failures: int = 2
+    """Ray Train: times a worker group is restarted (resuming from the last checkpoint)."""
     checkpoint_every: int = 1
     """Epochs between checkpoints."""
     device: str = "auto"
@@ -392,6 +394,14 @@ def load_config(argv: list[str] | None = None, **overrides: Any) -> Config:
         first = str(e).splitlines()[0]
         where = f" (from {preset})" if preset else ""
         raise ConfigError(f"config key {key!r}{where}: {first}") from None
+
+
+def config_from_dict(d: dict[str, Any]) -> Config:
+    """The inverse of ``to_dict`` (validated like a loaded config)."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), d))  # type: ignore[return-value]
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"config key {getattr(e, 'full_key', '')!r}: {str(e).splitlines()[0]}") from None
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

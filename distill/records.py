@@ -275,8 +275,13 @@ def units_to_table(units: Iterable[KnowledgeUnits]) -> pa.Table:
 
 def table_to_units(table: pa.Table) -> dict[str, KnowledgeUnits]:
     """A knowledge table → units grouped by shape id (row order kept within a shape)."""
+    return rows_to_units(table.to_pylist())
+
+
+def rows_to_units(table_rows: Iterable[dict[str, Any]]) -> dict[str, KnowledgeUnits]:
+    """Knowledge-table rows (dicts, e.g. from Ray Data) → units grouped by shape id."""
     rows: dict[str, list[dict[str, Any]]] = {}
-    for r in table.to_pylist():
+    for r in table_rows:
         rows.setdefault(r["shape_id"], []).append(r)
     out = {}
     for sid, rs in rows.items():
@@ -286,7 +291,7 @@ def table_to_units(table: pa.Table) -> dict[str, KnowledgeUnits]:
             [r["label"] for r in rs],
             [r["score"] for r in rs],
             [np.asarray(r["point_idx"], np.int64) for r in rs],
-            teacher=rs[0]["teacher"],
-            round=rs[0]["round"],
+            teacher=str(rs[0]["teacher"]),
+            round=int(rs[0]["round"]),
         )
     return out

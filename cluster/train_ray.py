@@ -1,0 +1,144 @@
+"""The training stage on Ray Train: the same per-student body as ``cluster.train``, DDP.
+
+One ``TorchTrainer`` fit per student: ``cluster.train_workers`` workers (gloo on CPU,
+nccl on GPU via ``prepare_model``), each reading the shape and knowledge tables through
+Ray Data (not split: ``distill.training.epoch_batches`` shards the epoch by rank, so every
+worker also holds every shape for backward distillation's re-scoring, which needs no
+communication), epoch losses averaged with an all-reduce, checkpoints written by rank 0
+to the run's storage (``{run}/checkpoints/{student}/last.pt``) and metrics reported to
+Ray Train every epoch. A worker that dies makes Ray Train restart the group
+(``FailureConfig``), and the restarted workers resume from ``last.pt``; so does a re-run of
+the job with the same run name.
+
+Fault injection for tests: with ``PARTDISTILL_FAULT_EPOCH=k`` and
+``PARTDISTILL_FAULT_MARKER=<file>``, worker rank 1 (or 0 when alone) exits hard after
+epoch k, once (the marker file records that it did).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from cluster.checkpoints import checkpoint_dir
+from cluster.storage import Storage
+from distill.config import Config, to_dict
+
+log = logging.getLogger(__name__)
+
+
+def _maybe_fault(epoch: int, rank: int, world_size: int) -> None:
+    target = os.environ.get("PARTDISTILL_FAULT_EPOCH")
+    marker = os.environ.get("PARTDISTILL_FAULT_MARKER")
+    if not target or not marker or epoch != int(target) or rank != min(1, world_size - 1):
+        return
+    if os.path.exists(marker):
+        return
+    with open(marker, "w") as f:
+        f.write(f"worker {rank} killed after epoch {epoch}\n")
+    os._exit(1)
+
+
+def _worker_loop(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+    import torch
+    import torch.distributed as dist
+
+    from cluster.train import StudentJob, train_student
+    from distill.config import config_from_dict
+    from distill.records import row_to_shape, rows_to_units
+    from distill.training import LabelSpace
+
+    torch.set_num_threads(int(config["threads"]))
+    cfg = config_from_dict(config["config"])
+    storage = Storage.from_config(cfg.storage)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    space = LabelSpace.from_dict(config["space"])
+    shapes = [row_to_shape(r) for r in ray.train.get_dataset_shard("shapes").iter_rows()]
+    shapes = [s for s in shapes if s.category in space.categories]
+    units = rows_to_units(ray.train.get_dataset_shard("units").iter_rows())
+    job = StudentJob(config["student"], space, sorted(shapes, key=lambda s: s.shape_id), units)
+
+    def reduce_mean(x: float) -> float:
+        if world == 1 or not dist.is_initialized():
+            return x
+        t = torch.tensor([x], dtype=torch.float64)
+        dist.all_reduce(t)
+        return float(t.item() / world)
+
+    def report(state: Any, ckpt_rel: str | None) -> None:
+        last = state.history[-1]
+        ray.train.report({"epoch": state.epoch, "loss": last["loss"], "round": state.round})
+        _maybe_fault(state.epoch, rank, world)
+
+    info = train_student(
+        cfg,
+        storage,
+        job,
+        ray.train.torch.get_device(),
+        rank=rank,
+        world_size=world,
+        wrap=ray.train.torch.prepare_model,
+        reduce_mean=reduce_mean,
+        report=report,
+    )
+    if rank == 0:
+        storage.write_json(f"{checkpoint_dir(cfg.run, job.name)}/train_info.json", info)
+
+
+def _datasets(storage: Storage, shapes_dir: str, units_dir: str) -> dict[str, Any]:
+    import ray.data
+
+    fs = storage.pyarrow_filesystem()
+    paths = lambda d: [storage.path(d, n) for n in storage.part_names(d)]  # noqa: E731
+    # Materialised on the driver, before the workers take their CPUs: on a small cluster
+    # the workers would otherwise hold every CPU and the read tasks could never run.
+    return {
+        "shapes": ray.data.read_parquet(paths(shapes_dir), filesystem=fs).materialize(),
+        "units": ray.data.read_parquet(paths(units_dir), filesystem=fs).materialize(),
+    }
+
+
+def train_on_ray(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str) -> dict[str, Any]:
+    """Train every unfinished student of the run with Ray Train (Ray must be connected)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from cluster.runtime import train_scaling
+    from cluster.train import load_training_data
+
+    jobs = load_training_data(cfg, storage, shapes_dir, units_dir)
+    scaling = train_scaling(cfg)
+    students, skipped = [], []
+    for job in jobs:
+        if storage.exists(checkpoint_dir(cfg.run, job.name), "final.pt"):
+            skipped.append(job.name)
+            continue
+        cpus = max(1, int(scaling.resources_per_worker.get("CPU", 1)))
+        trainer = TorchTrainer(
+            _worker_loop,
+            train_loop_config={"config": to_dict(cfg), "student": job.name, "space": job.space.to_dict(), "threads": cpus},
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=scaling.num_workers,
+                use_gpu=scaling.use_gpu,
+                resources_per_worker=scaling.resources_per_worker,
+            ),
+            run_config=ray.train.RunConfig(
+                name=f"{cfg.run}-{job.name}",
+                storage_path=storage.path(cfg.run, "ray_train"),
+                storage_filesystem=storage.pyarrow_filesystem(),
+                failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            ),
+            datasets=_datasets(storage, shapes_dir, units_dir),
+            dataset_config=ray.train.DataConfig(datasets_to_split=[]),
+        )
+        result = trainer.fit()
+        if result.error is not None:
+            raise RuntimeError(f"training student {job.name} failed: {result.error}")
+        students.append(storage.read_json(f"{checkpoint_dir(cfg.run, job.name)}/train_info.json"))
+    return {"students": students, "skipped": skipped, "workers": scaling.num_workers, "backend": "ray"}
+
