@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from distill.readers import iter_items
 from tqdm import tqdm
 
 from cluster.rejects import read_rejects, write_rejects
 from cluster.storage import Storage
 from distill.config import Config, DataConfig
+from distill.readers import iter_items
 from distill.records import SHAPE_SCHEMA, Shape, shapes_to_table
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,169 @@
+"""The jobs end to end in one process (no Ray): smoke pretrain, re-run, segment, ingest rejects."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+
+from cluster.ingest import ingest
+from cluster.job import run_job
+from cluster.pipeline import extract_stage, pretrain
+from cluster.rejects import read_rejects
+from cluster.segment import segment
+from cluster.storage import Storage
+from distill.config import load_config
+from tests.conftest import REPO, shared_data
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    argv = ["--config", "smoke", f"storage.root={root}", "cluster.backend=local"]
+    summary = run_job("pretrain", pretrain, argv)
+    return root, argv, summary
+
+
+def test_smoke_pretrain_learns_and_reports(smoke_run):
+    root, _, summary = smoke_run
+    assert summary["job"] == "pretrain" and summary["mode"] == "pre"
+    for key in ("voting", "voting_nearest", "student"):
+        assert 0.0 <= summary[key] <= 100.0
+    (student,) = summary["train"]["students"]
+    assert student["epochs"] == 4 and student["rounds"] == 1
+    assert student["last_loss"] < student["first_loss"]
+    # A student of 3 categories with 3-4 parts each: chance is ~30 mIoU on these shapes.
+    assert summary["student"] > 20.0
+    metrics = json.loads((root / "smoke" / "metrics.json").read_text())
+    assert metrics["pretrain"]["student"] == summary["student"]
+    for rel in (
+        "shapes",
+        "knowledge/round_0",
+        "knowledge/round_1",
+        "checkpoints/all/final.pt",
+        "predictions",
+        "evaluation.md",
+    ):
+        assert (root / "smoke" / rel).exists(), rel
+
+
+def test_rerun_skips_finished_work(smoke_run):
+    _, argv, first = smoke_run
+    again = run_job("pretrain", pretrain, argv)
+    assert again["extract"]["extract"]["new"] == 0 and again["extract"]["extract"]["skipped"] == 12
+    assert again["train"]["skipped"] == ["all"] and again["train"]["students"] == []
+    assert again["student"] == first["student"]
+
+
+def test_segment_user_files_gives_labels_ply_and_pictures(smoke_run, tmp_path):
+    root, _, _ = smoke_run
+    from generation.procedural import make_mesh
+
+    folder = tmp_path / "chairs"
+    folder.mkdir()
+    for i in range(2):
+        mesh, _ = make_mesh("chair", 900 + i, 1)
+        trimesh.Trimesh(mesh.vertices, mesh.faces).export(folder / f"my_chair_{i}.obj")
+    (folder / "broken.obj").write_text("v 0 0 0\nf 1 1 1\n")
+    cfg = load_config(
+        [
+            "--config",
+            "smoke",
+            f"storage.root={root}",
+            "data.source=files",
+            f"data.path={folder}",
+            "data.category=CHAIR",
+            "data.categories=[]",
+        ]
+    )
+    storage = Storage.from_config(cfg.storage)
+    summary = segment(cfg, storage)
+    assert summary["segmented"] == 2 and summary["pictures"] == 2
+    out = root / "smoke" / "segment"
+    ply = sorted((out / "ply").glob("*.ply"))
+    assert len(ply) == 2
+    cloud = trimesh.load(ply[0])
+    assert len(cloud.vertices) == cfg.data.num_points
+    assert len(list((out / "png").glob("*.png"))) == 2
+    assert any("broken" in r["item"] for r in read_rejects(storage, "smoke", "ingest"))
+
+
+def test_job_cli_last_line_is_json_and_bad_key_fails(tmp_path):
+    run = subprocess.run(
+        [
+            sys.executable,
+            "jobs/ingest.py",
+            f"storage.root={tmp_path}",
+            "data.per_category=1",
+            "data.categories=[lamp]",
+            "progress=false",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    assert summary["shapes"] == 1 and summary["categories"] == ["Lamp"]
+    bad = subprocess.run(
+        [sys.executable, "jobs/ingest.py", "data.num_pionts=3"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert bad.returncode == 2 and "num_pionts" in bad.stderr
+
+
+def test_ingest_rejects_bad_files_and_goes_on(tmp_path):
+    folder = tmp_path / "shapes" / "lamp"
+    folder.mkdir(parents=True)
+    trimesh.creation.box().export(folder / "good.stl")
+    (folder / "empty.obj").write_text("")
+    (folder / "nan.off").write_text("OFF\n3 1 0\n0 0 0\nnan 1 0\n0 1 1\n3 0 1 2\n")
+    (folder / "truncated.off").write_text("OFF\n8 12 0\n0 0 0\n1 0 0\n")
+    (folder / "flat.obj").write_text("v 0 0 0\nv 1 0 0\nv 2 0 0\nf 1 2 3\n")
+    cfg = load_config(
+        [f"storage.root={tmp_path / 'runs'}", "data.source=files", f"data.path={tmp_path / 'shapes'}", "progress=false"]
+    )
+    storage = Storage.from_config(cfg.storage)
+    summary = ingest(cfg, storage)
+    assert summary["new"] == 1 and summary["rejected"] == 4 and summary["shapes"] == 1
+    reasons = {Path(r["item"]).name: r["reason"] for r in read_rejects(storage, cfg.run, "ingest")}
+    assert set(reasons) == {"empty.obj", "nan.off", "truncated.off", "flat.obj"}
+    assert all(reasons.values())
+    again = ingest(cfg, storage)
+    assert again["new"] == 0 and again["skipped"] == 5 and again["rejects_total"] == 4
+
+
+def test_extract_job_on_psb_reports_voting_per_category(tmp_path):
+    path = shared_data("labeled_psb")
+    cfg = load_config(
+        [
+            f"storage.root={tmp_path}",
+            "data.source=psb",
+            f"data.path={path}",
+            "data.categories=[Cup,Chair]",
+            "data.per_category=2",
+            "render.image_size=160",
+            "progress=false",
+            "run=psb",
+        ]
+    )
+    summary = extract_stage(cfg, Storage.from_config(cfg.storage))
+    assert summary["extract"]["new"] == 4 and summary["extract"]["units"] > 0
+    voting = summary["baselines"]["voting"]
+    assert set(voting["per_category"]) == {"Chair", "Cup"} and 0 < voting["category_miou"] < 100
+    assert summary["baselines"]["voting_nearest"]["category_miou"] >= voting["category_miou"] - 1e-6
+
+
+@pytest.mark.slow
+def test_ingest_psb_all_190(tmp_path):
+    path = shared_data("labeled_psb")
+    cfg = load_config([f"storage.root={tmp_path}", "data.source=psb", f"data.path={path}", "progress=false", "run=psb"])
+    storage = Storage.from_config(cfg.storage)
+    summary = ingest(cfg, storage)
+    assert summary["shapes"] == 190 and summary["rejected"] == 0 and len(summary["categories"]) == 19
+    table = storage.read_table("psb/shapes", columns=["num_points", "labels"])
+    assert set(table.column("num_points").to_pylist()) == {2048}
+    assert all(np.min(lab) >= 0 for lab in table.column("labels").to_pylist())
