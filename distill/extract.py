@@ -9,13 +9,16 @@ from __future__ import annotations
 from distill.backproject import backproject
 from distill.config import RenderConfig
 from distill.records import KnowledgeUnits, Shape
-from distill.render import render_shape
 from distill.teachers.base import Teacher, ViewPrediction
 from distill.views import RenderedViews
 
 
 def render(shape: Shape, cfg: RenderConfig) -> RenderedViews:
     """(step 1, CPU) the shape's views and where its points land."""
+    # Imported here: the teacher actors import this module and must not pay for torch's
+    # import through the renderer (~2 CPU-s per actor start).
+    from distill.render import render_shape
+
     return render_shape(shape, cfg)
 
 

@@ -1,0 +1,209 @@
+"""Connecting to Ray and the resources each stage asks for.
+
+``connect`` joins the cluster a job runs in (``cluster.address``, else ``RAY_ADDRESS`` as
+``ray job submit`` sets it) or starts a private local Ray on loopback. The resource specs
+are small pure functions of the config, so the choices they make are tested without a
+cluster, and ``tests/cluster/test_cluster_yaml.py`` checks that every request fits some
+node type of ``ray_cluster.yaml``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from distill.config import ClusterConfig, Config
+
+log = logging.getLogger(__name__)
+
+TEACHER_ACTOR_CPUS = 1.0
+"""CPUs held by each teacher actor: image pre-processing and back-projection run there."""
+TRAIN_WORKER_CPUS = 1.0
+"""CPUs held by each training worker besides its GPUs (data loading is in-process)."""
+
+
+def local_num_cpus(cfg: ClusterConfig) -> int:
+    """CPUs of a local Ray: ``cluster.num_cpus``, or every CPU of this machine when 0."""
+    if cfg.num_cpus < 0:
+        raise ValueError(f"cluster.num_cpus={cfg.num_cpus} must be >= 0 (0: all of this machine's)")
+    return cfg.num_cpus or (os.cpu_count() or 1)
+
+
+def cluster_address(cfg: ClusterConfig, environ: dict[str, str] | None = None) -> str:
+    """The cluster to join: ``cluster.address``, else ``RAY_ADDRESS``; empty: start a local Ray."""
+    env = os.environ if environ is None else environ
+    return cfg.address or env.get("RAY_ADDRESS", "")
+
+
+def _loopback_only() -> None:
+    """Make a local Ray bind and advertise 127.0.0.1 instead of the machine's routable IP.
+
+    Ray on Linux resolves "127.0.0.1" to the routable address (it assumes a multi-node
+    cluster), so ``_node_ip_address`` alone does not keep it off the network. The switch
+    Ray uses on laptops (macOS/Windows) turns that off: the environment variable reaches
+    the GCS, raylet and workers we spawn; the driver has already read the constant.
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    try:
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    except (ImportError, AttributeError):  # a Ray without the switch: it binds as it will
+        log.debug("ray_constants.ENABLE_RAY_CLUSTER not found; local Ray may bind the routable IP")
+
+
+def connect(cfg: ClusterConfig, runtime_env: dict[str, Any] | None = None) -> None:
+    """Join the configured Ray cluster or start a local one; a no-op when already connected.
+
+    Local: ``local_num_cpus(cfg)`` CPUs, 127.0.0.1 only, no dashboard, warnings-only logs.
+    ``runtime_env`` (e.g. ``{"env_vars": {...}}``) applies to every task and actor of
+    this driver; a local Ray rarely needs one since workers inherit this environment.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cluster_address(cfg)
+    if address:
+        log.info("connecting to Ray at %s", address)
+        ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
+        return
+    num_cpus = local_num_cpus(cfg)
+    _loopback_only()
+    log.info("starting a local Ray with %d CPUs on 127.0.0.1", num_cpus)
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        runtime_env=runtime_env,
+        logging_level=logging.WARNING,
+        _system_config={"num_workers_soft_limit": local_worker_soft_limit(num_cpus)},
+    )
+
+
+def local_worker_soft_limit(num_cpus: int) -> int:
+    """Idle worker processes a local Ray keeps (Ray's default: one per CPU).
+
+    Fractional-CPU stages (``cluster.render_cpus`` < 1 on a small machine) run more
+    workers than CPUs; past the default limit Ray kills them as soon as they idle, and
+    the next task pays a new process and its imports again (torch: ~2 CPU-seconds,
+    measured on the 2-core machine). Twice the CPUs covers half-CPU render tasks beside
+    the teacher actor.
+    """
+    return 2 * max(num_cpus, 1)
+
+
+def configure_data_context(progress: bool) -> Any:
+    """Set Ray Data's progress reporting for this driver; returns the ``DataContext``.
+
+    With ``progress`` on, Ray Data draws its bars on a terminal and, when stdout is not a
+    terminal (``ray job logs``, CI), logs one progress line per operator every
+    ``RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL`` seconds (10) instead of redrawing bars.
+    The end-of-run stats dump is off either way: it is long and per-operator-internal.
+    """
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    ctx.enable_operator_progress_bars = progress
+    ctx.enable_rich_progress_bars = False
+    ctx.enable_auto_log_stats = False
+    ctx.verbose_stats_logs = False
+    return ctx
+
+
+def render_resources(cfg: Config) -> dict[str, float]:
+    """Ray remote args of one render task: ``cluster.render_cpus`` CPUs, no GPU."""
+    cpus = cfg.cluster.render_cpus
+    if cpus <= 0:
+        raise ValueError(f"cluster.render_cpus={cpus} must be > 0 (a render task is CPU work)")
+    return {"num_cpus": float(cpus)}
+
+
+RENDER_BATCH_SHAPES = 1
+"""Shapes per render task: one shape's views at 800² are ~60 MB, and one shape per task
+spreads a small corpus over every render CPU."""
+
+
+@dataclass(frozen=True)
+class TeacherActorOptions:
+    """How the teacher stage runs on Ray Data: a fixed pool of ``size`` actors."""
+
+    size: int
+    num_cpus: float
+    num_gpus: float
+    batch_size: int
+    """Shapes per actor call."""
+
+    def remote_args(self) -> dict[str, Any]:
+        """``map_batches`` keyword arguments for the resources (pool and batch set apart)."""
+        return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+
+
+def teacher_actor_options(cfg: Config) -> TeacherActorOptions:
+    """The teacher pool: ``cluster.teacher_actors`` actors of ``cluster.teacher_gpus`` GPUs each.
+
+    Shapes per call: enough to fill one teacher forward pass of ``teacher.batch_size``
+    images when views are few, else one shape (its views already fill a pass).
+    """
+    c = cfg.cluster
+    if c.teacher_actors < 1:
+        raise ValueError(f"cluster.teacher_actors={c.teacher_actors} must be >= 1")
+    if c.teacher_gpus < 0:
+        raise ValueError(f"cluster.teacher_gpus={c.teacher_gpus} must be >= 0")
+    views = 10 if cfg.render.views == "partslip" else cfg.render.num_views
+    shapes = max(1, cfg.teacher.batch_size // max(views, 1))
+    return TeacherActorOptions(
+        size=c.teacher_actors, num_cpus=TEACHER_ACTOR_CPUS, num_gpus=float(c.teacher_gpus), batch_size=shapes
+    )
+
+
+@dataclass(frozen=True)
+class TrainScaling:
+    """Ray Train workers: ``num_workers`` of ``resources_per_worker`` each."""
+
+    num_workers: int
+    use_gpu: bool
+    resources_per_worker: dict[str, float]
+
+    def scaling_config(self) -> Any:
+        """As a ``ray.train.ScalingConfig``."""
+        from ray.train import ScalingConfig
+
+        return ScalingConfig(
+            num_workers=self.num_workers, use_gpu=self.use_gpu, resources_per_worker=dict(self.resources_per_worker)
+        )
+
+
+def train_scaling(cfg: Config) -> TrainScaling:
+    """Training workers from ``cluster.train_workers`` and ``cluster.gpus_per_worker`` (0: CPU)."""
+    c = cfg.cluster
+    if c.train_workers < 1:
+        raise ValueError(f"cluster.train_workers={c.train_workers} must be >= 1")
+    if c.gpus_per_worker < 0:
+        raise ValueError(f"cluster.gpus_per_worker={c.gpus_per_worker} must be >= 0")
+    resources = {"CPU": TRAIN_WORKER_CPUS}
+    if c.gpus_per_worker > 0:
+        resources["GPU"] = float(c.gpus_per_worker)
+    return TrainScaling(num_workers=c.train_workers, use_gpu=c.gpus_per_worker > 0, resources_per_worker=resources)
+
+
+def resource_requests(cfg: Config) -> dict[str, dict[str, float]]:
+    """Every single-bundle request the pipeline makes, as ``{stage: {resource: amount}}``.
+
+    One render task, one teacher actor, one training worker: each must fit on one node.
+    """
+    teacher = teacher_actor_options(cfg)
+    req = {
+        "render": {"CPU": render_resources(cfg)["num_cpus"]},
+        "teacher": {"CPU": teacher.num_cpus, "GPU": teacher.num_gpus},
+        "train_worker": dict(train_scaling(cfg).resources_per_worker),
+    }
+    return {stage: {k: v for k, v in r.items() if v > 0} for stage, r in req.items()}
+
+
+def fits(request: dict[str, float], node: dict[str, float]) -> bool:
+    """Whether one node with resources ``node`` can hold ``request``."""
+    return all(node.get(k, 0.0) >= v for k, v in request.items())
