@@ -81,7 +81,7 @@ def distil_fd_and_bd(
         samples = prepare_samples(group, units, space, cfg.data.num_points, cfg.seed)
         branch: dict[str, Any] = {}
 
-        def keep_round0(state: Any) -> None:
+        def keep_round0(state: Any, branch: dict[str, Any] = branch) -> None:
             if state.round == 0:
                 branch["state"] = state.state_dict()
 
