@@ -1,7 +1,6 @@
 """Ray Train for real: 2 gloo workers on a local Ray, a worker killed mid-run, and a
 driver stopped mid-training then re-run."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,9 +11,10 @@ import torch
 
 from cluster.checkpoints import load_student, load_torch
 from cluster.pipeline import extract_stage
+from cluster.runtime import connect
 from cluster.storage import Storage
 from cluster.train import train_local
-from distill.config import load_config
+from distill.config import ClusterConfig, load_config
 from tests.conftest import REPO
 
 ray = pytest.importorskip("ray")
@@ -26,8 +26,11 @@ ARGS = ["--config", "smoke", "data.categories=[chair,lamp]", "data.per_category=
 def ray_local(tmp_path_factory):
     marker = tmp_path_factory.mktemp("fault") / "killed.txt"
     env = {"PARTDISTILL_FAULT_EPOCH": "2", "PARTDISTILL_FAULT_MARKER": str(marker), "RAY_AUTH_MODE": "disabled"}
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env}, logging_level="ERROR")
+    if ray.is_initialized():
+        ray.shutdown()
+    # The project's own way of starting a local Ray (loopback only): a plain ray.init after
+    # another module's connect() would mix addresses and never schedule a task.
+    connect(ClusterConfig(num_cpus=2), runtime_env={"env_vars": env})
     yield marker
     ray.shutdown()
 
