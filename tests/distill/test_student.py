@@ -1,0 +1,181 @@
+"""Students and their point operators: shapes, invariants, fast-vs-reference agreement."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from distill.config import StudentConfig
+from distill.student import STUDENTS, build_student, load_pretrained_encoder
+from distill.student.ops import (
+    ball_query,
+    farthest_point_sample,
+    farthest_point_sample_reference,
+    gather,
+    knn,
+    knn_reference,
+    three_nn_interpolate,
+)
+
+TINY = {"width": 8, "k": 6}
+
+
+def _cloud(b: int, n: int, seed: int = 0, d: int = 3) -> torch.Tensor:
+    return torch.randn(b, n, d, generator=torch.Generator().manual_seed(seed))
+
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread is faster, and robust on a busy machine (OpenMP threads
+    spin-waiting for a descheduled sibling made these tests 50x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+# ---------------------------------------------------------------- ops
+
+
+def test_knn_matches_reference_across_chunks():
+    q, r = _cloud(2, 37, 1), _cloud(2, 50, 2)
+    want = knn_reference(q.numpy(), r.numpy(), 5)
+    for chunk in (1, 2 * 50 * 3, 1 << 24):  # one row per chunk, a few rows, everything at once
+        idx, dist = knn(q, r, 5, chunk_entries=chunk)
+        assert idx.shape == (2, 37, 5)
+        np.testing.assert_array_equal(idx.numpy(), want)
+        exact = ((q.unsqueeze(2) - gather(r, idx)) ** 2).sum(-1)
+        torch.testing.assert_close(dist, exact, atol=1e-5, rtol=1e-5)
+
+
+def test_knn_in_feature_space_and_self_first():
+    x = _cloud(1, 40, 3, d=16)
+    idx, dist = knn(x, x, 4)
+    np.testing.assert_array_equal(idx[..., 0].numpy(), np.arange(40)[None])  # each point is its own nearest
+    np.testing.assert_array_equal(idx.numpy(), knn_reference(x.numpy(), x.numpy(), 4))
+    assert (dist[..., 0] < 1e-4).all()
+
+
+def test_knn_rejects_bad_input():
+    with pytest.raises(ValueError, match="k=9"):
+        knn(_cloud(1, 5), _cloud(1, 8), 9)
+    with pytest.raises(ValueError, match="batch"):
+        knn(_cloud(1, 5), _cloud(2, 8), 2)
+    with pytest.raises(ValueError, match="query"):
+        knn(torch.zeros(5, 3), _cloud(1, 8), 2)
+
+
+def test_farthest_point_sample_matches_reference():
+    x = _cloud(3, 60, 4)
+    got = farthest_point_sample(x, 12)
+    np.testing.assert_array_equal(got.numpy(), farthest_point_sample_reference(x.numpy(), 12))
+    assert all(len(set(row)) == 12 for row in got.tolist())  # distinct points
+
+
+def test_farthest_point_sample_spreads_out():
+    # Two tight clusters far apart: the second pick must come from the other cluster.
+    a = torch.randn(1, 20, 3) * 0.01
+    x = torch.cat([a, a + 10.0], 1)
+    idx = farthest_point_sample(x, 2)
+    assert idx[0, 0] == 0 and idx[0, 1] >= 20
+
+
+def test_ball_query_pads_with_nearest():
+    ref = torch.tensor([[[0.0, 0, 0], [0.1, 0, 0], [5.0, 0, 0], [6.0, 0, 0]]])
+    q = torch.tensor([[[0.0, 0, 0]]])
+    idx = ball_query(q, ref, radius=0.5, k=3)
+    assert idx.tolist() == [[[0, 1, 0]]]  # the far points are replaced by the nearest (0)
+    idx = ball_query(q, ref, radius=0.5, k=6)  # more than N: padded too
+    assert idx.shape == (1, 1, 6) and set(idx.flatten().tolist()) == {0, 1}
+
+
+def test_gather_and_interpolation():
+    x = _cloud(2, 10, 5, d=4)
+    idx = torch.tensor([[[1, 2], [9, 0]], [[3, 3], [4, 5]]])
+    g = gather(x, idx)
+    assert g.shape == (2, 2, 2, 4)
+    torch.testing.assert_close(g[1, 1, 0], x[1, 4])
+    torch.testing.assert_close(g[0, 0, 1], x[0, 2])
+    # Interpolating at the sparse points themselves returns their features.
+    xyz = _cloud(2, 10, 6)
+    torch.testing.assert_close(three_nn_interpolate(xyz, xyz, x), x, atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- students
+
+
+@pytest.mark.parametrize("name", sorted(STUDENTS))
+def test_student_output_shape_and_grad(name):
+    torch.manual_seed(0)
+    model = build_student(StudentConfig(backbone=name, **TINY), num_parts=5)
+    xyz = _cloud(2, 128, 7)
+    out = model(xyz)
+    assert out.shape == (2, 128, 5)
+    out.logsumexp(-1).mean().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    model.eval()
+    with torch.no_grad():
+        assert torch.isfinite(model(_cloud(1, 100, 8))).all()  # any N, batch of one
+
+
+@pytest.mark.parametrize("name", sorted(STUDENTS))
+def test_student_with_normals_and_categories(name):
+    torch.manual_seed(0)
+    model = build_student(StudentConfig(backbone=name, use_normals=True, **TINY), num_parts=7, num_categories=3)
+    xyz = _cloud(2, 64, 9)
+    normals = torch.nn.functional.normalize(_cloud(2, 64, 10), dim=-1)
+    out = model(xyz, normals=normals, category=torch.tensor([0, 2]))
+    assert out.shape == (2, 64, 7)
+    with pytest.raises(ValueError, match="category"):
+        model(xyz, normals=normals)
+    with pytest.raises(ValueError, match="normals"):
+        model(xyz, category=torch.tensor([0, 2]))
+
+
+@pytest.mark.parametrize("name", ["pointnet", "dgcnn", "dgcnn_static"])
+def test_student_is_permutation_equivariant(name):
+    # PointNet and DGCNN treat points as a set (PointNet++ is not: FPS starts at index 0).
+    torch.manual_seed(0)
+    model = build_student(StudentConfig(backbone=name, **TINY), num_parts=3).eval()
+    xyz = _cloud(1, 80, 11)
+    perm = torch.randperm(80, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model(xyz)[:, perm], model(xyz[:, perm]), atol=1e-4, rtol=1e-4)
+
+
+def test_width_scales_parameters():
+    small = build_student(StudentConfig(backbone="dgcnn", width=8), 4)
+    big = build_student(StudentConfig(backbone="dgcnn", width=16), 4)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(big) > 3 * count(small)
+
+
+def test_unknown_backbone():
+    with pytest.raises(ValueError, match="student.backbone='nope'"):
+        build_student(StudentConfig(backbone="nope"), 4)
+
+
+def test_pretrained_encoder_loads_and_reports(tmp_path):
+    torch.manual_seed(0)
+    src = build_student(StudentConfig(backbone="pointnet2", **TINY), 4)
+    path = tmp_path / "enc.pt"
+    state = dict(src.state_dict())  # whole student: "encoder." prefix, head keys dropped
+    state["encoder.extra.weight"] = torch.zeros(3)
+    del state["encoder.fp1.mlp.0.linear.weight"]
+    torch.save(state, path)
+    torch.manual_seed(1)
+    dst = build_student(StudentConfig(backbone="pointnet2", pretrained=str(path), **TINY), 6)
+    report = dst.pretrained_report
+    assert report.unexpected == ["extra.weight"]
+    assert report.missing == ["fp1.mlp.0.linear.weight"]
+    torch.testing.assert_close(dst.encoder.sa1.pos.weight, src.encoder.sa1.pos.weight)
+    assert not torch.equal(dst.encoder.fp1.mlp[0].linear.weight, src.encoder.fp1.mlp[0].linear.weight)
+
+
+def test_pretrained_encoder_shape_mismatch(tmp_path):
+    path = tmp_path / "enc.pt"
+    torch.save({"model": build_student(StudentConfig(backbone="pointnet", width=8), 4).state_dict()}, path)
+    wide = build_student(StudentConfig(backbone="pointnet", width=16), 4)
+    with pytest.raises(ValueError, match="no key matches"):
+        load_pretrained_encoder(wide, str(path))
