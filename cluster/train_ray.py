@@ -93,13 +93,13 @@ def _worker_loop(config: dict[str, Any]) -> None:
 def _datasets(storage: Storage, shapes_dir: str, units_dir: str) -> dict[str, Any]:
     import ray.data
 
-    fs = storage.pyarrow_filesystem()
-    paths = lambda d: [storage.path(d, n) for n in storage.part_names(d)]  # noqa: E731
-    # Materialised on the driver, before the workers take their CPUs: on a small cluster
-    # the workers would otherwise hold every CPU and the read tasks could never run.
+    from distill.records import SHAPE_SCHEMA, UNIT_SCHEMA
+
+    # Read on the driver and handed to Ray Data as in-memory blocks: no read tasks, so
+    # nothing waits for CPUs that the training workers hold on a small cluster.
     return {
-        "shapes": ray.data.read_parquet(paths(shapes_dir), filesystem=fs).materialize(),
-        "units": ray.data.read_parquet(paths(units_dir), filesystem=fs).materialize(),
+        "shapes": ray.data.from_arrow(storage.read_table(shapes_dir, schema=SHAPE_SCHEMA)),
+        "units": ray.data.from_arrow(storage.read_table(units_dir, schema=UNIT_SCHEMA)),
     }
 
 

@@ -100,7 +100,10 @@ class RenderConfig:
     """partslip | ring | sphere."""
     num_views: int = 10
     """For ring / sphere view sets."""
-    image_size: int = 800
+    image_size: int = 320
+    """Pixels per side. PartSLIP renders 800²; box voting measures the same at 320²
+    (bench/render.py: 78.1 vs 78.0 mIoU with clean boxes, 44.0 vs 44.0 with glip_like on
+    the 190 PSB shapes) at a third of the CPU time. The ``cluster`` preset uses 800."""
     distance: float = 2.2
     fov_deg: float = 60.0
     """Vertical field of view; ≥ 54° keeps the whole unit sphere in view at distance 2.2."""

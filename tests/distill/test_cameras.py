@@ -27,7 +27,7 @@ def _is_rotation(m: np.ndarray) -> bool:
 
 
 def test_partslip_preset_matches_design():
-    cams = make_cameras(RenderConfig())
+    cams = make_cameras(RenderConfig(image_size=800))
     assert len(cams) == 10 and cams.image_size == 800
     np.testing.assert_allclose(cams.elev_azim, np.array(PARTSLIP_VIEWS, np.float32))
     np.testing.assert_allclose(np.linalg.norm(cams.eye, axis=1), 2.2, rtol=1e-6)
