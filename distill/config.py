@@ -172,10 +172,14 @@ class TeacherConfig:
 class StudentConfig:
     """The 3D point-cloud student."""
 
-    backbone: str = "dgcnn"
-    width: int = 64
+    backbone: str = "pointnet2"
+    """pointnet2 | dgcnn | dgcnn_static | pointnet. PointNet++ (32 wide, 16 neighbours) is
+    the default: on the PSB benchmark (tta, glip_like, 25 epochs) it reached 52.0 mIoU
+    against 49.6 for PointNet and 45.1 for the better voting baseline, and it trains
+    several times faster than DGCNN on a CPU (bench/student.py)."""
+    width: int = 32
     """Base channel width."""
-    k: int = 20
+    k: int = 16
     """Neighbours per point for local geometric context."""
     use_normals: bool = False
     dropout: float = 0.3
