@@ -267,7 +267,7 @@ def run_quality(args: argparse.Namespace, source: str) -> None:
     )
     for spec in args.backbones or ["pointnet2:32:16"]:
         name, width, k = _spec(spec)
-        student = StudentConfig(backbone=name, width=width, k=k)
+        student = StudentConfig(backbone=name, width=width, k=k, use_normals=args.normals)
         cfg = TrainConfig(
             epochs=args.epochs,
             batch_size=args.batch,
@@ -282,6 +282,8 @@ def run_quality(args: argparse.Namespace, source: str) -> None:
         key = f"{args.mode} {spec} {layout} e{args.epochs} b{args.batch} bd{args.bd_rounds}{trigger} seed{args.seed}"
         if args.categories:
             key += " cats=" + ",".join(args.categories)
+        if args.normals:
+            key += " normals"
         save(
             source,
             key,
@@ -321,6 +323,7 @@ def main() -> None:
     p.add_argument("--categories", nargs="*", help="PSB categories to keep (default all 19)")
     p.add_argument("--per-category-shapes", type=int, default=0, help="at most this many shapes per category")
     p.add_argument("--image-size", type=int, default=320)
+    p.add_argument("--normals", action="store_true", help="students see the points' normals too")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     if args.what == "speed":

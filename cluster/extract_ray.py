@@ -3,15 +3,24 @@
 Two drivers with one contract (DESIGN §2):
 
 ``extract_on_ray``
-    Ray Data streaming: the unfinished shapes, one block each (``from_items``), are read
-    from the shape table and rendered in CPU tasks (``render_refs``, ``cluster.render_cpus``
-    each), then taught in a fixed pool of ``cluster.teacher_actors`` actors (``TeachStage``:
-    the model is loaded once per actor; ``cluster.teacher_gpus`` each). Back-projection
-    runs inside the teacher actor: it costs < 1 ms a shape against ~120 ms for the
-    simulated teacher at 800² (measured), and a stage of its own would ship every view's
-    masks through the object store again. The driver consumes the small per-shape unit
-    rows with ``iter_batches`` and writes each batch as one knowledge part, so every part
-    is written once, by one process.
+    Ray Data streaming over the unfinished shapes, one block each (``from_items``), in one
+    of two layouts (``cluster.extract_layout``; ``auto`` fuses when the teacher has no GPU):
+
+    *split* — render in CPU tasks (``render_refs``, ``cluster.render_cpus`` each, reading
+    their rows from the shape table), then teach in a fixed pool of
+    ``cluster.teacher_actors`` actors (``TeachStage``: the model is loaded once per actor;
+    ``cluster.teacher_gpus`` each). Back-projection runs inside the teacher actor: it
+    costs < 1 ms a shape against ~120 ms for the simulated teacher at 800² (measured), and
+    a stage of its own would ship every view's masks through the object store again.
+    This is the GPU cluster's layout: rendering spreads over CPU nodes, GPUs only teach.
+
+    *fused* — one actor stage (``ExtractStage``) that reads, renders, teaches and
+    back-projects each shape where it is, in a pool that grows to every CPU. On CPU-only
+    machines nothing is gained by splitting, and the views (9 MB a shape at 320², 58 MB
+    at 800²) never cross the object store.
+
+    The driver consumes the small per-shape unit rows with ``iter_batches`` and writes
+    each batch as one knowledge part, so every part is written once, by one process.
 ``extract_local``
     The same three steps in this process, with a tqdm bar: laptops, and the baseline of
     the scaling benchmark.
@@ -54,6 +63,8 @@ from cluster.rejects import write_rejects
 from cluster.runtime import (
     RENDER_BATCH_SHAPES,
     configure_data_context,
+    extract_fused,
+    fused_actor_options,
     render_resources,
     teacher_actor_options,
 )
@@ -366,6 +377,38 @@ class TeachStage:
         return pa.Table.from_pylist(rows, schema=SHAPE_UNITS_SCHEMA)
 
 
+class ExtractStage(TeachStage):
+    """Ray Data callable class of the fused layout: per batch of shape refs, each shape's
+    row read, rendered, taught and back-projected in this actor (``extract_local``'s
+    steps); the teacher is loaded once per actor."""
+
+    def __init__(
+        self,
+        teacher_cfg: TeacherConfig,
+        seed: int,
+        storage: Storage,
+        shapes_dir: str,
+        render_cfg: RenderConfig,
+        teacher_factory: TeacherFactory | None = None,
+    ) -> None:
+        super().__init__(teacher_cfg, seed, teacher_factory)
+        self.storage, self.shapes_dir, self.render_cfg = storage, shapes_dir, render_cfg
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        refs = [(str(p), str(s)) for p, s in zip(batch["part"], batch["shape_id"])]
+        rows = []
+        for row in load_rows(self.storage, self.shapes_dir, refs):
+            sid = str(row["shape_id"])
+            try:
+                shape = row_to_shape(row)
+            except Exception as e:  # noqa: BLE001 - one shape's failure rejects that shape only
+                rows.append(units_to_row(sid, None, f"render: {_reason(e)}", self.teacher.name))
+                continue
+            _, units, error = _extract_one(shape, self.render_cfg, self.teacher)
+            rows.append(units_to_row(sid, units, error, self.teacher.name))
+        return pa.Table.from_pylist(rows, schema=SHAPE_UNITS_SCHEMA)
+
+
 # -- writing (driver) ------------------------------------------------------------------
 class _PartWriter:
     """Accumulates finished shapes and writes them as knowledge parts (rejects first)."""
@@ -392,17 +435,8 @@ class _PartWriter:
         self.counts["units"] += table.num_rows
 
 
-def _part_shape_ids(storage: Storage, shapes_dir: str) -> dict[str, list[str]]:
-    """``{part name: its shape ids}`` of the shape table (the id column only is read)."""
-    out = {}
-    for name in storage.part_names(shapes_dir):
-        with storage.fs.open(storage.path(shapes_dir, name), "rb") as f:
-            out[name] = pq.read_table(f, columns=["shape_id"]).column("shape_id").to_pylist()
-    return out
-
-
 def _plan(storage: Storage, shapes_dir: str, knowledge_dir: str) -> tuple[list[ShapeRef], int]:
-    return plan_shapes(_part_shape_ids(storage, shapes_dir), storage.done_ids(knowledge_dir))
+    return plan_shapes(storage.part_column(shapes_dir, "shape_id"), storage.done_ids(knowledge_dir))
 
 
 def _summary(
@@ -490,6 +524,29 @@ def build_dataset(
 
     items = [{"part": part, "shape_id": sid} for part, sid in refs]
     ds = ray.data.from_items(items, override_num_blocks=input_blocks(len(items)))
+    if extract_fused(cfg):
+        import ray
+
+        opts = fused_actor_options(cfg, ray.cluster_resources().get("CPU", 1.0))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+            return ds.map_batches(
+                ExtractStage,
+                fn_constructor_kwargs={
+                    "teacher_cfg": cfg.teacher,
+                    "seed": cfg.seed,
+                    "storage": storage,
+                    "shapes_dir": shapes_dir,
+                    "render_cfg": cfg.render,
+                    "teacher_factory": teacher_factory,
+                },
+                batch_size=RENDER_BATCH_SHAPES,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(min_size=opts.min_size, max_size=opts.max_size),
+                num_cpus=opts.num_cpus,
+                num_gpus=opts.num_gpus,
+                **actor_fault_options(),
+            )
     ds = ds.map_batches(
         render_refs,
         fn_kwargs={"storage": storage, "shapes_dir": shapes_dir, "render_cfg": cfg.render},

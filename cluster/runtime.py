@@ -190,16 +190,69 @@ def train_scaling(cfg: Config) -> TrainScaling:
     return TrainScaling(num_workers=c.train_workers, use_gpu=c.gpus_per_worker > 0, resources_per_worker=resources)
 
 
+def extract_fused(cfg: Config) -> bool:
+    """Whether extraction runs render, teacher and back-projection in one actor stage.
+
+    ``cluster.extract_layout=auto`` fuses when the teacher needs no GPU: then every stage
+    is CPU work, and a shape rendered where it is taught never sends its views (9 MB at
+    320², 58 MB at 800²) through the object store. With GPU teachers the stages stay split,
+    so rendering spreads over the CPU nodes while the GPUs only run the teacher.
+    """
+    layout = cfg.cluster.extract_layout
+    return layout == "fused" or (layout == "auto" and cfg.cluster.teacher_gpus == 0)
+
+
+@dataclass(frozen=True)
+class FusedActorOptions:
+    """The fused extraction pool: between ``min_size`` and ``max_size`` actors."""
+
+    min_size: int
+    max_size: int
+    num_cpus: float
+    num_gpus: float
+
+
+def fused_actor_options(cfg: Config, cluster_cpus: float) -> FusedActorOptions:
+    """Fused extraction actors: each holds ``max(render_cpus, 1)`` CPUs (and the teacher's
+    GPUs); the pool starts at ``cluster.teacher_actors`` and grows to fill the CPUs the
+    cluster has now (``cluster_cpus``)."""
+    teacher = teacher_actor_options(cfg)
+    cpus = max(render_resources(cfg)["num_cpus"], TEACHER_ACTOR_CPUS)
+    most = max(1, int(cluster_cpus // cpus))
+    return FusedActorOptions(
+        min_size=min(teacher.size, most), max_size=max(teacher.size, most), num_cpus=cpus, num_gpus=teacher.num_gpus
+    )
+
+
+RESCORE_ACTOR_CPUS = 1.0
+"""CPUs held by each re-scoring actor (reading tables, preparing samples, the student on CPU)."""
+
+
+def rescore_actor_options(cfg: Config) -> TeacherActorOptions:
+    """The re-scoring pool: ``cluster.rescore_actors`` actors of ``cluster.rescore_gpus``
+    GPUs each; one knowledge part (≤ 32 shapes) per call."""
+    c = cfg.cluster
+    if c.rescore_actors < 1:
+        raise ValueError(f"cluster.rescore_actors={c.rescore_actors} must be >= 1")
+    if c.rescore_gpus < 0:
+        raise ValueError(f"cluster.rescore_gpus={c.rescore_gpus} must be >= 0")
+    return TeacherActorOptions(
+        size=c.rescore_actors, num_cpus=RESCORE_ACTOR_CPUS, num_gpus=float(c.rescore_gpus), batch_size=1
+    )
+
+
 def resource_requests(cfg: Config) -> dict[str, dict[str, float]]:
     """Every single-bundle request the pipeline makes, as ``{stage: {resource: amount}}``.
 
-    One render task, one teacher actor, one training worker: each must fit on one node.
+    One render task, one teacher actor, one training worker, one re-scoring actor: each
+    must fit on one node.
     """
     teacher = teacher_actor_options(cfg)
     req = {
         "render": {"CPU": render_resources(cfg)["num_cpus"]},
         "teacher": {"CPU": teacher.num_cpus, "GPU": teacher.num_gpus},
         "train_worker": dict(train_scaling(cfg).resources_per_worker),
+        "rescore": {"CPU": RESCORE_ACTOR_CPUS, "GPU": float(cfg.cluster.rescore_gpus)},
     }
     return {stage: {k: v for k, v in r.items() if v > 0} for stage, r in req.items()}
 

@@ -180,13 +180,32 @@ class Storage:
         self.write_bytes(posixpath.join(table_dir, name), sink.getvalue().to_pybytes())
         return name
 
-    def done_ids(self, table_dir: str) -> set[str]:
-        """Ids of the items finished by the readable parts of a table folder."""
-        done: set[str] = set()
+    def part_done_ids(self, table_dir: str) -> dict[str, list[str]]:
+        """``{part name: the ids it finishes}`` of the readable parts (metadata only)."""
+        out = {}
         for name in self.part_names(table_dir):
             with self.fs.open(self.path(table_dir, name), "rb") as f:
                 md = pq.read_schema(f).metadata or {}
-            done.update(json.loads(md.get(DONE_KEY, b"[]")))
+            out[name] = json.loads(md.get(DONE_KEY, b"[]"))
+        return out
+
+    def read_part(self, table_dir: str, name: str, columns: list[str] | None = None) -> pa.Table:
+        """One part of a table folder (without the part's metadata)."""
+        with self.fs.open(self.path(table_dir, name), "rb") as f:
+            return pq.read_table(f, columns=columns).replace_schema_metadata(None)
+
+    def part_column(self, table_dir: str, column: str) -> dict[str, list[Any]]:
+        """``{part name: that column's values}`` of the readable parts (one column read)."""
+        return {
+            name: self.read_part(table_dir, name, [column]).column(column).to_pylist()
+            for name in self.part_names(table_dir)
+        }
+
+    def done_ids(self, table_dir: str) -> set[str]:
+        """Ids of the items finished by the readable parts of a table folder."""
+        done: set[str] = set()
+        for ids in self.part_done_ids(table_dir).values():
+            done.update(ids)
         return done
 
     def read_table(self, table_dir: str, columns: list[str] | None = None, schema: pa.Schema | None = None) -> pa.Table:

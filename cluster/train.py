@@ -34,7 +34,15 @@ from distill.records import (
     units_to_table,
 )
 from distill.student import build_student
-from distill.training import DistilState, LabelSpace, distil, group_for_students, prepare_samples
+from distill.training import (
+    DistilState,
+    LabelSpace,
+    apply_rescore,
+    distil,
+    group_for_students,
+    prepare_samples,
+    rescore_samples,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +88,28 @@ def write_round(storage: Storage, run: str, student: str, round: int, units: dic
     storage.write_part(knowledge_dir(run, round), table, done_ids=list(units), name=f"part-{student}.parquet")
 
 
+def _rescore_pending(
+    cfg: Config,
+    storage: Storage,
+    job: StudentJob,
+    samples: list[Any],
+    state: dict[str, Any],
+    device: torch.device,
+    rank: int,
+) -> dict[str, Any]:
+    """A ``last.pt`` that awaits re-scoring, re-scored in this process (as ``distil`` would)."""
+    snapshot = build_student(cfg.student, job.space.num_slots, job.space.num_categories).to(device)
+    snapshot.load_state_dict(state["model"])
+    scores = rescore_samples(snapshot, samples, job.space, state["scores"], device, cfg.train.batch_size)
+    state = apply_rescore(state, {**state["scores"], **scores})
+    if rank == 0:
+        units = {sid: job.units[sid].with_scores(sc, state["round"]) for sid, sc in state["scores"].items() if len(sc)}
+        write_round(storage, cfg.run, job.name, state["round"], units)
+        save_torch(storage, f"{checkpoint_dir(cfg.run, job.name)}/last.pt", state)
+    log.info("student %s: re-scored round %d in this process", job.name, state["round"])
+    return state
+
+
 def train_student(
     cfg: Config,
     storage: Storage,
@@ -90,8 +120,13 @@ def train_student(
     wrap: Any = None,
     reduce_mean: Any = None,
     report: Any = None,
+    rescore_externally: bool = False,
 ) -> dict[str, Any]:
     """Train one student to its end, resuming from ``last.pt`` when present.
+
+    rescore_externally: stop when backward distillation's re-scoring is due, with
+    ``last.pt`` saved awaiting it (``cluster.rescore_ray`` re-scores and resumes); the
+    summary then says ``pending_rescore`` and no ``final.pt`` is written.
 
     wrap: turns the built model into the one to train (Ray Train's ``prepare_model``;
     None: as is) · reduce_mean: averages a float over workers · report(state, ckpt_rel):
@@ -104,6 +139,11 @@ def train_student(
     model = wrap(model) if wrap is not None else model
     samples = prepare_samples(job.shapes, job.units, job.space, cfg.data.num_points, cfg.seed)
     resume = load_torch(storage, f"{ckpt}/last.pt") if storage.exists(ckpt, "last.pt") else None
+    if resume is not None and resume.get("pending_rescore"):
+        if rescore_externally:  # e.g. a restarted worker group: the re-scoring pass is next
+            return {"student": job.name, "epochs": resume["epoch"], "pending_rescore": True}
+        # Stopped for a re-scoring pass that never ran (a Ray run continued locally): do it here.
+        resume = _rescore_pending(cfg, storage, job, samples, resume, device, rank)
     if resume is not None:
         log.info("student %s: resuming after epoch %d (round %d)", job.name, resume["epoch"], resume["round"])
     bar = tqdm(
@@ -118,7 +158,9 @@ def train_student(
         last = state.history[-1]
         bar.set_postfix(loss=f"{last['loss']:.4f}", round=state.round)
         bar.update(1)
-        saved = state.epoch % cfg.train.checkpoint_every == 0 or state.epoch == cfg.train.epochs
+        saved = (
+            state.epoch % cfg.train.checkpoint_every == 0 or state.epoch == cfg.train.epochs or state.pending_rescore
+        )
         if saved and rank == 0:
             save_torch(storage, f"{ckpt}/last.pt", state.state_dict())
         if report is not None:
@@ -143,6 +185,7 @@ def train_student(
         rank=rank,
         world_size=world_size,
         reduce_mean=reduce_mean,
+        rescore_externally=rescore_externally,
     )
     bar.close()
     history = result.history
@@ -157,6 +200,8 @@ def train_student(
         "last_loss": round(history[-1]["loss"], 4) if history else None,
         "seconds": round(time.perf_counter() - start, 1),
     }
+    if result.pending_rescore:
+        return {**info, "pending_rescore": True}
     if rank == 0:
         save_torch(
             storage, f"{ckpt}/final.pt", final_bundle(result.model, job.space, cfg.student, **info, history=history)

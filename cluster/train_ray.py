@@ -1,14 +1,16 @@
 """The training stage on Ray Train: the same per-student body as ``cluster.train``, DDP.
 
-One ``TorchTrainer`` fit per student: ``cluster.train_workers`` workers (gloo on CPU,
-nccl on GPU via ``prepare_model``), each reading the shape and knowledge tables through
-Ray Data (not split: ``distill.training.epoch_batches`` shards the epoch by rank, so every
-worker also holds every shape for backward distillation's re-scoring, which needs no
-communication), epoch losses averaged with an all-reduce, checkpoints written by rank 0
-to the run's storage (``{run}/checkpoints/{student}/last.pt``) and metrics reported to
-Ray Train every epoch. A worker that dies makes Ray Train restart the group
-(``FailureConfig``), and the restarted workers resume from ``last.pt``; so does a re-run of
-the job with the same run name.
+Per student, ``TorchTrainer`` fits alternate with backward distillation's re-scoring
+passes: a fit runs ``cluster.train_workers`` workers (gloo on CPU, nccl on GPU via
+``prepare_model``), each reading the shape and knowledge tables through Ray Data (not
+split: ``distill.training.epoch_batches`` shards the epoch by rank), epoch losses averaged
+with an all-reduce, checkpoints written by rank 0 to the run's storage
+(``{run}/checkpoints/{student}/last.pt``) and metrics reported to Ray Train every epoch.
+When re-scoring is due the fit stops with ``last.pt`` awaiting it; ``cluster.rescore_ray``
+re-scores every unit on a Ray Data actor pool, writes ``knowledge/round_{k}/`` and puts
+the scores into ``last.pt``; the next fit resumes from there. A worker that dies makes Ray
+Train restart the group (``FailureConfig``), and the restarted workers resume from
+``last.pt``; so does a re-run of the job with the same run name, at whichever step.
 
 Fault injection for tests: with ``PARTDISTILL_FAULT_EPOCH=k`` and
 ``PARTDISTILL_FAULT_MARKER=<file>``, worker rank 1 (or 0 when alone) exits hard after
@@ -85,6 +87,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
         wrap=ray.train.torch.prepare_model,
         reduce_mean=reduce_mean,
         report=report,
+        rescore_externally=True,
     )
     if rank == 0:
         storage.write_json(f"{checkpoint_dir(cfg.run, job.name)}/train_info.json", info)
@@ -103,42 +106,83 @@ def _datasets(storage: Storage, shapes_dir: str, units_dir: str) -> dict[str, An
     }
 
 
+def _pending_round(storage: Storage, ckpt: str) -> int | None:
+    """The round a student's ``last.pt`` waits to have re-scored, or None."""
+    from cluster.checkpoints import load_torch
+
+    if not storage.exists(ckpt, "last.pt"):
+        return None
+    state = load_torch(storage, f"{ckpt}/last.pt")
+    return int(state["round"]) + 1 if state.get("pending_rescore") else None
+
+
 def train_on_ray(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str) -> dict[str, Any]:
-    """Train every unfinished student of the run with Ray Train (Ray must be connected)."""
+    """Train every unfinished student of the run with Ray Train (Ray must be connected).
+
+    Per student, fits alternate with backward distillation's re-scoring passes: a fit
+    trains until the re-scoring is due (or to the end); ``cluster.rescore_ray`` re-scores
+    on a Ray Data actor pool, writes ``knowledge/round_{k}/`` and resumes ``last.pt``; the
+    next fit continues from there. A re-run picks up wherever this stopped.
+    """
+    from cluster.rescore_ray import rescore_on_ray
+    from cluster.train import knowledge_dir, load_training_data
+
+    jobs = load_training_data(cfg, storage, shapes_dir, units_dir)
+    students, skipped = [], []
+    for job in jobs:
+        ckpt = checkpoint_dir(cfg.run, job.name)
+        if storage.exists(ckpt, "final.pt"):
+            skipped.append(job.name)
+            continue
+        rounds = []
+        for _ in range(cfg.train.bd_rounds + 1):
+            pending = _pending_round(storage, ckpt)
+            if pending is not None:
+                out = knowledge_dir(cfg.run, pending)
+                rounds.append(
+                    rescore_on_ray(cfg, storage, job.name, job.space, shapes_dir, units_dir, f"{ckpt}/last.pt", out)
+                )
+            info = _fit(cfg, storage, job, shapes_dir, units_dir)
+            if not info.get("pending_rescore"):
+                break
+        else:  # more re-scorings were asked for than train.bd_rounds allows: a bug
+            raise RuntimeError(f"student {job.name}: still waiting for a re-scoring after {cfg.train.bd_rounds} rounds")
+        students.append({**info, "rescoring": rounds})
+    return {
+        "students": students,
+        "skipped": skipped,
+        "workers": cfg.cluster.train_workers,
+        "backend": "ray",
+    }
+
+
+def _fit(cfg: Config, storage: Storage, job: Any, shapes_dir: str, units_dir: str) -> dict[str, Any]:
+    """One Ray Train fit of a student, to its end or to its next re-scoring."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from cluster.runtime import train_scaling
-    from cluster.train import load_training_data
 
-    jobs = load_training_data(cfg, storage, shapes_dir, units_dir)
     scaling = train_scaling(cfg)
-    students, skipped = [], []
-    for job in jobs:
-        if storage.exists(checkpoint_dir(cfg.run, job.name), "final.pt"):
-            skipped.append(job.name)
-            continue
-        cpus = max(1, int(scaling.resources_per_worker.get("CPU", 1)))
-        trainer = TorchTrainer(
-            _worker_loop,
-            train_loop_config={"config": to_dict(cfg), "student": job.name, "space": job.space.to_dict(), "threads": cpus},
-            scaling_config=ray.train.ScalingConfig(
-                num_workers=scaling.num_workers,
-                use_gpu=scaling.use_gpu,
-                resources_per_worker=scaling.resources_per_worker,
-            ),
-            run_config=ray.train.RunConfig(
-                name=f"{cfg.run}-{job.name}",
-                storage_path=storage.path(cfg.run, "ray_train"),
-                storage_filesystem=storage.pyarrow_filesystem(),
-                failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-            ),
-            datasets=_datasets(storage, shapes_dir, units_dir),
-            dataset_config=ray.train.DataConfig(datasets_to_split=[]),
-        )
-        result = trainer.fit()
-        if result.error is not None:
-            raise RuntimeError(f"training student {job.name} failed: {result.error}")
-        students.append(storage.read_json(f"{checkpoint_dir(cfg.run, job.name)}/train_info.json"))
-    return {"students": students, "skipped": skipped, "workers": scaling.num_workers, "backend": "ray"}
-
+    cpus = max(1, int(scaling.resources_per_worker.get("CPU", 1)))
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"config": to_dict(cfg), "student": job.name, "space": job.space.to_dict(), "threads": cpus},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=scaling.num_workers,
+            use_gpu=scaling.use_gpu,
+            resources_per_worker=scaling.resources_per_worker,
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"{cfg.run}-{job.name}",
+            storage_path=storage.path(cfg.run, "ray_train"),
+            storage_filesystem=storage.pyarrow_filesystem(),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+        ),
+        datasets=_datasets(storage, shapes_dir, units_dir),
+        dataset_config=ray.train.DataConfig(datasets_to_split=[]),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise RuntimeError(f"training student {job.name} failed: {result.error}")
+    return storage.read_json(f"{checkpoint_dir(cfg.run, job.name)}/train_info.json")

@@ -309,12 +309,20 @@ class ClusterConfig:
     """CPUs of a local Ray (0: all of this machine's)."""
     render_cpus: float = 1.0
     teacher_actors: int = 1
+    extract_layout: str = "auto"
+    """split (render tasks → teacher actor pool) | fused (each actor renders, teaches and
+    back-projects; the pool grows to every CPU) | auto (fused when teacher_gpus is 0)."""
     teacher_gpus: float = 0.0
     train_workers: int = 1
     gpus_per_worker: float = 0.0
+    rescore_actors: int = 1
+    """Actors of backward distillation's re-scoring pass (Ray Data batch inference)."""
+    rescore_gpus: float = 0.0
+    """GPUs per re-scoring actor (0: CPU)."""
 
     def __post_init__(self) -> None:
         _choice("cluster.backend", self.backend, ("auto", "ray", "local"))
+        _choice("cluster.extract_layout", self.extract_layout, ("auto", "split", "fused"))
 
 
 @dataclass

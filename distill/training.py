@@ -580,6 +580,7 @@ class DistilState:
     best_score: float = -math.inf
     best_epoch: int = 0
     best_model: dict[str, Tensor] | None = None
+    pending_rescore: bool = False
 
     def state_dict(self) -> dict[str, Any]:
         """A ``torch.save``-able snapshot (tensors of the model cloned onto the CPU)."""
@@ -598,6 +599,7 @@ class DistilState:
             "best_score": self.best_score,
             "best_epoch": self.best_epoch,
             "best_model": self.best_model,
+            "pending_rescore": self.pending_rescore,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -605,6 +607,11 @@ class DistilState:
             raise ValueError(f"resume state has version {state.get('version')!r}, expected 1")
         if state["seed"] != self.seed:
             raise ValueError(f"resume state was made with seed {state['seed']}, this run has seed {self.seed}")
+        if state.get("pending_rescore"):
+            raise ValueError(
+                f"resume state after epoch {state['epoch']} awaits backward distillation's re-scoring: "
+                "give it the new scores with apply_rescore first"
+            )
         _unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -625,6 +632,56 @@ class DistilResult:
     history: list[dict[str, float]]
     units: dict[str, KnowledgeUnits]
     state: dict[str, Any]
+    pending_rescore: bool = False
+    """True when the run stopped for an external re-scoring (``rescore_externally``)."""
+
+
+def apply_rescore(state: dict[str, Any], scores: dict[str, np.ndarray]) -> dict[str, Any]:
+    """A state that stopped for external re-scoring, with the new unit scores in: training
+    resumes from it in round + 1, exactly as if ``distil`` had re-scored in the loop.
+
+    state: a ``DistilState.state_dict()`` with ``pending_rescore`` · scores: the new
+    score array of every shape of the state (same lengths) → a new state dict.
+    """
+    if not state.get("pending_rescore"):
+        raise ValueError(f"state after epoch {state.get('epoch')} is not waiting for a re-scoring")
+    old = state["scores"]
+    if set(scores) != set(old):
+        missing, extra = sorted(set(old) - set(scores)), sorted(set(scores) - set(old))
+        raise ValueError(f"re-scored shapes differ from the run's: missing {missing[:5]}, unexpected {extra[:5]}")
+    for sid, s in scores.items():
+        if len(s) != len(old[sid]):
+            raise ValueError(f"shape {sid}: {len(s)} new scores for {len(old[sid])} units")
+    out = dict(state)
+    out["scores"] = {k: np.asarray(v, np.float32).copy() for k, v in scores.items()}
+    out["round"] = int(state["round"]) + 1
+    out["round_start"] = len(state["losses"])
+    out["pending_rescore"] = False
+    out["history"] = copy.deepcopy(state["history"])
+    if out["history"]:
+        out["history"][-1]["rescored"] = 1.0
+    return out
+
+
+def rescore_samples(
+    model: nn.Module,
+    samples: Sequence[ShapeSample],
+    space: LabelSpace,
+    scores: dict[str, np.ndarray] | None = None,
+    device: torch.device | str = "cpu",
+    batch_size: int = 8,
+) -> dict[str, np.ndarray]:
+    """Backward distillation over samples: each unit's new score (``rescore``) from the
+    student's predictions (eval mode; recalibrate its BatchNorm first).
+
+    scores: the current scores by shape id (default: the samples' own) → new scores by id.
+    """
+    preds = predict_samples(model, samples, device, space, batch_size)
+    out = {}
+    for s, pred in zip(samples, preds):
+        current = s.unit_score.numpy() if scores is None else scores[s.shape_id]
+        out[s.shape_id] = rescore(_sample_units(s, space, current), pred).score
+    return out
 
 
 def _sample_units(s: ShapeSample, space: LabelSpace, score: np.ndarray) -> KnowledgeUnits:
@@ -674,6 +731,7 @@ def distil(
     world_size: int = 1,
     reduce_mean: Callable[[float], float] | None = None,
     grad_clip: float = 0.0,
+    rescore_externally: bool = False,
 ) -> DistilResult:
     """Forward then backward distillation of ``model`` on ``samples`` (DESIGN §3).
 
@@ -690,6 +748,11 @@ def distil(
     ``on_rescore(round, units_by_shape_id)`` called (write ``knowledge/round_{k}/`` there;
     only on rank 0 if you like). Then ``on_epoch_end(state)`` (save
     ``state.state_dict()`` there; return True to stop early).
+
+    rescore_externally: when re-scoring is due, do not predict here: mark the state
+    ``pending_rescore``, call ``on_epoch_end`` (save it there) and return with
+    ``pending_rescore=True``; the caller re-scores elsewhere (a Ray Data pass), puts the
+    scores in with ``apply_rescore`` and resumes from that state.
 
     resume: a ``DistilState.state_dict()`` of this same run (same samples, config and
     seed): training continues after its epoch and ends exactly as the uninterrupted run.
@@ -762,10 +825,17 @@ def distil(
             if val > state.best_score:
                 state.best_score, state.best_epoch = val, state.epoch
                 state.best_model = {k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()}
+        if rescore_now and rescore_externally:
+            state.pending_rescore = True
+            record["rescore_pending"] = 1.0
+            state.history.append(record)
+            log.info("epoch %d/%d %s: stopping for re-scoring", state.epoch, cfg.epochs, record)
+            if on_epoch_end is not None:
+                on_epoch_end(state)
+            return DistilResult(model, state.epoch, state.history, {}, state.state_dict(), pending_rescore=True)
         if rescore_now:
-            preds = predict_samples(model, [current(i) for i in range(len(samples))], device, space, cfg.batch_size)
-            for s, pred in zip(samples, preds):
-                state.scores[s.shape_id] = rescore(_sample_units(s, space, state.scores[s.shape_id]), pred).score
+            all_samples = [current(i) for i in range(len(samples))]
+            state.scores = rescore_samples(model, all_samples, space, state.scores, device, cfg.batch_size)
             state.round += 1
             state.round_start = len(state.losses)
             record["rescored"] = 1.0

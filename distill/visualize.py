@@ -136,7 +136,15 @@ def colored_ply(points: np.ndarray, labels: np.ndarray) -> bytes:
     colors = part_colors(labels)
     vertex = np.empty(
         len(points),
-        dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1"), ("label", "<i4")],
+        dtype=[
+            ("x", "<f4"),
+            ("y", "<f4"),
+            ("z", "<f4"),
+            ("red", "u1"),
+            ("green", "u1"),
+            ("blue", "u1"),
+            ("label", "<i4"),
+        ],
     )
     vertex["x"], vertex["y"], vertex["z"] = points.T
     vertex["red"], vertex["green"], vertex["blue"] = colors.T

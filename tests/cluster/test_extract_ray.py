@@ -28,7 +28,7 @@ from cluster.extract_ray import (
     views_to_columns,
 )
 from cluster.rejects import read_rejects
-from cluster.runtime import connect, teacher_actor_options
+from cluster.runtime import connect, extract_fused, fused_actor_options, teacher_actor_options
 from cluster.storage import Storage
 from distill.config import ClusterConfig, load_config
 from distill.extract import render
@@ -170,16 +170,32 @@ def test_render_tasks_are_not_fused_into_the_teacher_actors(tmp_path, shapes, ra
     ids = _write_shapes(storage, shapes)
     refs = [(p, sid) for p in storage.part_names(SHAPES) for sid in ids]
     # Same CPUs for render tasks and teacher actors: the case Ray Data would fuse.
-    build_dataset(_cfg(cluster__render_cpus=1.0), storage, SHAPES, refs).explain()
+    build_dataset(_cfg(cluster__render_cpus=1.0, cluster__extract_layout="split"), storage, SHAPES, refs).explain()
     optimized = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
     assert "TaskPoolMapOperator[MapBatches(render_refs)]" in optimized
     assert "ActorPoolMapOperator[MapBatches(TeachStage)]" in optimized
 
 
-def test_extract_on_ray_matches_local_then_skips(tmp_path, shapes, ray_local):
+def test_fused_layout_is_one_actor_stage_over_every_cpu(tmp_path, shapes, ray_local, capsys):
     storage = Storage(str(tmp_path))
     ids = _write_shapes(storage, shapes)
-    cfg = _cfg()
+    refs = [(p, sid) for p in storage.part_names(SHAPES) for sid in ids]
+    cfg = _cfg()  # auto, and the teacher has no GPU
+    assert extract_fused(cfg) and not extract_fused(_cfg(cluster__teacher_gpus=1.0))
+    assert not extract_fused(_cfg(cluster__extract_layout="split"))
+    opts = fused_actor_options(cfg, 2.0)
+    assert (opts.min_size, opts.max_size, opts.num_cpus) == (1, 2, 1.0)
+    build_dataset(cfg, storage, SHAPES, refs).explain()
+    optimized = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
+    assert "ActorPoolMapOperator[MapBatches(ExtractStage)]" in optimized
+    assert "render_refs" not in optimized and "TeachStage" not in optimized
+
+
+@pytest.mark.parametrize("layout", ["fused", "split"])
+def test_extract_on_ray_matches_local_then_skips(tmp_path, shapes, ray_local, layout):
+    storage = Storage(str(tmp_path))
+    ids = _write_shapes(storage, shapes)
+    cfg = _cfg(cluster__extract_layout=layout)
     out = extract_on_ray(cfg, storage, SHAPES, KNOWLEDGE)
     assert (out["new"], out["skipped"], out["rejected"]) == (len(ids), 0, 0) and out["units"] > 0
     on_ray = _assert_each_once(storage, ids)
@@ -234,7 +250,8 @@ def test_bad_shapes_are_rejected_and_the_rest_finish(tmp_path, shapes, ray_local
     assert (again["new"], again["rejected"], again["skipped"]) == (0, 0, len(ids))
 
 
-def test_a_killed_teacher_actor_is_replaced_and_its_shapes_retried(tmp_path, shapes, ray_local):
+@pytest.mark.parametrize("layout", ["fused", "split"])
+def test_a_killed_teacher_actor_is_replaced_and_its_shapes_retried(tmp_path, shapes, ray_local, layout):
     storage = Storage(str(tmp_path / "root"))
     ids = _write_shapes(storage, shapes)
     marker = str(tmp_path / "crashed-once")
@@ -255,7 +272,8 @@ def test_a_killed_teacher_actor_is_replaced_and_its_shapes_retried(tmp_path, sha
 
         return CrashOnce()
 
-    out = extract_on_ray(_cfg(), storage, SHAPES, KNOWLEDGE, teacher_factory=crash_once_factory)
+    cfg = _cfg(cluster__extract_layout=layout)
+    out = extract_on_ray(cfg, storage, SHAPES, KNOWLEDGE, teacher_factory=crash_once_factory)
     assert os.path.exists(marker), "the actor should have crashed once"
     assert (out["new"], out["rejected"]) == (len(ids), 0)
     on_ray = _assert_each_once(storage, ids)

@@ -29,7 +29,6 @@ def _random_units(rng: np.random.Generator, t: int, s: int, k: int, groups: list
     return _units(sets, labels, scores)
 
 
-
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Tiny tensors: one thread is faster, and robust on a busy machine (OpenMP threads
@@ -38,6 +37,7 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
 
 # ---------------------------------------------------------------- class weights
 

@@ -268,7 +268,9 @@ def test_render_shape_outputs(with_mesh):
 
 def test_mesh_and_splat_visibility_roughly_agree():
     mesh_vis = render_shape(two_box_shape(True), RenderConfig(image_size=96, fov_deg=50.0)).point_visible
-    pts_vis = render_shape(two_box_shape(False), RenderConfig(image_size=96, point_radius=0.03, fov_deg=50.0)).point_visible
+    pts_vis = render_shape(
+        two_box_shape(False), RenderConfig(image_size=96, point_radius=0.03, fov_deg=50.0)
+    ).point_visible
     assert (mesh_vis == pts_vis).mean() > 0.9
 
 

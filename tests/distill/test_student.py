@@ -25,7 +25,6 @@ def _cloud(b: int, n: int, seed: int = 0, d: int = 3) -> torch.Tensor:
     return torch.randn(b, n, d, generator=torch.Generator().manual_seed(seed))
 
 
-
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Tiny tensors: one thread is faster, and robust on a busy machine (OpenMP threads
@@ -34,6 +33,7 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
 
 # ---------------------------------------------------------------- ops
 

@@ -12,6 +12,7 @@ from distill.records import KnowledgeUnits, Shape
 from distill.student import build_student
 from distill.training import (
     LabelSpace,
+    apply_rescore,
     collate,
     distil,
     epoch_batches,
@@ -21,6 +22,7 @@ from distill.training import (
     prepare_sample,
     prepare_samples,
     resample_units,
+    rescore_samples,
     split_validation,
 )
 
@@ -33,6 +35,7 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
 
 # ---------------------------------------------------------------- synthetic shapes
 
@@ -296,3 +299,47 @@ def test_multi_category_student(corpus):
     assert table.category_mean() > 70.0
     with pytest.raises(ValueError, match="LabelSpace"):
         predict(result.model, mixed, "cpu")
+
+
+def test_external_rescoring_matches_the_in_loop_one(corpus):
+    """Stop for re-scoring, re-score a rebuilt snapshot elsewhere, resume: the same run."""
+    shapes, units = corpus
+    space = LabelSpace.from_shapes(shapes)
+    samples = prepare_samples(shapes, units, space)
+    cfg = TrainConfig(epochs=4, batch_size=3, bd_rounds=1, bd_trigger="epoch", bd_epoch=2)
+    in_loop = distil(_model(space), samples, space, cfg, seed=1)
+
+    saved = {}
+    stopped = distil(
+        _model(space),
+        samples,
+        space,
+        cfg,
+        seed=1,
+        rescore_externally=True,
+        on_epoch_end=lambda st: saved.update(state=st.state_dict()),
+    )
+    assert stopped.pending_rescore and stopped.selected_epoch == 2
+    state = saved["state"]
+    assert state["pending_rescore"] and state["epoch"] == 2 and state["round"] == 0
+    with pytest.raises(ValueError, match="awaits backward distillation"):
+        distil(_model(space), samples, space, cfg, seed=1, resume=state)
+
+    snapshot = _model(space, seed=7)
+    snapshot.load_state_dict(state["model"])  # as an actor loads it from last.pt
+    scores = rescore_samples(snapshot, samples, space, state["scores"])
+    resumed_state = apply_rescore(state, scores)
+    assert resumed_state["round"] == 1 and not resumed_state["pending_rescore"]
+    assert resumed_state["history"][-1]["rescored"] == 1.0 and "rescored" not in state["history"][-1]
+    resumed = distil(_model(space, seed=9), samples, space, cfg, seed=1, resume=resumed_state)
+
+    for (k, a), b in zip(in_loop.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+    for sid in units:
+        np.testing.assert_array_equal(in_loop.units[sid].score, resumed.units[sid].score)
+    with pytest.raises(ValueError, match="not waiting"):
+        apply_rescore(resumed_state, scores)
+    with pytest.raises(ValueError, match="missing"):
+        apply_rescore(state, {k: v for k, v in scores.items() if k != "stack0"})
+    with pytest.raises(ValueError, match="new scores"):
+        apply_rescore(state, {**scores, "stack0": scores["stack0"][:-1]})
