@@ -1,16 +1,18 @@
 """Scaling benchmark: the Ray stages against their single-process twins on the same shapes.
 
-    python bench/scaling.py [--per-category 8] [--image-size 320] [--points 1024] [--epochs 4]
+    python bench/scaling.py [--per-category 40] [--image-size 320] [--points 1024] [--epochs 4]
 
 One run, on one set of procedural shapes (3 categories × ``--per-category``, simulated
 ``glip_like`` teacher) in a temporary local storage root:
 
 ``extract``
     ``extract_local`` (this process, torch on 1 thread) against ``extract_on_ray`` on a
-    private local Ray of 2 CPUs with ``cluster.render_cpus=0.5`` (two render tasks beside
-    the teacher actor). The Ray stage runs twice into fresh knowledge folders: *cold* (the
-    first Ray Data run: render workers and the teacher actor start, importing torch) and
-    *warm* (idle workers are reused; the teacher actor is a new actor, its model reloaded).
+    private local Ray of 2 CPUs, in the layout a CPU-only cluster gets by default (fused:
+    actors that render, teach and back-project, one per CPU); ``--split`` measures the GPU
+    cluster's layout instead (render tasks of 0.5 CPU beside one teacher actor). The Ray
+    stage runs twice into fresh knowledge folders: *cold* (the first Ray Data run: workers
+    start, importing torch) and *warm* (idle workers are reused; the actors are new, their
+    teachers reloaded).
     shapes/s is end to end (planning, start-up, writing); *streaming* shapes/s is measured
     between the first and the last knowledge part written (start-up excluded).
 ``train``
@@ -18,10 +20,11 @@ One run, on one set of procedural shapes (3 categories × ``--per-category``, si
     ``train_on_ray`` with 1 and 2 Ray Train workers (gloo; each worker takes 1 CPU and runs
     torch on 1 thread). shapes/s counts every epoch's training shapes: *epochs* over the
     training passes only (each epoch's ``seconds`` in the student's history, rank 0), *loop*
-    over the whole ``distil`` loop (plus batch-norm recalibration, backward distillation's
-    re-scoring and the per-epoch checkpoint). Start-up (Ray Train's worker group, the
-    tables read through Ray Data, process group, samples) is the call's wall time minus
-    the loop, reported apart.
+    over the whole ``distil`` loops (plus batch-norm recalibration and the per-epoch
+    checkpoints; locally also backward distillation's re-scoring, which on Ray is a Ray Data
+    pass between two fits). Start-up (Ray Train's worker groups, the tables read through
+    Ray Data, process groups, samples, the re-scoring pass) is the call's wall time minus
+    the loops, reported apart.
 ``memory``
     A sampler thread reads, every 0.25 s, the RSS of this process (the driver) and of
     every process under it (a local Ray's GCS, raylet and workers are its descendants):
@@ -207,6 +210,7 @@ def make_config(root: str, args: argparse.Namespace, run: str = RUN, workers: in
             "teacher.preset=glip_like",
             "cluster.num_cpus=2",
             "cluster.render_cpus=0.5",
+            f"cluster.extract_layout={'split' if args.split else 'auto'}",
             f"cluster.train_workers={workers}",
             f"train.epochs={args.epochs}",
             f"train.batch_size={args.batch_size}",
@@ -416,16 +420,26 @@ def save(out: dict[str, Any], summary: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--per-category", type=int, default=8, help="shapes per category (3 categories)")
+    ap.add_argument("--per-category", type=int, default=40, help="shapes per category (3 categories)")
     ap.add_argument("--image-size", type=int, default=320)
     ap.add_argument("--points", type=int, default=1024)
     ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument(
+        "--split", action="store_true", help="extraction in the split layout (render tasks → teacher actor)"
+    )
     args = ap.parse_args(argv)
 
     out = run(args)
     out["ratios"] = ratios(out)
-    out["config"] = {**vars(args), "categories": 3, "teacher": "simulated glip_like", "render_cpus": 0.5, "ray_cpus": 2}
+    out["config"] = {
+        **vars(args),
+        "categories": 3,
+        "teacher": "simulated glip_like",
+        "render_cpus": 0.5,
+        "ray_cpus": 2,
+        "extract_layout": "split" if args.split else "fused",
+    }
     out["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}
     out["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     out["loadavg_start"] = out["phases"]["ingest"]["load_before"]

@@ -134,7 +134,7 @@ def train_on_ray(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str)
         if storage.exists(ckpt, "final.pt"):
             skipped.append(job.name)
             continue
-        rounds = []
+        rounds, fit_seconds = [], 0.0
         for _ in range(cfg.train.bd_rounds + 1):
             pending = _pending_round(storage, ckpt)
             if pending is not None:
@@ -143,11 +143,13 @@ def train_on_ray(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str)
                     rescore_on_ray(cfg, storage, job.name, job.space, shapes_dir, units_dir, f"{ckpt}/last.pt", out)
                 )
             info = _fit(cfg, storage, job, shapes_dir, units_dir)
+            fit_seconds += float(info.get("seconds", 0.0))
             if not info.get("pending_rescore"):
                 break
         else:  # more re-scorings were asked for than train.bd_rounds allows: a bug
             raise RuntimeError(f"student {job.name}: still waiting for a re-scoring after {cfg.train.bd_rounds} rounds")
-        students.append({**info, "rescoring": rounds})
+        # seconds: the training loops of all fits (each fit's start-up and the passes apart)
+        students.append({**info, "seconds": round(fit_seconds, 1), "rescoring": rounds})
     return {
         "students": students,
         "skipped": skipped,

@@ -814,9 +814,10 @@ def distil(
             "shapes_per_s": stats["shapes"] / max(stats["seconds"], 1e-9),
         }
         rescore_now = should_rescore(state.epoch, state.losses[state.round_start :], cfg, state.round)
-        if val_samples or rescore_now or state.epoch == cfg.epochs or state.epoch % cfg.checkpoint_every == 0:
-            # Eval-mode statistics from the current weights, for every prediction below and
-            # for the snapshot the caller saves (see recalibrate_batchnorm).
+        if val_samples or rescore_now:
+            # Eval-mode statistics from the current weights for the predictions below (see
+            # recalibrate_batchnorm); the final model gets its own after the loop. Training
+            # never reads the running statistics, so checkpoints in between need none.
             recalibrate_batchnorm(model, [current(i) for i in train_idx], device, space, cfg.batch_size)
             recalibrated = state.epoch
         if val_samples:
@@ -846,7 +847,7 @@ def distil(
         if on_epoch_end is not None and on_epoch_end(state):
             break
 
-    if recalibrated != state.epoch:  # stopped early between checkpoints
+    if recalibrated != state.epoch:  # the final weights, unless the last epoch just did
         recalibrate_batchnorm(model, [current(i) for i in train_idx], device, space, cfg.batch_size)
     selected = state.epoch
     if val_samples and state.best_model is not None:
