@@ -1,6 +1,6 @@
 """Scaling benchmark: the Ray stages against their single-process twins on the same shapes.
 
-    python bench/scaling.py [--per-category 40] [--image-size 320] [--points 1024] [--epochs 4]
+    python bench/scaling.py [--per-category 100] [--image-size 320] [--points 1024] [--epochs 4]
 
 One run, on one set of procedural shapes (3 categories × ``--per-category``, simulated
 ``glip_like`` teacher) in a temporary local storage root:
@@ -420,7 +420,7 @@ def save(out: dict[str, Any], summary: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--per-category", type=int, default=40, help="shapes per category (3 categories)")
+    ap.add_argument("--per-category", type=int, default=100, help="shapes per category (3 categories)")
     ap.add_argument("--image-size", type=int, default=320)
     ap.add_argument("--points", type=int, default=1024)
     ap.add_argument("--epochs", type=int, default=4)

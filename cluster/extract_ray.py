@@ -132,6 +132,23 @@ def input_blocks(todo: int) -> int:
     return max(1, min(todo, MAX_INPUT_BLOCKS))
 
 
+FUSED_MAX_BATCH = 16
+"""Most shapes per fused actor call (a crashed call redoes at most this many)."""
+
+
+def fused_batch_shapes(todo: int, actors: int) -> int:
+    """Shapes per fused actor call: ~4 calls per actor, at most ``FUSED_MAX_BATCH``.
+
+    Shapes planned together mostly share a shape part, so a batch reads it once, and Ray
+    Data's per-call overhead is paid once a batch. Measured (120 procedural shapes, 320²,
+    2 CPUs): one shape a call streamed 14 shapes/s, batches of 15 streamed 19 (one
+    process: 8-10).
+    """
+    if todo < 0 or actors < 1:
+        raise ValueError(f"todo={todo} must be >= 0 and actors={actors} >= 1")
+    return max(1, min(FUSED_MAX_BATCH, todo // (4 * actors)))
+
+
 def actor_fault_options() -> dict[str, int]:
     """Ray remote args that restart a dead teacher actor and retry its batch.
 
@@ -523,11 +540,12 @@ def build_dataset(
     import ray.data
 
     items = [{"part": part, "shape_id": sid} for part, sid in refs]
-    ds = ray.data.from_items(items, override_num_blocks=input_blocks(len(items)))
     if extract_fused(cfg):
         import ray
 
         opts = fused_actor_options(cfg, ray.cluster_resources().get("CPU", 1.0))
+        batch = fused_batch_shapes(len(items), opts.max_size)
+        ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / batch)))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
             return ds.map_batches(
@@ -540,13 +558,14 @@ def build_dataset(
                     "render_cfg": cfg.render,
                     "teacher_factory": teacher_factory,
                 },
-                batch_size=RENDER_BATCH_SHAPES,
+                batch_size=batch,
                 batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(min_size=opts.min_size, max_size=opts.max_size),
                 num_cpus=opts.num_cpus,
                 num_gpus=opts.num_gpus,
                 **actor_fault_options(),
             )
+    ds = ray.data.from_items(items, override_num_blocks=input_blocks(len(items)))
     ds = ds.map_batches(
         render_refs,
         fn_kwargs={"storage": storage, "shapes_dir": shapes_dir, "render_cfg": cfg.render},

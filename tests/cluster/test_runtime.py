@@ -10,6 +10,7 @@ from cluster.runtime import (
     local_num_cpus,
     local_worker_soft_limit,
     render_resources,
+    rescore_actor_options,
     resource_requests,
     teacher_actor_options,
     train_scaling,
@@ -68,7 +69,18 @@ def test_train_scaling():
 
 def test_resource_requests_and_fits():
     req = resource_requests(load_config())
-    assert req == {"render": {"CPU": 1.0}, "teacher": {"CPU": 1.0}, "train_worker": {"CPU": 1.0}}
+    assert req == {
+        "render": {"CPU": 1.0},
+        "teacher": {"CPU": 1.0},
+        "train_worker": {"CPU": 1.0},
+        "rescore": {"CPU": 1.0},
+    }
+    gpu = resource_requests(load_config(["cluster.rescore_gpus=1", "cluster.rescore_actors=3"]))
+    assert gpu["rescore"] == {"CPU": 1.0, "GPU": 1.0}
+    opts = rescore_actor_options(load_config(["cluster.rescore_actors=3"]))
+    assert (opts.size, opts.num_gpus, opts.batch_size) == (3, 0.0, 1)
+    with pytest.raises(ValueError, match="rescore_actors"):
+        rescore_actor_options(load_config(["cluster.rescore_actors=0"]))
     assert fits({"CPU": 1, "GPU": 1}, {"CPU": 4, "GPU": 1})
     assert not fits({"CPU": 1, "GPU": 1}, {"CPU": 16})
     assert fits({}, {})
@@ -96,3 +108,13 @@ def test_connect_starts_a_loopback_ray_once():
         assert ray.cluster_resources()["CPU"] == 2
     finally:
         ray.shutdown()
+
+
+def test_fused_batch_shapes():
+    from cluster.extract_ray import FUSED_MAX_BATCH, fused_batch_shapes
+
+    assert fused_batch_shapes(0, 2) == 1 and fused_batch_shapes(5, 2) == 1
+    assert fused_batch_shapes(120, 2) == 15  # ~4 calls per actor
+    assert fused_batch_shapes(10_000, 2) == FUSED_MAX_BATCH
+    with pytest.raises(ValueError):
+        fused_batch_shapes(10, 0)

@@ -88,3 +88,16 @@ def test_empty_table_needs_schema(tmp_path):
     with pytest.raises(StorageError, match="no table"):
         storage.read_table("nothing")
     assert storage.read_table("nothing", schema=SHAPE_SCHEMA).num_rows == 0
+
+
+def test_per_part_ids_and_reads(tmp_path):
+    storage = Storage(str(tmp_path))
+    a = pa.table({"shape_id": ["x", "y"], "v": [1, 2]})
+    b = pa.table({"shape_id": ["z"], "v": [3]})
+    na = storage.write_part("t", a, done_ids=["x", "y", "rejected"], name="part-a.parquet")
+    nb = storage.write_part("t", b, done_ids=["z"], name="part-b.parquet")
+    assert storage.part_done_ids("t") == {na: ["rejected", "x", "y"], nb: ["z"]}
+    assert storage.part_column("t", "shape_id") == {na: ["x", "y"], nb: ["z"]}
+    assert storage.read_part("t", nb).equals(b)
+    assert storage.read_part("t", na, ["v"]).column("v").to_pylist() == [1, 2]
+    assert storage.done_ids("t") == {"x", "y", "z", "rejected"}

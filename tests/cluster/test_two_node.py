@@ -1,0 +1,88 @@
+"""A two-node Ray cluster on one machine (``ray.cluster_utils.Cluster``): a CPU head and a
+"GPU" node (it declares one GPU; the simulated teacher and the student run on CPU there).
+Stages that ask for a GPU can only be placed on the second node, so a run that finishes
+has crossed nodes: render tasks on the head, teacher actors and re-scoring actors on the
+GPU node, shape and knowledge parts read and written by both through shared storage."""
+
+import os
+
+import numpy as np
+import pytest
+
+from cluster.checkpoints import load_torch
+from cluster.extract_ray import extract_local, extract_on_ray
+from cluster.ingest import ingest
+from cluster.rescore_ray import read_round_scores, rescore_on_ray
+from cluster.runtime import _loopback_only
+from cluster.storage import Storage
+from cluster.train import knowledge_dir, load_training_data, train_student
+from distill.config import load_config
+from distill.records import UNIT_SCHEMA, table_to_units
+
+RUN = "two"
+ARGS = [
+    "--config",
+    "smoke",
+    "data.per_category=2",
+    f"run={RUN}",
+    "cluster.teacher_gpus=1",
+    "cluster.rescore_gpus=1",
+    "cluster.render_cpus=1",
+]
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    saved = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # a private loopback cluster (DESIGN §7)
+    _loopback_only()
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False, "node_ip_address": "127.0.0.1"},
+    )
+    cluster.add_node(num_cpus=1, num_gpus=1, node_ip_address="127.0.0.1")
+    ray.init(address=cluster.address)
+    cluster.wait_for_nodes()
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+    if saved is None:
+        os.environ.pop("RAY_AUTH_MODE", None)
+    else:
+        os.environ["RAY_AUTH_MODE"] = saved
+
+
+def test_two_nodes_extract_and_rescore_across_nodes(tmp_path, two_nodes):
+    import ray
+
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    assert len(nodes) == 2 and sorted(n["Resources"].get("GPU", 0.0) for n in nodes) == [0.0, 1.0]
+    cfg = load_config([*ARGS, f"storage.root={tmp_path}"])
+    storage = Storage.from_config(cfg.storage)
+    ingest(cfg, storage, cfg.data, f"{RUN}/shapes")
+
+    out = extract_on_ray(cfg, storage, f"{RUN}/shapes", knowledge_dir(RUN, 0))
+    assert out["new"] == 6 and out["rejected"] == 0
+    local = extract_local(cfg, storage, f"{RUN}/shapes", f"{RUN}/local")
+    assert local["units"] == out["units"]
+    on_ray = table_to_units(storage.read_table(knowledge_dir(RUN, 0), schema=UNIT_SCHEMA))
+    mine = table_to_units(storage.read_table(f"{RUN}/local", schema=UNIT_SCHEMA))
+    for sid, u in mine.items():
+        np.testing.assert_array_equal(u.score, on_ray[sid].score)
+
+    # A student stopped for re-scoring (in this process), re-scored by an actor on the GPU node.
+    (job,) = load_training_data(cfg, storage, f"{RUN}/shapes", knowledge_dir(RUN, 0))
+    assert train_student(cfg, storage, job, "cpu", rescore_externally=True)["pending_rescore"]
+    ckpt = f"{RUN}/checkpoints/all/last.pt"
+    summary = rescore_on_ray(
+        cfg, storage, "all", job.space, f"{RUN}/shapes", knowledge_dir(RUN, 0), ckpt, knowledge_dir(RUN, 1)
+    )
+    assert summary["shapes"] == 6 and summary["round"] == 1
+    state = load_torch(storage, ckpt)
+    assert state["round"] == 1 and not state["pending_rescore"]
+    assert set(read_round_scores(storage, knowledge_dir(RUN, 1), "all")) == set(job.units)
