@@ -1,10 +1,13 @@
-"""A two-node Ray cluster on one machine (``ray.cluster_utils.Cluster``): a CPU head and a
-"GPU" node (it declares one GPU; the simulated teacher and the student run on CPU there).
+"""A two-node Ray cluster on one machine (``ray.cluster_utils.Cluster``): a CPU head (1 CPU)
+and a "GPU" node (2 CPUs and one declared GPU, like the GPU node types of ray_cluster.yaml,
+which have CPUs beside their GPUs; the simulated teacher and the student run on CPU there).
 Stages that ask for a GPU can only be placed on the second node, so a run that finishes
 has crossed nodes: render tasks on the head, teacher actors and re-scoring actors on the
 GPU node, shape and knowledge parts read and written by both through shared storage."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -18,6 +21,9 @@ from cluster.storage import Storage
 from cluster.train import knowledge_dir, load_training_data, train_student
 from distill.config import load_config
 from distill.records import UNIT_SCHEMA, table_to_units
+from tests.conftest import REPO
+
+CHILD = "PARTDISTILL_TWO_NODE_CHILD"
 
 RUN = "two"
 ARGS = [
@@ -45,7 +51,7 @@ def two_nodes():
         initialize_head=True,
         head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False, "node_ip_address": "127.0.0.1"},
     )
-    cluster.add_node(num_cpus=1, num_gpus=1, node_ip_address="127.0.0.1")
+    cluster.add_node(num_cpus=2, num_gpus=1, node_ip_address="127.0.0.1")
     ray.init(address=cluster.address)
     cluster.wait_for_nodes()
     yield cluster
@@ -57,6 +63,21 @@ def two_nodes():
         os.environ["RAY_AUTH_MODE"] = saved
 
 
+def test_two_node_cluster_in_a_fresh_interpreter():
+    """Runs the test below in its own process: Ray Data keeps state of the first Ray session
+    a process joins (another test module's one-CPU, no-GPU local Ray), and a second session
+    in the same process then cancels the GPU actors it cannot place."""
+    env = {**os.environ, CHILD: "1", "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{__file__}::test_two_nodes_extract_and_rescore_across_nodes"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert "1 passed" in run.stdout
+
+
+@pytest.mark.skipif(not os.environ.get(CHILD), reason="runs in a fresh interpreter, started by the test above")
 def test_two_nodes_extract_and_rescore_across_nodes(tmp_path, two_nodes):
     import ray
 
