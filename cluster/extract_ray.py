@@ -3,11 +3,10 @@
 Two drivers with one contract (DESIGN §2):
 
 ``extract_on_ray``
-    Ray Data streaming over the unfinished shapes, one block each (``from_items``), in one
-    of two layouts (``cluster.extract_layout``; ``auto`` fuses when the teacher has no GPU):
+    Ray Data streaming over the unfinished shapes (``from_items``), in one of two layouts (``cluster.extract_layout``; ``auto`` fuses when the teacher has no GPU):
 
-    *split* — render in CPU tasks (``render_refs``, ``cluster.render_cpus`` each, reading
-    their rows from the shape table), then teach in a fixed pool of
+    *split* — render in CPU tasks (``render_refs``, one shape a block, ``cluster.render_cpus``
+    each, reading their rows from the shape table), then teach in a fixed pool of
     ``cluster.teacher_actors`` actors (``TeachStage``: the model is loaded once per actor;
     ``cluster.teacher_gpus`` each). Back-projection runs inside the teacher actor: it
     costs < 1 ms a shape against ~120 ms for the simulated teacher at 800² (measured), and
@@ -15,7 +14,8 @@ Two drivers with one contract (DESIGN §2):
     This is the GPU cluster's layout: rendering spreads over CPU nodes, GPUs only teach.
 
     *fused* — one actor stage (``ExtractStage``) that reads, renders, teaches and
-    back-projects each shape where it is, in a pool that grows to every CPU. On CPU-only
+    back-projects each shape where it is, a few shapes a call (``fused_batch_shapes``), in
+    a pool that grows to every CPU. On CPU-only
     machines nothing is gained by splitting, and the views (9 MB a shape at 320², 58 MB
     at 800²) never cross the object store.
 

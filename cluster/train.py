@@ -101,7 +101,7 @@ def _rescore_pending(
     snapshot = build_student(cfg.student, job.space.num_slots, job.space.num_categories).to(device)
     snapshot.load_state_dict(state["model"])
     scores = rescore_samples(snapshot, samples, job.space, state["scores"], device, cfg.train.batch_size)
-    state = apply_rescore(state, {**state["scores"], **scores})
+    state = apply_rescore(state, scores)
     if rank == 0:
         units = {sid: job.units[sid].with_scores(sc, state["round"]) for sid, sc in state["scores"].items() if len(sc)}
         write_round(storage, cfg.run, job.name, state["round"], units)

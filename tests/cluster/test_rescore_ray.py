@@ -103,12 +103,12 @@ def test_pending_checkpoint_is_rescored_in_process_when_run_locally(pending):
     expected = _expected_scores(cfg, state, job)
     info = train_student(cfg, storage, job, "cpu")
     assert info["epochs"] == 4 and info["rounds"] == 1
-    written = read_round_scores_local(storage)
+    written = _round_1_scores(storage)
     for sid, s in written.items():
         np.testing.assert_array_equal(s, expected[sid])
 
 
-def read_round_scores_local(storage):
+def _round_1_scores(storage):
     from distill.records import UNIT_SCHEMA, table_to_units
 
     units = table_to_units(storage.read_table(knowledge_dir(RUN, 1), schema=UNIT_SCHEMA))

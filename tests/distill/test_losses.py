@@ -29,14 +29,7 @@ def _random_units(rng: np.random.Generator, t: int, s: int, k: int, groups: list
     return _units(sets, labels, scores)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster, and robust on a busy machine (OpenMP threads
-    spin-waiting for a descheduled sibling made these tests 50x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 # ---------------------------------------------------------------- class weights

@@ -25,14 +25,7 @@ def _cloud(b: int, n: int, seed: int = 0, d: int = 3) -> torch.Tensor:
     return torch.randn(b, n, d, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster, and robust on a busy machine (OpenMP threads
-    spin-waiting for a descheduled sibling made these tests 50x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 # ---------------------------------------------------------------- ops
