@@ -11,12 +11,16 @@ student labels y:
 
 * ``agreement``   a (the paper)
 * ``labelnorm``   a / median a over the units of the same category and part, clipped to 1
+* ``candidates``  a, with the student's label at each point chosen only among the labels
+                  of the units covering it (a unit alone on its points keeps 1)
 * ``recall``      of the student's y points among the points the view's units cover, the
                   share inside k
 * ``prune``       c, or 0 when labelnorm < 0.5
 * ``gentle``      c · (0.5 + 0.5 · labelnorm)
 * ``max``         max(c, a)
 * ``control``     c
+* ``oracle``      the unit's true precision (the share of its points whose ground-truth
+                  label is y): not a method, the upper bound of any re-scoring rule
 
 ``--rescale`` multiplies every new score by one constant so that the size-weighted mean
 score stays the teacher's (Adam remembers the old gradient scale for ~1000 steps).
@@ -49,9 +53,18 @@ from student import RESULTS, load_psb, teacher_units, vote_table  # noqa: E402
 from distill.config import StudentConfig, TrainConfig  # noqa: E402
 from distill.rescore import unit_hits  # noqa: E402
 from distill.student import build_student  # noqa: E402
-from distill.training import LabelSpace, _sample_units, distil, evaluate, predict_samples, prepare_samples  # noqa: E402
+from distill.training import (  # noqa: E402
+    LabelSpace,
+    _sample_units,
+    collate,
+    distil,
+    evaluate,
+    forward_logits,
+    prepare_samples,
+    recalibrate_batchnorm,
+)
 
-RULES = ("agreement", "labelnorm", "recall", "prune", "gentle", "max", "control")
+RULES = ("agreement", "candidates", "labelnorm", "recall", "prune", "gentle", "max", "control", "oracle")
 
 
 def split(shapes: list, mode: str) -> tuple[list, list]:
@@ -68,11 +81,38 @@ def split(shapes: list, mode: str) -> tuple[list, list]:
     return train, test
 
 
-def unit_stats(samples: list, preds: list, space: LabelSpace) -> dict[str, dict[str, np.ndarray]]:
-    """Per shape id: teacher score, label, size, agreement and recall of every unit."""
-    out = {}
-    for s, pred in zip(samples, preds):
+@torch.no_grad()
+def snapshot_predictions(
+    model: torch.nn.Module, samples: list, space: LabelSpace
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per sample, the snapshot's label of every point: (plain argmax, argmax among the
+    labels of the units covering the point), both (N,) in the category's label indices."""
+    recalibrate_batchnorm(model, samples, "cpu", space)  # as distil does before re-scoring
+    model.eval()
+    out = []
+    for s in samples:
+        off, parts = int(space.offsets[s.category]), len(space.part_names[s.category])
+        logits = forward_logits(model, collate([s]), space)[0, :, off : off + parts].numpy()
         u = _sample_units(s, space, s.unit_score.numpy())
+        offered = np.zeros(logits.shape, bool)
+        for k in range(len(u)):
+            offered[u.unit_points(k), u.label[k]] = True
+        among = np.where(offered, logits, -np.inf).argmax(1)
+        out.append((logits.argmax(1), np.where(offered.any(1), among, logits.argmax(1))))
+    return out
+
+
+def unit_stats(
+    samples: list, preds: list, space: LabelSpace, truth: dict[str, np.ndarray]
+) -> dict[str, dict[str, np.ndarray]]:
+    """Per shape id: teacher score, label, size, agreement (plain and among the offered
+    labels), recall and true precision of every unit (``preds``: ``snapshot_predictions``;
+    ``truth``: each shape's ground-truth point labels)."""
+    out = {}
+    for s, (pred, among) in zip(samples, preds):
+        u = _sample_units(s, space, s.unit_score.numpy())
+        labels = truth[s.shape_id]
+        hits_among, _ = unit_hits(u, among)
         hits, sizes = unit_hits(u, pred)
         recall = np.zeros(len(u))
         for v in np.unique(u.view):
@@ -87,7 +127,11 @@ def unit_stats(samples: list, preds: list, space: LabelSpace) -> dict[str, dict[
             "category": np.full(len(u), s.category),
             "size": sizes.astype(np.float64),
             "a": np.where(sizes > 0, hits / np.maximum(sizes, 1), 0.0),
+            "candidates": np.where(sizes > 0, hits_among / np.maximum(sizes, 1), 0.0),
             "recall": recall,
+            "precision": np.array(
+                [float((labels[u.unit_points(k)] == u.label[k]).mean()) if n else 0.0 for k, n in enumerate(sizes)]
+            ),
         }
     return out
 
@@ -105,12 +149,14 @@ def new_scores(rule: str, stats: dict[str, dict[str, np.ndarray]], rescale: bool
         c = st["c"]
         out[sid] = {
             "agreement": st["a"],
+            "candidates": st["candidates"],
             "labelnorm": norm,
             "recall": st["recall"],
             "prune": np.where(norm >= 0.5, c, 0.0),
             "gentle": c * (0.5 + 0.5 * norm),
             "max": np.maximum(c, st["a"]),
             "control": c,
+            "oracle": st["precision"],
         }[rule]
     if rescale:
         before = sum(float((st["c"] * st["size"]).sum()) for st in stats.values())
@@ -161,17 +207,10 @@ def main() -> None:
     print(f"vote {plain.category_mean():.1f}  vote+nearest {near.category_mean():.1f}  FD {res['fd']:.1f}", flush=True)
     snapshot = build_student(student, space.num_slots, space.num_categories)
     snapshot.load_state_dict(state["model"])
-    stats = unit_stats(samples, predict_samples(snapshot, samples, "cpu", space), space)
+    truth = {s.shape_id: s.labels for s in train}
+    stats = unit_stats(samples, snapshot_predictions(snapshot, samples, space), space, truth)
     if a.diagnose:
-        by_id = {s.shape_id: s for s in train}
-        right, prec, c, agree = [], [], [], []
-        for smp in samples:
-            u = _sample_units(smp, space, smp.unit_score.numpy())
-            labels = by_id[smp.shape_id].labels
-            for k in range(len(u)):
-                prec.append(float((labels[u.unit_points(k)] == u.label[k]).mean()))
-            c += stats[smp.shape_id]["c"].tolist()
-            agree += stats[smp.shape_id]["a"].tolist()
+        c, agree, prec = ([float(x) for st in stats.values() for x in st[key]] for key in ("c", "a", "precision"))
         prec_a = np.array(prec)
         right = prec_a >= 0.3
         res.update(
