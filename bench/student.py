@@ -284,7 +284,7 @@ def run_quality(args: argparse.Namespace, source: str) -> None:
     )
     for spec in args.backbones or ["pointnet2:32:16"]:
         name, width, k = _spec(spec)
-        student = StudentConfig(backbone=name, width=width, k=k, use_normals=args.normals)
+        student = StudentConfig(backbone=name, width=width, k=k, use_normals=args.normals, align=args.align)
         cfg = TrainConfig(
             epochs=args.epochs,
             batch_size=args.batch,
@@ -301,6 +301,8 @@ def run_quality(args: argparse.Namespace, source: str) -> None:
             key += " cats=" + ",".join(args.categories)
         if args.normals:
             key += " normals"
+        if args.align != "none":
+            key += f" align={args.align}"
         save(
             source,
             key,
@@ -341,6 +343,7 @@ def main() -> None:
     p.add_argument("--per-category-shapes", type=int, default=0, help="at most this many shapes per category")
     p.add_argument("--image-size", type=int, default=320)
     p.add_argument("--normals", action="store_true", help="students see the points' normals too")
+    p.add_argument("--align", choices=["none", "cube"], default="none", help="student.align")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     if args.what == "speed":

@@ -784,9 +784,11 @@ def distil(
     state = DistilState(model, optimizer, scheduler, seed)
     state.scores = {s.shape_id: s.unit_score.numpy().copy() for s in samples}
     if resume is not None:
-        state.load_state_dict(resume)
+        state.load_state_dict(resume)  # the pose references (buffers) come back with the weights
         if set(state.scores) != {s.shape_id for s in samples}:
             raise ValueError("resume state's shapes differ from the samples given")
+    elif hasattr(_unwrap(model), "fit_references"):  # student.align: geometry of every shape
+        _unwrap(model).fit_references([s.points for s in samples], [s.category for s in samples])
 
     def current(i: int) -> ShapeSample:
         s = samples[i]

@@ -4,7 +4,9 @@ Registry (DESIGN §5.7): ``STUDENTS[name](num_parts, width, k, use_normals, drop
 num_categories)``; ``build_student(cfg, num_parts)`` builds one from ``StudentConfig`` and
 loads an optional pretrained encoder. Every student has an ``encoder`` (per-point
 features) and a ``head`` (features [+ category embedding] → logits), and is called as
-``model(xyz, normals=None, category=None)``.
+``model(xyz, normals=None, category=None)``. With ``student.align=cube`` the student is
+wrapped in ``PoseAligned``, which turns each cloud into its category's common pose first
+(its references are fitted by ``distill.training.distil`` before training).
 
 Measured on this 2-core CPU (bench/student.py): see the table in that file's docstring.
 """
@@ -20,6 +22,7 @@ import torch
 from torch import nn
 
 from distill.config import StudentConfig
+from distill.student.aligned import PoseAligned
 from distill.student.dgcnn import DGCNNSeg
 from distill.student.pointnet import PointNetSeg
 from distill.student.pointnet2 import PointNet2Seg
@@ -67,6 +70,8 @@ def build_student(cfg: StudentConfig, num_parts: int, num_categories: int = 1) -
     if cfg.pretrained:
         report = load_pretrained_encoder(model, cfg.pretrained)
         model.pretrained_report = report  # type: ignore[assignment]
+    if cfg.align == "cube":
+        model = PoseAligned(model, num_categories)
     return model
 
 
