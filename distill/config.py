@@ -190,7 +190,8 @@ class StudentConfig:
     permutation with sign flips, no mirroring) that best matches its category's reference
     clouds, chosen from the distillation shapes by geometry alone (distill/pose.py). For
     collections whose shapes are not consistently posed: on the PSB sample in Pre mode it
-    lifts the student from 39.1 to 41.3 mIoU (3 seeds; README)."""
+    lifts the student from 39.1 to 43.3 mIoU (3 seeds). On a consistently posed corpus it
+    costs (procedural, python jobs/pretrain.py: 57.2 vs 61.0), hence off by default."""
 
     def __post_init__(self) -> None:
         _positive("student.width", self.width)
