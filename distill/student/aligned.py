@@ -41,7 +41,8 @@ class PoseAligned(nn.Module):
         self.register_buffer("ref_count", torch.zeros(num_categories, dtype=torch.long))
 
     @property
-    def encoder(self) -> nn.Module:  # the pretrained-encoder loader and tests reach for it
+    def encoder(self) -> nn.Module:
+        """The wrapped student's encoder (every student has one: DESIGN §5, the registry)."""
         return self.inner.encoder
 
     @torch.no_grad()
@@ -85,6 +86,8 @@ class PoseAligned(nn.Module):
         return out
 
     def forward(self, xyz: Tensor, normals: Tensor | None = None, category: Tensor | None = None) -> Tensor:
+        if not bool(self.ref_count.any()):  # not fitted yet: nothing to align to
+            return self.inner(xyz, normals=normals, category=category)
         rot = ROTATIONS.to(xyz)[self.rotations(xyz, category).to(xyz.device)]  # (B, 3, 3)
         xyz = xyz @ rot.transpose(1, 2)
         if normals is not None:
