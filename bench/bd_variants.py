@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from student import RESULTS, load_psb, teacher_units, vote_table  # noqa: E402
+from student import RESULTS, load_psb, split, teacher_units, vote_table  # noqa: E402
 
 from distill.config import StudentConfig, TrainConfig  # noqa: E402
 from distill.rescore import unit_hits  # noqa: E402
@@ -65,20 +65,6 @@ from distill.training import (  # noqa: E402
 )
 
 RULES = ("agreement", "candidates", "labelnorm", "recall", "prune", "gentle", "max", "control", "oracle")
-
-
-def split(shapes: list, mode: str) -> tuple[list, list]:
-    """TTA: distil on every shape, score them all; Pre: first half of each category → rest."""
-    if mode == "tta":
-        return shapes, shapes
-    train, test, by = [], [], {}
-    for s in shapes:
-        by.setdefault(s.category, []).append(s)
-    for group in by.values():
-        half = len(group) // 2
-        train += group[:half]
-        test += group[half:]
-    return train, test
 
 
 @torch.no_grad()

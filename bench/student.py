@@ -186,6 +186,23 @@ def truth_units(shape: Shape) -> KnowledgeUnits:
     return KnowledgeUnits.from_lists(shape.shape_id, [0] * len(parts), parts, [1.0] * len(parts), sets, teacher="truth")
 
 
+def split(shapes: list[Shape], mode: str) -> tuple[list[Shape], list[Shape]]:
+    """(distillation shapes, scored shapes). TTA: every shape both; Pre: each category's
+    first half (in id order) distils, the rest is scored."""
+    if mode == "tta":
+        return shapes, shapes
+    train: list[Shape] = []
+    test: list[Shape] = []
+    by_cat: dict[str, list[Shape]] = {}
+    for s in shapes:
+        by_cat.setdefault(s.category, []).append(s)
+    for group in by_cat.values():
+        half = len(group) // 2
+        train += group[:half]
+        test += group[half:]
+    return train, test
+
+
 # ----------------------------------------------------------------------------- quality
 
 
@@ -247,17 +264,7 @@ def run_quality(args: argparse.Namespace, source: str) -> None:
         units = teacher_units(shapes, args.image_size)
     if args.categories:
         shapes = [s for s in shapes if s.category in args.categories]
-    if args.mode == "tta":
-        train, test = shapes, shapes
-    else:  # pre: each category's first half (sorted ids) distils, the rest is scored
-        train, test = [], []
-        by_cat: dict[str, list[Shape]] = {}
-        for s in shapes:
-            by_cat.setdefault(s.category, []).append(s)
-        for group in by_cat.values():
-            half = len(group) // 2
-            train += group[:half]
-            test += group[half:]
+    train, test = split(shapes, args.mode)
     plain, nearest = vote_table(test, units)
     print(
         f"[{source} {args.mode}] {len(train)} distillation shapes, {len(test)} scored; "

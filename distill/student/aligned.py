@@ -79,8 +79,9 @@ class PoseAligned(nn.Module):
         cats = torch.zeros(xyz.shape[0], dtype=torch.long) if category is None else category.long().cpu()
         clouds = subsample(xyz.detach().float(), self.ref_points)
         out = torch.zeros(xyz.shape[0], dtype=torch.long)
+        counts = self.ref_count.tolist()  # one device sync, not one per cloud
         for b, c in enumerate(cats.tolist()):
-            n = int(self.ref_count[c])
+            n = counts[c]
             if n:
                 out[b] = choose(rotation_costs(clouds[b], self.refs[c, :n].to(clouds)), self.tol)
         return out
