@@ -74,6 +74,9 @@ def connect(cfg: ClusterConfig, runtime_env: dict[str, Any] | None = None) -> No
     _loopback_only()
     log.info("starting a local Ray with %d CPUs on 127.0.0.1", num_cpus)
     ray.init(
+        # "local": a new private instance even where a killed `ray start --head` left
+        # /tmp/ray/ray_current_cluster behind (a bare init would try to join that one).
+        address="local",
         num_cpus=num_cpus,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
