@@ -17,8 +17,8 @@ from torch import nn
 
 from cluster.storage import Storage
 from distill.config import StudentConfig
+from distill.labels import LabelSpace
 from distill.student import build_student
-from distill.training import LabelSpace
 
 FORMAT = "partdistill.student/1"
 

@@ -1,35 +1,51 @@
 """The evaluation stage: students and the voting baselines on the evaluated shapes.
 
-Writes the students' per-point labels as ``{run}/predictions/`` (shape_id, category,
-student, labels) and returns per-category mIoU of ``student``, ``voting`` (teacher votes,
+Streams the shape table one part at a time (with its co-partitioned knowledge): for each
+part, ``PartEvaluator`` computes the voting baselines — ``voting`` (teacher votes,
 uncovered points unlabelled) and ``voting_nearest`` (uncovered points take their nearest
-covered point's label), with a Markdown table. Test labels are only *read here*, never
-by training or checkpoint selection.
+covered point's label) — and every finished student's predictions of the shapes of its
+categories, writes those predictions as ``{run}/predictions/<shape part>`` (shape_id,
+category, student, labels) and returns per-category sums of shape mIoU (``MIoUSums``),
+never the predictions, to the driver. On Ray the parts go through an actor pool that
+loads the students once per actor. Test labels are only *read here*, never by training
+or checkpoint selection.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+from tqdm import tqdm
 
 from cluster.checkpoints import list_students, load_student
+from cluster.layout import PartItem, plan_parts
+from cluster.samples import EVAL_COLUMNS, Tables, load_units
 from cluster.storage import Storage
 from distill.config import Config
-from distill.metrics import MIoUTable
-from distill.records import SHAPE_SCHEMA, UNIT_SCHEMA, KnowledgeUnits, Shape, table_to_shapes, table_to_units
+from distill.metrics import MIoUSums
+from distill.records import KnowledgeUnits, Shape, row_to_shape
 from distill.training import predict
 from distill.voting import vote, vote_nearest
 
 log = logging.getLogger(__name__)
 
 METHODS = ("voting", "voting_nearest", "student")
+PREDICTION_SCHEMA = pa.schema(
+    [("shape_id", pa.string()), ("category", pa.string()), ("student", pa.string()), ("labels", pa.list_(pa.int32()))]
+)
+SUMS_SCHEMA = pa.schema(
+    [("method", pa.string()), ("category", pa.string()), ("sum", pa.float64()), ("count", pa.float64())]
+)
 
 
-def voting_tables(shapes: list[Shape], units: dict[str, KnowledgeUnits]) -> dict[str, MIoUTable]:
-    """mIoU of both voting baselines over the labelled ``shapes``."""
-    tables = {"voting": MIoUTable(), "voting_nearest": MIoUTable()}
+def voting_tables(shapes: list[Shape], units: dict[str, KnowledgeUnits], tables: dict[str, Any] | None = None) -> Any:
+    """Both voting baselines over the labelled ``shapes``, added to ``tables`` (default:
+    new ``MIoUSums``) → the tables."""
+    tables = tables if tables is not None else {"voting": MIoUSums(), "voting_nearest": MIoUSums()}
     for s in shapes:
         if s.labels is None:
             continue
@@ -41,10 +57,10 @@ def voting_tables(shapes: list[Shape], units: dict[str, KnowledgeUnits]) -> dict
     return tables
 
 
-def markdown_table(tables: dict[str, MIoUTable]) -> str:
+def markdown_table(tables: dict[str, Any]) -> str:
     """Per-category mIoU of each method, then the mean over categories and over shapes."""
-    methods = [m for m in METHODS if m in tables and tables[m].per_shape] + [
-        m for m in tables if m not in METHODS and tables[m].per_shape
+    methods = [m for m in METHODS if m in tables and len(tables[m])] + [
+        m for m in tables if m not in METHODS and len(tables[m])
     ]
     cats = sorted({c for m in methods for c in tables[m].per_category()})
     lines = ["| category | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
@@ -58,56 +74,147 @@ def markdown_table(tables: dict[str, MIoUTable]) -> str:
     return "\n".join(lines)
 
 
-def evaluate_students(
-    cfg: Config, storage: Storage, shapes: list[Shape], predictions_dir: str | None = None
-) -> tuple[MIoUTable, list[str]]:
-    """Every finished student of the run predicts the shapes of its categories.
+class PartEvaluator:
+    """Evaluates one shape part at a time: ``(item) → {method: MIoUSums}`` plus the
+    categories of its shapes; students loaded once (``students``: ``(name, model, space)``)."""
 
-    Returns the student mIoU table (labelled shapes) and the categories no student knows.
-    Writes the predictions when ``predictions_dir`` is given.
-    """
-    table, rows = MIoUTable(), {"shape_id": [], "category": [], "student": [], "labels": []}
-    covered: set[str] = set()
-    students = list_students(storage, cfg.run)
-    if not students:
-        raise FileNotFoundError(f"{storage.uri(cfg.run, 'checkpoints')}: no finished student; run jobs/train.py first")
-    for name in students:
-        model, space, _ = load_student(storage, cfg.run, name)
-        mine = [s for s in shapes if s.category in space.categories]
-        covered.update(s.category for s in mine)
-        if not mine:
-            continue
-        preds = predict(model, mine, "cpu", cfg.train.batch_size, space)
-        for s, pred in zip(mine, preds):
-            rows["shape_id"].append(s.shape_id)
-            rows["category"].append(s.category)
-            rows["student"].append(name)
-            rows["labels"].append(pred.astype("int32"))
-            if s.labels is not None:
-                table.add(s.shape_id, s.category, pred, s.labels, s.num_parts)
-    if predictions_dir:
-        storage.write_part(predictions_dir, pa.table(rows), done_ids=rows["shape_id"], name="part-predictions.parquet")
-    unknown = sorted({s.category for s in shapes} - covered)
-    if unknown:
-        log.warning("no student was trained for categories %s: their shapes are not segmented", unknown)
-    return table, unknown
+    def __init__(
+        self, storage: Storage, tables: Tables, students: list[Any], predictions_dir: str = "", batch_size: int = 8
+    ) -> None:
+        self.storage, self.tables, self.students = storage, tables, students
+        self.predictions_dir, self.batch_size = predictions_dir, batch_size
+
+    def __call__(self, item: PartItem) -> tuple[dict[str, MIoUSums], set[str]]:
+        table = self.storage.read_part(self.tables.shapes_dir, item.shape_part, EVAL_COLUMNS)
+        shapes = [row_to_shape(r) for r in table.to_pylist()]
+        units = load_units(self.storage, self.tables, item)
+        sums = voting_tables(shapes, units)
+        sums["student"] = MIoUSums()
+        rows: dict[str, list[Any]] = {name: [] for name in PREDICTION_SCHEMA.names}
+        for name, model, space in self.students:
+            mine = [s for s in shapes if s.category in space.categories]
+            if not mine:
+                continue
+            for s, pred in zip(mine, predict(model, mine, "cpu", self.batch_size, space)):
+                rows["shape_id"].append(s.shape_id)
+                rows["category"].append(s.category)
+                rows["student"].append(name)
+                rows["labels"].append(pred.astype(np.int32))
+                if s.labels is not None:
+                    sums["student"].add(s.shape_id, s.category, pred, s.labels, s.num_parts)
+        if self.predictions_dir:
+            table = pa.table(rows, schema=PREDICTION_SCHEMA)
+            self.storage.write_part(self.predictions_dir, table, done_ids=rows["shape_id"], name=item.shape_part)
+        return sums, {s.category for s in shapes}
+
+
+def sums_to_table(sums: dict[str, MIoUSums], categories: set[str]) -> pa.Table:
+    rows = [
+        {"method": m, "category": c, "sum": s, "count": n} for m, t in sums.items() for c, (s, n) in t.sums.items()
+    ]
+    rows += [{"method": "", "category": c, "sum": 0.0, "count": 0.0} for c in sorted(categories)]
+    return pa.Table.from_pylist(rows, schema=SUMS_SCHEMA)
+
+
+class EvaluateStage:
+    """Ray Data callable class: the run's students loaded once per actor; per item, its
+    ``PartEvaluator`` sums as ``SUMS_SCHEMA`` rows."""
+
+    def __init__(self, config: dict[str, Any], tables: Tables, with_students: bool, predictions_dir: str) -> None:
+        from distill.config import config_from_dict
+
+        cfg = config_from_dict(config)
+        storage = Storage.from_config(cfg.storage)
+        students = load_students(storage, cfg.run) if with_students else []
+        self.evaluate = PartEvaluator(storage, tables, students, predictions_dir, cfg.train.batch_size)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        out = []
+        for i in range(len(batch["shape_part"])):
+            out.append(sums_to_table(*self.evaluate(PartItem.from_row({k: batch[k][i] for k in batch}))))
+        return pa.concat_tables(out)
+
+
+def load_students(storage: Storage, run: str) -> list[Any]:
+    return [(name, *load_student(storage, run, name)[:2]) for name in list_students(storage, run)]
+
+
+def evaluate_parts(
+    cfg: Config, storage: Storage, shapes_dir: str, units_dir: str, with_students: bool, predictions_dir: str = ""
+) -> tuple[dict[str, MIoUSums], set[str]]:
+    """Stream every shape part through ``PartEvaluator`` (Ray actor pool or this process)."""
+    from cluster.pipeline import use_ray
+
+    items = plan_parts(storage.manifest(shapes_dir), storage.manifest(units_dir), None, f"{storage.uri(units_dir)}: ")
+    tables = Tables(shapes_dir, units_dir)
+    total: dict[str, MIoUSums] = {m: MIoUSums() for m in METHODS}
+    categories: set[str] = set()
+    if use_ray(cfg) and items.items:
+        import ray
+        import ray.data
+
+        from cluster.pipeline import _connect
+        from distill.config import to_dict
+
+        _connect(cfg)
+        size = cfg.cluster.eval_actors or max(1, int(ray.cluster_resources().get("CPU", 1) // 2))
+        ds = ray.data.from_items([i.to_row() for i in items.items], override_num_blocks=len(items.items))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+            ds = ds.map_batches(
+                EvaluateStage,
+                fn_constructor_kwargs={
+                    "config": to_dict(cfg),
+                    "tables": tables,
+                    "with_students": with_students,
+                    "predictions_dir": predictions_dir,
+                },
+                batch_size=1,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=min(size, len(items.items))),
+                num_cpus=1,
+            )
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            for r in batch.to_pylist():
+                if r["method"]:
+                    total[r["method"]].merge(MIoUSums({r["category"]: [r["sum"], r["count"]]}))
+                categories.add(r["category"])
+        return total, categories
+    students = load_students(storage, cfg.run) if with_students else []
+    evaluator = PartEvaluator(storage, tables, students, predictions_dir, cfg.train.batch_size)
+    for item in tqdm(items.items, desc="evaluate", unit="part", disable=not cfg.progress):
+        sums, cats = evaluator(item)
+        categories |= cats
+        for m, t in sums.items():
+            total[m].merge(t)
+    return total, categories
+
+
+def baselines(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str) -> dict[str, Any]:
+    """Both voting baselines' mIoU on the labelled shapes of ``shapes_dir`` (empty if none)."""
+    sums, _ = evaluate_parts(cfg, storage, shapes_dir, units_dir, with_students=False)
+    return {m: t.summary() for m, t in sums.items() if m != "student" and len(t)}
 
 
 def evaluate_run(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str) -> dict[str, Any]:
     """Students and baselines on the shapes of ``shapes_dir`` with the teacher's ``units_dir``."""
-    shapes = table_to_shapes(storage.read_table(shapes_dir, schema=SHAPE_SCHEMA))
-    if not shapes:
+    if not list_students(storage, cfg.run):
+        raise FileNotFoundError(f"{storage.uri(cfg.run, 'checkpoints')}: no finished student; run jobs/train.py first")
+    tables, categories = evaluate_parts(cfg, storage, shapes_dir, units_dir, True, f"{cfg.run}/predictions")
+    if not categories:
         raise ValueError(f"{storage.uri(shapes_dir)}: no shapes to evaluate")
-    units = table_to_units(storage.read_table(units_dir, schema=UNIT_SCHEMA))
-    tables = voting_tables(shapes, units)
-    tables["student"], unknown = evaluate_students(cfg, storage, shapes, f"{cfg.run}/predictions")
+    known = {c for _, _, space in load_students(storage, cfg.run) for c in space.categories}
+    unknown = sorted(categories - known)
+    if unknown:
+        log.warning("no student was trained for categories %s: their shapes are not segmented", unknown)
     md = markdown_table(tables)
     storage.write_bytes(f"{cfg.run}/evaluation.md", (md + "\n").encode())
-    log.info("evaluation: %d shapes, table in %s", len(shapes), storage.uri(cfg.run, "evaluation.md"))
-    summary: dict[str, Any] = {m: round(t.category_mean(), 2) for m, t in tables.items() if t.per_shape}
-    summary["shape_mean"] = {m: round(t.shape_mean(), 2) for m, t in tables.items() if t.per_shape}
-    summary["per_category"] = {m: t.summary()["per_category"] for m, t in tables.items() if t.per_shape}
-    summary["evaluated_shapes"] = len(shapes)
+    evaluated = max(len(t) for t in tables.values())
+    log.info("evaluation: %d shapes, table in %s", evaluated, storage.uri(cfg.run, "evaluation.md"))
+    summary: dict[str, Any] = {m: round(t.category_mean(), 2) for m, t in tables.items() if len(t)}
+    summary["shape_mean"] = {m: round(t.shape_mean(), 2) for m, t in tables.items() if len(t)}
+    summary["per_category"] = {m: t.summary()["per_category"] for m, t in tables.items() if len(t)}
+    summary["evaluated_shapes"] = evaluated
     summary["unsegmented_categories"] = unknown
     summary["table"] = md
     return summary

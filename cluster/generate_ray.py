@@ -45,6 +45,7 @@ import pyarrow as pa
 import trimesh
 from tqdm import tqdm
 
+from cluster.layout import shape_summary
 from cluster.rejects import write_rejects
 from cluster.storage import Storage
 from distill.categories import PSB_PARTS, SHAPENETPART_PARTS, canonical_name, part_names_for
@@ -194,7 +195,9 @@ def write_results(
     # Rejects first: a crash between the two writes redoes (and re-rejects) the shapes
     # rather than marking them done without their reasons.
     write_rejects(storage, run, STAGE, rejects)
-    name = storage.write_part(table_dir, shapes_to_table(shapes), done_ids=ids, name=part_name(ids))
+    name = storage.write_part(
+        table_dir, shapes_to_table(shapes), done_ids=ids, name=part_name(ids), summary=shape_summary(shapes)
+    )
     errors = dict(rejects)
     return pa.table(
         {"shape_id": ids, "error": [errors.get(i, "") for i in ids], "part": [name] * len(ids)}, schema=RESULT_SCHEMA

@@ -20,7 +20,6 @@ from typing import Any
 from cluster.ingest import ingest
 from cluster.storage import Storage
 from distill.config import Config, DataConfig
-from distill.records import SHAPE_SCHEMA, UNIT_SCHEMA, table_to_shapes, table_to_units
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +64,11 @@ def extract(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str) -> d
     return extract_local(cfg, storage, shapes_dir, units_dir)
 
 
-def baselines(storage: Storage, shapes_dir: str, units_dir: str) -> dict[str, Any]:
-    """Both voting baselines' mIoU on the labelled shapes of ``shapes_dir`` (empty if none)."""
-    from cluster.evaluate import voting_tables
+def baselines(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str) -> dict[str, Any]:
+    """Both voting baselines' mIoU on the labelled shapes of ``shapes_dir`` (streamed)."""
+    from cluster.evaluate import baselines as voting_baselines
 
-    shapes = [s for s in table_to_shapes(storage.read_table(shapes_dir, schema=SHAPE_SCHEMA)) if s.labels is not None]
-    if not shapes:
-        return {}
-    tables = voting_tables(shapes, table_to_units(storage.read_table(units_dir, schema=UNIT_SCHEMA)))
-    return {name: t.summary() for name, t in tables.items()}
+    return voting_baselines(cfg, storage, shapes_dir, units_dir)
 
 
 def extract_stage(cfg: Config, storage: Storage, evaluated: bool = False) -> dict[str, Any]:
@@ -84,7 +79,7 @@ def extract_stage(cfg: Config, storage: Storage, evaluated: bool = False) -> dic
         shapes_dir = data.path
     summary = {"ingest": ensure_shapes(cfg, storage, data, shapes_dir)}
     summary["extract"] = extract(cfg, storage, shapes_dir, units_dir)
-    summary["baselines"] = baselines(storage, shapes_dir, units_dir)
+    summary["baselines"] = baselines(cfg, storage, shapes_dir, units_dir)
     return summary
 
 

@@ -16,14 +16,15 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from tqdm import tqdm
 
 from cluster.checkpoints import list_students, load_student
 from cluster.pipeline import ensure_shapes
 from cluster.rejects import write_rejects
 from cluster.storage import Storage
 from distill.config import Config
-from distill.metrics import MIoUTable
-from distill.records import SHAPE_SCHEMA, table_to_shapes
+from distill.metrics import MIoUSums
+from distill.records import Shape, row_to_shape
 from distill.training import predict
 from distill.visualize import colored_ply, png_bytes, segmentation_figure
 
@@ -39,9 +40,6 @@ def segment(cfg: Config, storage: Storage) -> dict[str, Any]:
     out = f"{cfg.run}/segment"
     shapes_dir = cfg.data.path if cfg.data.source == "table" else f"{out}/shapes"
     ingested = ensure_shapes(cfg, storage, cfg.data, shapes_dir)
-    shapes = table_to_shapes(storage.read_table(shapes_dir, schema=SHAPE_SCHEMA))
-    done = storage.done_ids(f"{out}/labels")
-    todo = [s for s in shapes if s.shape_id not in done]
     source_run = cfg.segment.students_from or cfg.run
     students = list_students(storage, source_run)
     if not students:
@@ -53,32 +51,41 @@ def segment(cfg: Config, storage: Storage) -> dict[str, Any]:
     known = [c for _, _, space in loaded for c in space.categories]
     # A user's files name their category freely ("chair", "CHAIR"): match case-insensitively.
     canonical = {c.lower(): c for c in known}
-    for s in todo:
-        s.category = canonical.get(s.category.lower(), s.category)
-    table = MIoUTable()
-    pictures = 0
-    for name, model, space in loaded:
-        mine = [s for s in todo if s.category in space.categories]
-        if not mine:
+    table = MIoUSums()
+    pictures = segmented = skipped = 0
+    unknown: list[Shape] = []
+    written = set(storage.list_parts(f"{out}/labels"))
+    manifest = storage.manifest(shapes_dir)
+    for part in tqdm(sorted(manifest), desc="segment", unit="part", disable=not cfg.progress):
+        if part in written:  # one labels part per shape part: a re-run skips finished parts
+            skipped += int(manifest[part].get("shapes", 0))
             continue
-        preds = predict(model, mine, "cpu", cfg.train.batch_size, space)
+        shapes = [row_to_shape(r) for r in storage.read_part(shapes_dir, part).to_pylist()]
+        for s in shapes:
+            s.category = canonical.get(s.category.lower(), s.category)
+        unknown += [s for s in shapes if s.category not in known]
         rows: dict[str, list[Any]] = {"shape_id": [], "category": [], "student": [], "points": [], "labels": []}
-        for s, pred in zip(mine, preds):
-            rows["shape_id"].append(s.shape_id)
-            rows["category"].append(s.category)
-            rows["student"].append(f"{source_run}/{name}")
-            rows["points"].append(s.points.reshape(-1))
-            rows["labels"].append(pred.astype(np.int32))
-            storage.write_bytes(f"{out}/ply/{file_name(s.shape_id)}.ply", colored_ply(s.points, pred))
-            if s.labels is not None:
-                table.add(s.shape_id, s.category, pred, s.labels, s.num_parts)
-            if pictures < cfg.segment.pictures:
-                title = f"{s.shape_id} ({s.category}), student {source_run}/{name}"
-                fig = segmentation_figure(s.points, pred, s.part_names, s.labels, title, cfg.segment.picture_size)
-                storage.write_bytes(f"{out}/png/{file_name(s.shape_id)}.png", png_bytes(fig))
-                pictures += 1
-        storage.write_part(f"{out}/labels", pa.table(rows), done_ids=rows["shape_id"])
-    unknown = [s for s in todo if s.category not in known]
+        for name, model, space in loaded:
+            mine = [s for s in shapes if s.category in space.categories]
+            if not mine:
+                continue
+            preds = predict(model, mine, "cpu", cfg.train.batch_size, space)
+            for s, pred in zip(mine, preds):
+                rows["shape_id"].append(s.shape_id)
+                rows["category"].append(s.category)
+                rows["student"].append(f"{source_run}/{name}")
+                rows["points"].append(s.points.reshape(-1))
+                rows["labels"].append(pred.astype(np.int32))
+                storage.write_bytes(f"{out}/ply/{file_name(s.shape_id)}.ply", colored_ply(s.points, pred))
+                if s.labels is not None:
+                    table.add(s.shape_id, s.category, pred, s.labels, s.num_parts)
+                if pictures < cfg.segment.pictures:
+                    title = f"{s.shape_id} ({s.category}), student {source_run}/{name}"
+                    fig = segmentation_figure(s.points, pred, s.part_names, s.labels, title, cfg.segment.picture_size)
+                    storage.write_bytes(f"{out}/png/{file_name(s.shape_id)}.png", png_bytes(fig))
+                    pictures += 1
+        segmented += len(rows["shape_id"])
+        storage.write_part(f"{out}/labels", pa.table(rows), done_ids=rows["shape_id"], name=part)
     write_rejects(
         storage,
         cfg.run,
@@ -86,8 +93,8 @@ def segment(cfg: Config, storage: Storage) -> dict[str, Any]:
         [(s.shape_id, f"no student for category {s.category!r}; trained: {', '.join(sorted(known))}") for s in unknown],
     )
     summary: dict[str, Any] = {
-        "segmented": len(todo) - len(unknown),
-        "skipped": len(shapes) - len(todo),
+        "segmented": segmented,
+        "skipped": skipped,
         "rejected": len(unknown),
         "pictures": pictures,
         "labels": storage.uri(out, "labels"),
@@ -95,6 +102,6 @@ def segment(cfg: Config, storage: Storage) -> dict[str, Any]:
         "png": storage.uri(out, "png"),
         "ingest": ingested,
     }
-    if table.per_shape:
+    if len(table):
         summary["miou"] = table.summary()
     return summary

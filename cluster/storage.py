@@ -27,10 +27,36 @@ import pyarrow.parquet as pq
 log = logging.getLogger(__name__)
 
 DONE_KEY = b"partdistill.done_ids"
+SUMMARY_KEY = b"partdistill.summary"
+"""A part's footer also holds a small JSON summary (counts per category, the shape part it
+belongs to, ...): what a stage's planner needs of the part without reading its rows."""
+MANIFEST = "_manifest.json"
+"""``{part name: its summary}`` of a table folder, written by the stage's driver: planning
+is one small read. The parts stay the truth: a part the manifest lacks is summarised from
+its footer, an entry whose part is gone is dropped (with a warning naming it), and the
+manifest is rewritten."""
 
 
 class StorageError(RuntimeError):
     """Storage that cannot be used; the message names the location and what to do."""
+
+
+class PartError(StorageError):
+    """A part of a table that is missing or unreadable; the message names it."""
+
+
+class ReadCounter:
+    """Rows read through ``Storage.read_part``/``read_table`` in this process, per table
+    folder: the tests' guard that a driver never reads a whole table."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, int] = {}
+
+    def record(self, table_dir: str, rows: int) -> None:
+        self.rows[table_dir] = self.rows.get(table_dir, 0) + rows
+
+    def reset(self) -> None:
+        self.rows.clear()
 
 
 def _s3_options(endpoint_url: str = "", region: str = "") -> dict[str, Any]:
@@ -69,6 +95,11 @@ class Storage:
         else:
             raise StorageError(f"storage.root={root!r}: unsupported scheme {protocol!r} (use a folder or s3://)")
         self.base = rest.rstrip("/")
+        self.reads = ReadCounter()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Shipped to Ray workers: each process counts its own reads.
+        return {**self.__dict__, "reads": ReadCounter()}
 
     @classmethod
     def from_config(cls, cfg: Any) -> "Storage":
@@ -162,23 +193,76 @@ class Storage:
                     pq.read_metadata(f)
                 good.append(name)
             except Exception as e:  # noqa: BLE001 - any unreadable part is quarantined alike
-                log.warning(
-                    "part %s/%s is unreadable (%s): moved to _corrupt/, its items will be redone", table_dir, name, e
-                )
-                self.fs.mv(self.path(table_dir, name), self.path(table_dir, "_corrupt", name))
+                self.quarantine(table_dir, name, e)
         return good
 
-    def write_part(self, table_dir: str, table: pa.Table, done_ids: Iterable[str], name: str = "") -> str:
-        """Write one part; ``done_ids`` are the items it finishes (even ones with no rows)."""
+    def write_part(
+        self,
+        table_dir: str,
+        table: pa.Table,
+        done_ids: Iterable[str],
+        name: str = "",
+        summary: dict[str, Any] | None = None,
+    ) -> str:
+        """Write one part; ``done_ids`` are the items it finishes (even ones with no rows),
+        ``summary`` the JSON-able facts its planners need (``manifest``)."""
         done = sorted(set(done_ids))
         meta = dict(table.schema.metadata or {})
         meta[DONE_KEY] = json.dumps(done).encode()
+        meta[SUMMARY_KEY] = json.dumps({"done": len(done), **(summary or {})}, sort_keys=True).encode()
         table = table.replace_schema_metadata(meta)
         name = name or f"part-{uuid.uuid4().hex[:16]}.parquet"
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, compression="zstd")
         self.write_bytes(posixpath.join(table_dir, name), sink.getvalue().to_pybytes())
         return name
+
+    def part_footer(self, table_dir: str, name: str) -> tuple[list[str], dict[str, Any]]:
+        """(done ids, summary) of one part, from its footer alone."""
+        with self.fs.open(self.path(table_dir, name), "rb") as f:
+            md = pq.read_schema(f).metadata or {}
+        return json.loads(md.get(DONE_KEY, b"[]")), json.loads(md.get(SUMMARY_KEY, b"{}"))
+
+    def list_parts(self, table_dir: str) -> list[str]:
+        """The part files of a table folder, sorted (a listing: no part is opened)."""
+        return [n for n in self.listdir(table_dir) if n.endswith(".parquet") and not n.startswith((".", "_"))]
+
+    def manifest(self, table_dir: str) -> dict[str, dict[str, Any]]:
+        """``{part name: summary}`` of a table folder: ``MANIFEST`` plus the footers of the
+        parts it does not list yet (each read once, then recorded). An entry whose part is
+        gone is dropped with a warning; an unreadable part is quarantined (its items redone)."""
+        names = self.list_parts(table_dir)
+        known: dict[str, dict[str, Any]] = {}
+        if self.exists(table_dir, MANIFEST):
+            try:
+                known = dict(self.read_json(posixpath.join(table_dir, MANIFEST)))
+            except (ValueError, TypeError) as e:
+                log.warning("%s is unreadable (%s): rebuilt from the parts' footers", self.uri(table_dir, MANIFEST), e)
+        present = set(names)
+        gone = sorted(set(known) - present)
+        if gone:
+            log.warning(
+                "%s lists %d parts that are gone (%s): dropped; their items count as not done",
+                self.uri(table_dir, MANIFEST),
+                len(gone),
+                ", ".join(gone[:5]),
+            )
+        out = {n: known[n] for n in names if n in known}
+        for name in names:
+            if name in out:
+                continue
+            try:
+                out[name] = self.part_footer(table_dir, name)[1]
+            except Exception as e:  # noqa: BLE001 - any unreadable part is quarantined alike
+                self.quarantine(table_dir, name, e)
+        if gone or len(out) != len(known):
+            self.write_json(posixpath.join(table_dir, MANIFEST), dict(sorted(out.items())))
+        return dict(sorted(out.items()))
+
+    def quarantine(self, table_dir: str, name: str, error: BaseException) -> None:
+        """Move an unreadable part to ``_corrupt/``: its items are done again by a re-run."""
+        log.warning("part %s/%s is unreadable (%s): moved to _corrupt/, its items will be redone", table_dir, name, error)
+        self.fs.mv(self.path(table_dir, name), self.path(table_dir, "_corrupt", name))
 
     def part_done_ids(self, table_dir: str) -> dict[str, list[str]]:
         """``{part name: the ids it finishes}`` of the readable parts (metadata only)."""
@@ -190,9 +274,26 @@ class Storage:
         return out
 
     def read_part(self, table_dir: str, name: str, columns: list[str] | None = None) -> pa.Table:
-        """One part of a table folder (without the part's metadata)."""
-        with self.fs.open(self.path(table_dir, name), "rb") as f:
-            return pq.read_table(f, columns=columns).replace_schema_metadata(None)
+        """One part of a table folder (without the part's metadata).
+
+        Raises ``PartError`` naming the part when it is missing or unreadable (an
+        unreadable one is quarantined first, so a re-run of its stage redoes it)."""
+        try:
+            with self.fs.open(self.path(table_dir, name), "rb") as f:
+                table = pq.read_table(f, columns=columns)
+        except FileNotFoundError:
+            raise PartError(
+                f"{self.uri(table_dir, name)} is missing (deleted since the stage was planned?): re-run the "
+                "stage that writes it"
+            ) from None
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds for a damaged file
+            self.quarantine(table_dir, name, e)
+            raise PartError(
+                f"{self.uri(table_dir, name)} is unreadable ({type(e).__name__}: {e}); moved to _corrupt/: "
+                "re-run the stage that writes it"
+            ) from None
+        self.reads.record(table_dir, table.num_rows)
+        return table.replace_schema_metadata(None)
 
     def part_column(self, table_dir: str, column: str) -> dict[str, list[Any]]:
         """``{part name: that column's values}`` of the readable parts (one column read)."""
@@ -218,6 +319,7 @@ class Storage:
             if schema is None:
                 raise StorageError(f"{self.uri(table_dir)}: no table here (run the stage that writes it)")
             return schema.empty_table() if columns is None else schema.empty_table().select(columns)
+        self.reads.record(table_dir, sum(t.num_rows for t in tables))
         return pa.concat_tables([t.replace_schema_metadata(None) for t in tables], promote_options="default")
 
     def part_uris(self, table_dir: str) -> list[str]:

@@ -1,48 +1,38 @@
 """The training stage: shapes + knowledge → students (forward, then backward distillation).
 
-The loop itself is ``distill.training.distil``; this module only feeds it from storage and
-keeps its state there: ``{run}/checkpoints/{student}/last.pt`` every
-``train.checkpoint_every`` epochs (a re-run resumes from it), ``final.pt`` when a student is
-done (a re-run skips it), and every backward-distillation round's re-scored units as
-``{run}/knowledge/round_{k}/`` (one part per student, named after it, so a resumed round
-rewrites its own part instead of adding a second one).
+The loop itself is ``distill.training.distil``; this module plans the students from the
+tables' manifests (never reading the tables themselves), feeds each fit from storage one
+shape part at a time (``cluster.samples``) and keeps the state there:
+``{run}/checkpoints/{student}/last.pt`` (model, optimiser, schedule, epoch, round: its size
+does not grow with the corpus) every ``train.checkpoint_every`` epochs, ``final.pt`` when
+a student is done (a re-run skips it), and each backward-distillation round's scores as
+``{run}/knowledge/round_{k}/{student}/`` (``cluster.rescoring``).
 
-``train_local`` runs in this process; ``cluster.train_ray`` runs the same per-student body
-on Ray Train workers.
+A student alternates *fits* (``fit_student``: train until a re-scoring is due, or to the
+end) and *re-scoring passes*. ``train_local`` runs both in this process;
+``cluster.train_ray`` runs the fits on Ray Train and the passes on a Ray Data actor pool.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from cluster.checkpoints import checkpoint_dir, final_bundle, load_torch, save_torch, student_name
+from cluster.layout import PartItem, category_parts, plan_parts
+from cluster.samples import PartSource, Tables, scores_dir
 from cluster.storage import Storage
 from distill.config import Config
-from distill.records import (
-    SHAPE_SCHEMA,
-    UNIT_SCHEMA,
-    KnowledgeUnits,
-    Shape,
-    table_to_shapes,
-    table_to_units,
-    units_to_table,
-)
+from distill.labels import LabelSpace
+from distill.sources import SampleSource
 from distill.student import build_student
-from distill.training import (
-    DistilState,
-    LabelSpace,
-    apply_rescore,
-    distil,
-    group_for_students,
-    prepare_samples,
-    rescore_samples,
-)
+from distill.training import DistilState, apply_rescore, distil
 
 log = logging.getLogger(__name__)
 
@@ -58,105 +48,115 @@ def resolve_device(name: str) -> torch.device:
 
 
 @dataclass
-class StudentJob:
-    """One student to train: its name, label space and distillation shapes with their units."""
+class StudentPlan:
+    """One student to train: its name, label space and the parts of its categories."""
 
     name: str
     space: LabelSpace
-    shapes: list[Shape]
-    units: dict[str, KnowledgeUnits]
+    shapes_dir: str
+    units_dir: str
+    items: list[PartItem] = field(default_factory=list)
+    with_units: int = 0
+
+    def tables(self, round: int) -> Tables:
+        """Where round ``round``'s fit reads: the shapes, round 0's units, the round's scores."""
+        return Tables(self.shapes_dir, self.units_dir, scores_dir(self.units_dir, self.name, round) if round else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "space": self.space.to_dict(),
+            "shapes_dir": self.shapes_dir,
+            "units_dir": self.units_dir,
+            "items": [[i.shape_part, list(i.knowledge_parts), list(i.categories), i.with_units] for i in self.items],
+            "with_units": self.with_units,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StudentPlan:
+        items = [PartItem(p, tuple(k), tuple(c), int(n)) for p, k, c, n in d["items"]]
+        return cls(d["name"], LabelSpace.from_dict(d["space"]), d["shapes_dir"], d["units_dir"], items, d["with_units"])
 
 
-def load_training_data(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str) -> list[StudentJob]:
-    """The run's students, as ``train.per_category`` groups the shapes."""
-    shapes = table_to_shapes(storage.read_table(shapes_dir, schema=SHAPE_SCHEMA))
+def plan_students(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str) -> list[StudentPlan]:
+    """The run's students, as ``train.per_category`` groups the categories, planned from
+    the shape and knowledge manifests (one small read each)."""
+    shapes = storage.manifest(shapes_dir)
     if not shapes:
         raise ValueError(f"{storage.uri(shapes_dir)} holds no shapes: run jobs/ingest.py (or extract) first")
-    units = table_to_units(storage.read_table(units_dir, schema=UNIT_SCHEMA))
-    if not units:
+    knowledge = storage.manifest(units_dir)
+    if not knowledge:
         raise ValueError(f"{storage.uri(units_dir)} holds no knowledge units: run jobs/extract.py first")
-    jobs = []
-    for group in group_for_students(shapes, cfg.train.per_category):
-        space = LabelSpace.from_shapes(group)
-        jobs.append(StudentJob(student_name(space, cfg.train.per_category), space, group, units))
-    return jobs
+    parts = category_parts(shapes, where=f"{storage.uri(shapes_dir)}: ")
+    groups = [[c] for c in parts] if cfg.train.per_category else [list(parts)]
+    plans = []
+    for group in groups:
+        space = LabelSpace(tuple(group), tuple(parts[c] for c in group))
+        plan = plan_parts(shapes, knowledge, group, where=f"{storage.uri(units_dir)}: ")
+        if plan.with_units == 0:
+            raise ValueError(f"{storage.uri(units_dir)}: no shape of {group} has a knowledge unit to learn from")
+        name = student_name(space, cfg.train.per_category)
+        plans.append(StudentPlan(name, space, shapes_dir, units_dir, plan.items, plan.with_units))
+    return plans
 
 
-def write_round(storage: Storage, run: str, student: str, round: int, units: dict[str, KnowledgeUnits]) -> None:
-    """Backward distillation's re-scored units of one student as ``knowledge/round_{round}``."""
-    table = units_to_table(units.values())
-    storage.write_part(knowledge_dir(run, round), table, done_ids=list(units), name=f"part-{student}.parquet")
+def part_source(cfg: Config, storage: Storage, plan: StudentPlan, round: int) -> PartSource:
+    """The streaming source of one fit in this process."""
+    val = cfg.train.val_fraction if cfg.train.select == "val" else 0.0
+    return PartSource(
+        storage, plan.tables(round), plan.items, plan.space, cfg.data.num_points, cfg.train.batch_size, cfg.seed, val
+    )
 
 
-def _rescore_pending(
+def pending_round(storage: Storage, ckpt: str) -> int | None:
+    """The round a student's ``last.pt`` waits to have re-scored, or None."""
+    if not storage.exists(ckpt, "last.pt"):
+        return None
+    state = load_torch(storage, f"{ckpt}/last.pt")
+    return int(state["round"]) + 1 if state.get("pending_rescore") else None
+
+
+def fit_student(
     cfg: Config,
     storage: Storage,
-    job: StudentJob,
-    samples: list[Any],
-    state: dict[str, Any],
-    device: torch.device,
-    rank: int,
-) -> dict[str, Any]:
-    """A ``last.pt`` that awaits re-scoring, re-scored in this process (as ``distil`` would)."""
-    snapshot = build_student(cfg.student, job.space.num_slots, job.space.num_categories).to(device)
-    snapshot.load_state_dict(state["model"])
-    scores = rescore_samples(snapshot, samples, job.space, state["scores"], device, cfg.train.batch_size)
-    state = apply_rescore(state, scores)
-    if rank == 0:
-        units = {sid: job.units[sid].with_scores(sc, state["round"]) for sid, sc in state["scores"].items() if len(sc)}
-        write_round(storage, cfg.run, job.name, state["round"], units)
-        save_torch(storage, f"{checkpoint_dir(cfg.run, job.name)}/last.pt", state)
-    log.info("student %s: re-scored round %d in this process", job.name, state["round"])
-    return state
-
-
-def train_student(
-    cfg: Config,
-    storage: Storage,
-    job: StudentJob,
+    plan: StudentPlan,
     device: torch.device,
     rank: int = 0,
     world_size: int = 1,
-    wrap: Any = None,
-    reduce_mean: Any = None,
-    report: Any = None,
-    rescore_externally: bool = False,
+    wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+    reduce_mean: Callable[[float], float] | None = None,
+    report: Callable[[DistilState, str | None], None] | None = None,
+    source: Callable[[int], SampleSource] | None = None,
 ) -> dict[str, Any]:
-    """Train one student to its end, resuming from ``last.pt`` when present.
+    """One fit of a student: from ``last.pt`` (if any) to its next re-scoring or its end.
 
-    rescore_externally: stop when backward distillation's re-scoring is due, with
-    ``last.pt`` saved awaiting it (``cluster.rescore_ray`` re-scores and resumes); the
-    summary then says ``pending_rescore`` and no ``final.pt`` is written.
-
-    wrap: turns the built model into the one to train (Ray Train's ``prepare_model``;
-    None: as is) · reduce_mean: averages a float over workers · report(state, ckpt_rel):
-    called after each saved checkpoint (Ray Train reports metrics there). Only rank 0
-    writes to storage.
+    Returns a summary; ``pending_rescore`` in it says the fit stopped for a re-scoring
+    pass (``last.pt`` saved awaiting it, no ``final.pt``). wrap: turns the built model into
+    the one to train (Ray Train's ``prepare_model``) · reduce_mean: averages a float over
+    workers · report(state, ckpt_rel): after each epoch · source(round): this worker's
+    samples (default: ``part_source``). Only rank 0 writes to storage.
     """
-    ckpt = checkpoint_dir(cfg.run, job.name)
+    ckpt = checkpoint_dir(cfg.run, plan.name)
     torch.manual_seed(cfg.seed)
-    model = build_student(cfg.student, job.space.num_slots, job.space.num_categories).to(device)
+    model = build_student(cfg.student, plan.space.num_slots, plan.space.num_categories).to(device)
     model = wrap(model) if wrap is not None else model
-    samples = prepare_samples(job.shapes, job.units, job.space, cfg.data.num_points, cfg.seed)
     resume = load_torch(storage, f"{ckpt}/last.pt") if storage.exists(ckpt, "last.pt") else None
     if resume is not None and resume.get("pending_rescore"):
-        if rescore_externally:  # e.g. a restarted worker group: the re-scoring pass is next
-            return {"student": job.name, "epochs": resume["epoch"], "pending_rescore": True}
-        # Stopped for a re-scoring pass that never ran (a Ray run continued locally): do it here.
-        resume = _rescore_pending(cfg, storage, job, samples, resume, device, rank)
+        return {"student": plan.name, "epochs": resume["epoch"], "pending_rescore": True}
+    at_round = int(resume["round"]) if resume else 0
     if resume is not None:
-        log.info("student %s: resuming after epoch %d (round %d)", job.name, resume["epoch"], resume["round"])
+        log.info("student %s: resuming after epoch %d (round %d)", plan.name, resume["epoch"], at_round)
+    data = source(at_round) if source is not None else part_source(cfg, storage, plan, at_round)
     bar = tqdm(
         total=cfg.train.epochs,
         initial=resume["epoch"] if resume else 0,
-        desc=f"train {job.name}",
+        desc=f"train {plan.name}",
         unit="epoch",
         disable=not cfg.progress or rank != 0,
     )
 
     def on_epoch_end(state: DistilState) -> None:
-        last = state.history[-1]
-        bar.set_postfix(loss=f"{last['loss']:.4f}", round=state.round)
+        bar.set_postfix(loss=f"{state.history[-1]['loss']:.4f}", round=state.round)
         bar.update(1)
         saved = (
             state.epoch % cfg.train.checkpoint_every == 0 or state.epoch == cfg.train.epochs or state.pending_rescore
@@ -166,33 +166,27 @@ def train_student(
         if report is not None:
             report(state, f"{ckpt}/last.pt" if saved else None)
 
-    def on_rescore(round: int, units: dict[str, KnowledgeUnits]) -> None:
-        if rank == 0:
-            write_round(storage, cfg.run, job.name, round, units)
-        log.info("student %s: backward distillation round %d re-scored %d shapes", job.name, round, len(units))
-
     start = time.perf_counter()
     result = distil(
         model,
-        samples,
-        job.space,
+        data,
+        plan.space,
         cfg.train,
         device,
         cfg.seed,
         on_epoch_end=on_epoch_end,
-        on_rescore=on_rescore,
         resume=resume,
         rank=rank,
         world_size=world_size,
         reduce_mean=reduce_mean,
-        rescore_externally=rescore_externally,
+        rescore_externally=True,
     )
     bar.close()
     history = result.history
     info = {
-        "student": job.name,
-        "categories": list(job.space.categories),
-        "shapes": len(job.shapes),
+        "student": plan.name,
+        "categories": list(plan.space.categories),
+        "shapes": plan.with_units,
         "epochs": len(history),
         "rounds": int(history[-1]["round"]) if history else 0,
         "selected_epoch": result.selected_epoch,
@@ -203,10 +197,32 @@ def train_student(
     if result.pending_rescore:
         return {**info, "pending_rescore": True}
     if rank == 0:
-        save_torch(
-            storage, f"{ckpt}/final.pt", final_bundle(result.model, job.space, cfg.student, **info, history=history)
-        )
+        bundle = final_bundle(result.model, plan.space, cfg.student, **info, history=history)
+        save_torch(storage, f"{ckpt}/final.pt", bundle)
     return info
+
+
+def train_student_local(cfg: Config, storage: Storage, plan: StudentPlan, device: torch.device) -> dict[str, Any]:
+    """A student's fits and re-scoring passes, all in this process, to ``final.pt``."""
+    from cluster.rescoring import rescore_local
+
+    ckpt = checkpoint_dir(cfg.run, plan.name)
+    rounds, seconds = [], 0.0
+    for _ in range(cfg.train.bd_rounds + 2):
+        if pending_round(storage, ckpt) is not None:
+            rounds.append(rescore_local(cfg, storage, plan, f"{ckpt}/last.pt", device))
+        info = fit_student(cfg, storage, plan, device)
+        seconds += float(info.get("seconds", 0.0))
+        if not info.get("pending_rescore"):
+            return {**info, "seconds": round(seconds, 1), "rescoring": rounds}
+    raise RuntimeError(f"student {plan.name}: still waiting for a re-scoring after {cfg.train.bd_rounds} rounds")
+
+
+def resume_after_rescore(storage: Storage, checkpoint: str) -> dict[str, Any]:
+    """Move a pending ``last.pt`` on to the next round (its scores are in the round's table)."""
+    state = apply_rescore(load_torch(storage, checkpoint))
+    save_torch(storage, checkpoint, state)
+    return state
 
 
 def train_local(
@@ -217,9 +233,9 @@ def train_local(
     units_dir = units_dir or knowledge_dir(cfg.run, 0)
     device = resolve_device(cfg.train.device)
     students, skipped = [], []
-    for job in load_training_data(cfg, storage, shapes_dir, units_dir):
-        if storage.exists(checkpoint_dir(cfg.run, job.name), "final.pt"):
-            skipped.append(job.name)
+    for plan in plan_students(cfg, storage, shapes_dir, units_dir):
+        if storage.exists(checkpoint_dir(cfg.run, plan.name), "final.pt"):
+            skipped.append(plan.name)
             continue
-        students.append(train_student(cfg, storage, job, device))
+        students.append(train_student_local(cfg, storage, plan, device))
     return {"students": students, "skipped": skipped, "device": str(device)}

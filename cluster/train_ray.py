@@ -1,69 +1,126 @@
-"""The training stage on Ray Train: the same per-student body as ``cluster.train``, DDP.
+"""The training stage on Ray Train: the same fits as ``cluster.train``, DDP, fed by Ray Data.
 
 Per student, ``TorchTrainer`` fits alternate with backward distillation's re-scoring
-passes: a fit runs ``cluster.train_workers`` workers (gloo on CPU, nccl on GPU via
-``prepare_model``), each reading the shape and knowledge tables through Ray Data (not
-split: ``distill.training.epoch_batches`` shards the epoch by rank), epoch losses averaged
-with an all-reduce, checkpoints written by rank 0 to the run's storage
-(``{run}/checkpoints/{student}/last.pt``) and metrics reported to Ray Train every epoch.
-When re-scoring is due the fit stops with ``last.pt`` awaiting it; ``cluster.rescore_ray``
-re-scores every unit on a Ray Data actor pool, writes ``knowledge/round_{k}/`` and puts
-the scores into ``last.pt``; the next fit resumes from there. A worker that dies makes Ray
-Train restart the group (``FailureConfig``), and the restarted workers resume from
-``last.pt``; so does a re-run of the job with the same run name, at whichever step.
+passes (``cluster.rescore_ray``). A fit's data is a Ray Data pipeline over the student's
+shape parts (``cluster.layout.plan_parts``: only its categories' parts): each item — a
+shape part with its co-partitioned knowledge and, past round 0, the round's scores — is
+read from storage and turned into prepared samples (``cluster.samples.load_item``) by a
+map task, and the stream is split over the workers with Ray Train's default
+``DataConfig`` (``streaming_split(equal=True)``: every worker takes the same number of
+samples, so the same number of DDP steps an epoch). Each worker consumes its shard with
+``iter_batches`` and a collate; nothing of the tables passes through the driver, and a
+fit's start-up does not grow with the corpus.
 
-Fault injection for tests: with ``PARTDISTILL_FAULT_EPOCH=k`` and
-``PARTDISTILL_FAULT_MARKER=<file>``, worker rank 1 (or 0 when alone) exits hard after
-epoch k, once (the marker file records that it did).
+Epoch losses are averaged with an all-reduce, checkpoints written by rank 0
+(``{run}/checkpoints/{student}/last.pt``), metrics reported every epoch. A worker that
+dies makes Ray Train restart the group (``FailureConfig``), resuming from ``last.pt``; so
+does a re-run of the job, at whichever step. With ``train.per_category`` the students'
+loops run concurrently, as many as the cluster holds worker groups for
+(``cluster.concurrent_students``).
+
+Fault injection for tests: ``FAULT_HOOK`` (set by a test in the driver, shipped to the
+workers with the loop's config) is called after every epoch with (epoch, rank, world).
 """
 
 from __future__ import annotations
 
 import logging
-import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+import numpy as np
 
 from cluster.checkpoints import checkpoint_dir
 from cluster.storage import Storage
+from cluster.train import StudentPlan, fit_student, pending_round, plan_students
 from distill.config import Config, to_dict
 
 log = logging.getLogger(__name__)
 
+FAULT_HOOK: Callable[[int, int, int], None] | None = None
+"""Tests only: called on every worker after each epoch as ``hook(epoch, rank, world)``."""
 
-def _maybe_fault(epoch: int, rank: int, world_size: int) -> None:
-    target = os.environ.get("PARTDISTILL_FAULT_EPOCH")
-    marker = os.environ.get("PARTDISTILL_FAULT_MARKER")
-    if not target or not marker or epoch != int(target) or rank != min(1, world_size - 1):
-        return
-    if os.path.exists(marker):
-        return
-    with open(marker, "w") as f:
-        f.write(f"worker {rank} killed after epoch {epoch}\n")
-    os._exit(1)
+SHUFFLE_BUFFER = 256
+"""Samples a worker shuffles among (Ray Data's local shuffle buffer), beside the random
+block order of every epoch."""
+
+
+def sample_rows(batch: dict[str, np.ndarray], config: dict[str, Any], plan: dict[str, Any], round: int) -> Any:
+    """``map_batches`` function of the training ingest: one item in, its training samples
+    out as ``SAMPLE_SCHEMA`` rows (shapes with units, validation shapes held out)."""
+    from cluster.layout import PartItem
+    from cluster.samples import load_item, samples_to_table
+    from distill.config import config_from_dict
+    from distill.sources import in_validation
+
+    cfg = config_from_dict(config)
+    student = StudentPlan.from_dict(plan)
+    storage = Storage.from_config(cfg.storage)
+    val = cfg.train.val_fraction if cfg.train.select == "val" else 0.0
+    (item,) = [PartItem.from_row({k: batch[k][i] for k in batch}) for i in range(len(batch["shape_part"]))]
+    samples = load_item(storage, student.tables(round), item, student.space, cfg.data.num_points, cfg.seed)
+    return samples_to_table([s for s in samples if s.num_units and not in_validation(s.shape_id, cfg.seed, val)])
+
+
+def training_dataset(cfg: Config, plan: StudentPlan, round: int) -> Any:
+    """The lazy Ray Dataset of a fit: the student's items → sample rows."""
+    import ray.data
+
+    items = [i.to_row() for i in plan.items]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    # num_cpus=0: the map reads a part and prepares its samples, a small fraction of a
+    # training step's work; asking for a CPU would wait on the ones the workers hold.
+    return ds.map_batches(
+        sample_rows,
+        fn_kwargs={"config": to_dict(cfg), "plan": plan.to_dict(), "round": round},
+        batch_size=1,
+        batch_format="numpy",
+        num_cpus=0,
+    ).randomize_block_order()
+
+
+def shard_batches(shard: Any, batch_size: int, seed: int) -> Callable[[int], Iterator[Any]]:
+    """A worker's training batches of an epoch, from its Ray Data shard."""
+    from cluster.samples import table_to_batch
+
+    def batches(epoch: int) -> Iterator[Any]:
+        for table in shard.iter_batches(
+            batch_size=batch_size,
+            batch_format="pyarrow",
+            local_shuffle_buffer_size=SHUFFLE_BUFFER,
+            local_shuffle_seed=seed + epoch,
+        ):
+            yield table_to_batch(table)
+
+    return batches
 
 
 def _worker_loop(config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker."""
+    """Runs on every Ray Train worker: one fit of one student."""
     import ray.train
     import ray.train.torch
     import torch
     import torch.distributed as dist
 
-    from cluster.train import StudentJob, train_student
+    from cluster.train import part_source
     from distill.config import config_from_dict
-    from distill.records import row_to_shape, rows_to_units
-    from distill.training import LabelSpace
 
     torch.set_num_threads(int(config["threads"]))
     cfg = config_from_dict(config["config"])
     storage = Storage.from_config(cfg.storage)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    space = LabelSpace.from_dict(config["space"])
-    shapes = [row_to_shape(r) for r in ray.train.get_dataset_shard("shapes").iter_rows()]
-    shapes = [s for s in shapes if s.category in space.categories]
-    units = rows_to_units(ray.train.get_dataset_shard("units").iter_rows())
-    job = StudentJob(config["student"], space, sorted(shapes, key=lambda s: s.shape_id), units)
+    plan = StudentPlan.from_dict(config["plan"])
+    shard = ray.train.get_dataset_shard("train")
+    hook = config.get("fault_hook")
+
+    def source(round: int) -> Any:
+        # Training batches from the shard; the small bounded reads (BatchNorm
+        # re-calibration, pose references, validation) straight from storage.
+        local = part_source(cfg, storage, plan, round)
+        local.stream = shard_batches(shard, cfg.train.batch_size, cfg.seed)
+        return local
 
     def reduce_mean(x: float) -> float:
         if world == 1 or not dist.is_initialized():
@@ -73,118 +130,108 @@ def _worker_loop(config: dict[str, Any]) -> None:
         return float(t.item() / world)
 
     def report(state: Any, ckpt_rel: str | None) -> None:
-        last = state.history[-1]
-        ray.train.report({"epoch": state.epoch, "loss": last["loss"], "round": state.round})
-        _maybe_fault(state.epoch, rank, world)
+        ray.train.report({"epoch": state.epoch, "loss": state.history[-1]["loss"], "round": state.round})
+        if hook is not None:
+            hook(state.epoch, rank, world)
 
-    info = train_student(
+    info = fit_student(
         cfg,
         storage,
-        job,
+        plan,
         ray.train.torch.get_device(),
         rank=rank,
         world_size=world,
         wrap=ray.train.torch.prepare_model,
         reduce_mean=reduce_mean,
         report=report,
-        rescore_externally=True,
+        source=source,
     )
     if rank == 0:
-        storage.write_json(f"{checkpoint_dir(cfg.run, job.name)}/train_info.json", info)
+        storage.write_json(f"{checkpoint_dir(cfg.run, plan.name)}/train_info.json", info)
 
 
-def _datasets(storage: Storage, shapes_dir: str, units_dir: str) -> dict[str, Any]:
-    import ray.data
-
-    from distill.records import SHAPE_SCHEMA, UNIT_SCHEMA
-
-    # Read on the driver and handed to Ray Data as in-memory blocks: no read tasks, so
-    # nothing waits for CPUs that the training workers hold on a small cluster.
-    return {
-        "shapes": ray.data.from_arrow(storage.read_table(shapes_dir, schema=SHAPE_SCHEMA)),
-        "units": ray.data.from_arrow(storage.read_table(units_dir, schema=UNIT_SCHEMA)),
-    }
-
-
-def _pending_round(storage: Storage, ckpt: str) -> int | None:
-    """The round a student's ``last.pt`` waits to have re-scored, or None."""
-    from cluster.checkpoints import load_torch
-
-    if not storage.exists(ckpt, "last.pt"):
-        return None
-    state = load_torch(storage, f"{ckpt}/last.pt")
-    return int(state["round"]) + 1 if state.get("pending_rescore") else None
-
-
-def train_on_ray(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str) -> dict[str, Any]:
-    """Train every unfinished student of the run with Ray Train (Ray must be connected).
-
-    Per student, fits alternate with backward distillation's re-scoring passes: a fit
-    trains until the re-scoring is due (or to the end); ``cluster.rescore_ray`` re-scores
-    on a Ray Data actor pool, writes ``knowledge/round_{k}/`` and resumes ``last.pt``; the
-    next fit continues from there. A re-run picks up wherever this stopped.
-    """
-    from cluster.rescore_ray import rescore_on_ray
-    from cluster.train import knowledge_dir, load_training_data
-
-    jobs = load_training_data(cfg, storage, shapes_dir, units_dir)
-    students, skipped = [], []
-    for job in jobs:
-        ckpt = checkpoint_dir(cfg.run, job.name)
-        if storage.exists(ckpt, "final.pt"):
-            skipped.append(job.name)
-            continue
-        rounds, fit_seconds = [], 0.0
-        for _ in range(cfg.train.bd_rounds + 1):
-            pending = _pending_round(storage, ckpt)
-            if pending is not None:
-                out = knowledge_dir(cfg.run, pending)
-                rounds.append(
-                    rescore_on_ray(cfg, storage, job.name, job.space, shapes_dir, units_dir, f"{ckpt}/last.pt", out)
-                )
-            info = _fit(cfg, storage, job, shapes_dir, units_dir)
-            fit_seconds += float(info.get("seconds", 0.0))
-            if not info.get("pending_rescore"):
-                break
-        else:  # more re-scorings were asked for than train.bd_rounds allows: a bug
-            raise RuntimeError(f"student {job.name}: still waiting for a re-scoring after {cfg.train.bd_rounds} rounds")
-        # seconds: the training loops of all fits (each fit's start-up and the passes apart)
-        students.append({**info, "seconds": round(fit_seconds, 1), "rescoring": rounds})
-    return {
-        "students": students,
-        "skipped": skipped,
-        "workers": cfg.cluster.train_workers,
-        "backend": "ray",
-    }
-
-
-def _fit(cfg: Config, storage: Storage, job: Any, shapes_dir: str, units_dir: str) -> dict[str, Any]:
+def _fit(cfg: Config, storage: Storage, plan: StudentPlan) -> dict[str, Any]:
     """One Ray Train fit of a student, to its end or to its next re-scoring."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from cluster.checkpoints import load_torch
     from cluster.runtime import train_scaling
 
+    ckpt = checkpoint_dir(cfg.run, plan.name)
+    at_round = int(load_torch(storage, f"{ckpt}/last.pt")["round"]) if storage.exists(ckpt, "last.pt") else 0
     scaling = train_scaling(cfg)
     cpus = max(1, int(scaling.resources_per_worker.get("CPU", 1)))
+    loop_config = {"config": to_dict(cfg), "plan": plan.to_dict(), "threads": cpus, "fault_hook": FAULT_HOOK}
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"config": to_dict(cfg), "student": job.name, "space": job.space.to_dict(), "threads": cpus},
+        train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling.num_workers,
             use_gpu=scaling.use_gpu,
             resources_per_worker=scaling.resources_per_worker,
         ),
         run_config=ray.train.RunConfig(
-            name=f"{cfg.run}-{job.name}",
+            name=f"{cfg.run}-{plan.name}",
             storage_path=storage.path(cfg.run, "ray_train"),
             storage_filesystem=storage.pyarrow_filesystem(),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
         ),
-        datasets=_datasets(storage, shapes_dir, units_dir),
-        dataset_config=ray.train.DataConfig(datasets_to_split=[]),
+        datasets={"train": training_dataset(cfg, plan, at_round)},
     )
     result = trainer.fit()
     if result.error is not None:
-        raise RuntimeError(f"training student {job.name} failed: {result.error}")
-    return storage.read_json(f"{checkpoint_dir(cfg.run, job.name)}/train_info.json")
+        raise RuntimeError(f"training student {plan.name} failed: {result.error}")
+    return storage.read_json(f"{ckpt}/train_info.json")
+
+
+def train_student_on_ray(cfg: Config, storage: Storage, plan: StudentPlan) -> dict[str, Any]:
+    """A student's fits (Ray Train) and re-scoring passes (Ray Data), to ``final.pt``."""
+    from cluster.rescore_ray import rescore_on_ray
+
+    ckpt = checkpoint_dir(cfg.run, plan.name)
+    rounds, fit_seconds = [], 0.0
+    for _ in range(cfg.train.bd_rounds + 2):
+        if pending_round(storage, ckpt) is not None:
+            rounds.append(rescore_on_ray(cfg, storage, plan, f"{ckpt}/last.pt"))
+        info = _fit(cfg, storage, plan)
+        fit_seconds += float(info.get("seconds", 0.0))
+        if not info.get("pending_rescore"):
+            # seconds: the training loops of all fits (each fit's start-up and the passes apart)
+            return {**info, "seconds": round(fit_seconds, 1), "rescoring": rounds}
+    raise RuntimeError(f"student {plan.name}: still waiting for a re-scoring after {cfg.train.bd_rounds} rounds")
+
+
+def concurrent_students(cfg: Config, cluster: dict[str, float]) -> int:
+    """How many students' loops run at once: ``cluster.concurrent_students``, else as
+    many worker groups as the cluster's CPUs (GPUs when training on GPUs) hold."""
+    if cfg.cluster.concurrent_students:
+        return cfg.cluster.concurrent_students
+    from cluster.runtime import train_scaling
+
+    scaling = train_scaling(cfg)
+    key = "GPU" if scaling.use_gpu else "CPU"
+    per_group = scaling.num_workers * float(scaling.resources_per_worker.get(key, 1.0) or 1.0)
+    return max(1, int(cluster.get(key, 0.0) // max(per_group, 1e-9)))
+
+
+def train_on_ray(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str) -> dict[str, Any]:
+    """Train every unfinished student of the run with Ray Train (Ray must be connected)."""
+    import ray
+
+    plans = plan_students(cfg, storage, shapes_dir, units_dir)
+    skipped = [p.name for p in plans if storage.exists(checkpoint_dir(cfg.run, p.name), "final.pt")]
+    todo = [p for p in plans if p.name not in skipped]
+    at_once = min(max(1, len(todo)), concurrent_students(cfg, ray.cluster_resources()))
+    if at_once > 1:
+        with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="student") as pool:
+            students = list(pool.map(lambda p: train_student_on_ray(cfg, storage, p), todo))
+    else:
+        students = [train_student_on_ray(cfg, storage, p) for p in todo]
+    return {
+        "students": students,
+        "skipped": skipped,
+        "workers": cfg.cluster.train_workers,
+        "concurrent_students": at_once,
+        "backend": "ray",
+    }

@@ -327,9 +327,21 @@ class ClusterConfig:
     """Actors of backward distillation's re-scoring pass (Ray Data batch inference)."""
     rescore_gpus: float = 0.0
     """GPUs per re-scoring actor (0: CPU)."""
+    part_shapes: int = 64
+    """Most shapes a shape part holds (ingest and generation write one category a part):
+    the unit of work of extraction, training reads, re-scoring and evaluation."""
+    eval_actors: int = 0
+    """Actors of the evaluation and segmentation passes on Ray (0: one per 2 CPUs)."""
+    concurrent_students: int = 0
+    """With train.per_category: students whose fits run at once on Ray (0: as many as the
+    cluster's CPUs (or GPUs) hold worker groups of cluster.train_workers)."""
 
     def __post_init__(self) -> None:
         _choice("cluster.backend", self.backend, ("auto", "ray", "local"))
+        if not 1 <= self.part_shapes <= 4096:
+            raise ConfigError(f"cluster.part_shapes={self.part_shapes} must be in [1, 4096]")
+        if self.eval_actors < 0 or self.concurrent_students < 0:
+            raise ConfigError("cluster.eval_actors and cluster.concurrent_students must be >= 0 (0: automatic)")
         _choice("cluster.extract_layout", self.extract_layout, ("auto", "split", "fused"))
 
 

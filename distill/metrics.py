@@ -67,10 +67,64 @@ class MIoUTable:
         scores = [s for _, s in self.per_shape.values()]
         return float(np.mean(scores)) if scores else float("nan")
 
+    def __len__(self) -> int:
+        return len(self.per_shape)
+
     def summary(self) -> dict[str, object]:
         return {
             "category_miou": round(self.category_mean(), 2),
             "shape_miou": round(self.shape_mean(), 2),
             "per_category": {c: round(v, 2) for c, v in self.per_category().items()},
             "num_shapes": len(self.per_shape),
+        }
+
+
+@dataclass
+class MIoUSums:
+    """Per-category sums of shape mIoU: what a worker returns instead of predictions.
+
+    Mergeable across parts and processes; gives the same per-category, over-categories
+    and over-shapes means as ``MIoUTable`` (a category's score is the mean of its shapes').
+    """
+
+    sums: dict[str, list[float]] = field(default_factory=dict)
+    """category → [sum of shape mIoU, number of shapes]"""
+
+    def add_score(self, category: str, score: float) -> None:
+        entry = self.sums.setdefault(category, [0.0, 0.0])
+        entry[0] += float(score)
+        entry[1] += 1.0
+
+    def add(self, shape_id: str, category: str, pred: np.ndarray, truth: np.ndarray, num_parts: int) -> float:
+        score = shape_miou(pred, truth, num_parts)
+        self.add_score(category, score)
+        return score
+
+    def merge(self, other: MIoUSums) -> MIoUSums:
+        for c, (s, n) in other.sums.items():
+            entry = self.sums.setdefault(c, [0.0, 0.0])
+            entry[0] += s
+            entry[1] += n
+        return self
+
+    def __len__(self) -> int:
+        return int(sum(n for _, n in self.sums.values()))
+
+    def per_category(self) -> dict[str, float]:
+        return {c: s / n for c, (s, n) in sorted(self.sums.items()) if n}
+
+    def category_mean(self) -> float:
+        cats = self.per_category()
+        return float(np.mean(list(cats.values()))) if cats else float("nan")
+
+    def shape_mean(self) -> float:
+        n = len(self)
+        return float(sum(s for s, _ in self.sums.values()) / n) if n else float("nan")
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "category_miou": round(self.category_mean(), 2),
+            "shape_miou": round(self.shape_mean(), 2),
+            "per_category": {c: round(v, 2) for c, v in self.per_category().items()},
+            "num_shapes": len(self),
         }

@@ -1,0 +1,270 @@
+"""Training samples streamed from storage, one shape part at a time.
+
+``load_item`` joins a shape part with its knowledge parts (co-partitioned, ``cluster.layout``)
+and, past round 0, with the round's score parts, and prepares the samples of one
+student's label space exactly as training does (same resampling, same seed). Every stage
+that needs samples — training in this process, Ray Data's training ingest, re-scoring,
+evaluation — calls it on one item at a time, so memory is bounded by a part.
+
+``samples_to_table`` / ``table_to_batch`` carry prepared samples through Ray Data as Arrow
+rows (one row a shape). ``PartSource`` is ``distil``'s streaming source in one process.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from cluster.layout import PartItem
+from cluster.storage import Storage
+from distill.labels import LabelSpace
+from distill.records import KnowledgeUnits, row_to_shape, table_to_units
+from distill.samples import Batch, ShapeSample, _seed, collate, prepare_sample
+from distill.sources import CALIBRATION_SHAPES, REFERENCE_SHAPES, SampleSource, in_validation
+
+SHAPE_COLUMNS = ["shape_id", "category", "part_names", "num_points", "points", "normals", "source", "meta"]
+"""What training reads of a shape part: no mesh, no labels (meshes are for rendering and
+pictures; labels for evaluation only)."""
+EVAL_COLUMNS = [*SHAPE_COLUMNS, "labels"]
+
+SCORE_SCHEMA = pa.schema([("shape_id", pa.string()), ("score", pa.list_(pa.float32()))])
+"""A round ≥ 1 score part: per shape, one score per unit in round 0's unit order."""
+
+SAMPLE_SCHEMA = pa.schema(
+    [
+        ("shape_id", pa.string()),
+        ("category", pa.int32()),
+        ("num_points", pa.int32()),
+        ("points", pa.list_(pa.float32())),
+        ("normals", pa.list_(pa.float32())),
+        ("point_idx", pa.list_(pa.int32())),
+        ("unit_offsets", pa.list_(pa.int32())),
+        ("unit_slot", pa.list_(pa.int32())),
+        ("unit_score", pa.list_(pa.float32())),
+    ]
+)
+"""A prepared sample as one Arrow row (Ray Data's training ingest)."""
+
+
+@dataclass(frozen=True)
+class Tables:
+    """Where one student's data lives: the shape table, round 0's knowledge and the
+    folder of the current round's scores (empty in round 0)."""
+
+    shapes_dir: str
+    units_dir: str
+    scores_dir: str = ""
+
+
+def scores_dir(units_dir: str, student: str, round: int) -> str:
+    """Round ``round``'s score folder of ``student`` beside round 0's ``units_dir``."""
+    if round < 1:
+        raise ValueError(f"round={round}: round 0 keeps the teacher's scores in the knowledge itself")
+    return posixpath.join(posixpath.dirname(units_dir.rstrip("/")), f"round_{round}", student)
+
+
+def read_scores(storage: Storage, scores_dir_: str, knowledge_part: str) -> dict[str, np.ndarray]:
+    """A score part (same name as its knowledge part) → ``{shape id: (K,) float32}``."""
+    table = storage.read_part(scores_dir_, knowledge_part)
+    ids = table.column("shape_id").to_pylist()
+    return {sid: np.asarray(sc, np.float32) for sid, sc in zip(ids, table.column("score").to_pylist())}
+
+
+def scores_table(scores: dict[str, np.ndarray]) -> pa.Table:
+    ids = sorted(scores)
+    return pa.table({"shape_id": ids, "score": [np.asarray(scores[i], np.float32) for i in ids]}, schema=SCORE_SCHEMA)
+
+
+def load_units(storage: Storage, tables: Tables, item: PartItem) -> dict[str, KnowledgeUnits]:
+    """The units of an item's shapes, with the current round's scores when past round 0."""
+    units: dict[str, KnowledgeUnits] = {}
+    for part in item.knowledge_parts:
+        mine = table_to_units(storage.read_part(tables.units_dir, part))
+        if tables.scores_dir:
+            scores = read_scores(storage, tables.scores_dir, part)
+            for sid, u in mine.items():
+                new = scores.get(sid)
+                if new is None or len(new) != len(u):
+                    raise ValueError(
+                        f"{storage.uri(tables.scores_dir, part)}: scores of {sid} do not match its {len(u)} units "
+                        f"({'missing' if new is None else len(new)}); delete the folder to re-score this round"
+                    )
+                mine[sid] = u.with_scores(new, u.round + 1)
+        units.update(mine)
+    return units
+
+
+def load_item(
+    storage: Storage,
+    tables: Tables,
+    item: PartItem,
+    space: LabelSpace,
+    num_points: int | None,
+    seed: int,
+    labels: bool = False,
+) -> list[ShapeSample]:
+    """The samples of one item's shapes in ``space``'s categories, in table order.
+
+    labels: read the ground truth too (evaluation only; training never does)."""
+    columns = EVAL_COLUMNS if labels else SHAPE_COLUMNS
+    table = storage.read_part(tables.shapes_dir, item.shape_part, columns)
+    units = load_units(storage, tables, item)
+    out = []
+    for row in table.to_pylist():
+        if row["category"] not in space.categories:
+            continue
+        shape = row_to_shape(row)
+        out.append(prepare_sample(shape, units.get(shape.shape_id), space, num_points, seed))
+    return out
+
+
+def samples_to_table(samples: Sequence[ShapeSample]) -> pa.Table:
+    """Prepared samples → ``SAMPLE_SCHEMA`` rows."""
+    cols: dict[str, list[Any]] = {name: [] for name in SAMPLE_SCHEMA.names}
+    for s in samples:
+        cols["shape_id"].append(s.shape_id)
+        cols["category"].append(s.category)
+        cols["num_points"].append(s.num_points)
+        cols["points"].append(s.points.numpy().reshape(-1))
+        cols["normals"].append(None if s.normals is None else s.normals.numpy().reshape(-1))
+        cols["point_idx"].append(s.point_idx.numpy().astype(np.int32))
+        cols["unit_offsets"].append(s.unit_offsets.numpy().astype(np.int32))
+        cols["unit_slot"].append(s.unit_slot.numpy().astype(np.int32))
+        cols["unit_score"].append(s.unit_score.numpy().astype(np.float32))
+    return pa.Table.from_pydict(cols, schema=SAMPLE_SCHEMA)
+
+
+def _flat(column: pa.ChunkedArray | pa.Array, i: int, dtype: Any) -> np.ndarray:
+    return np.asarray(column[i].values.to_numpy(zero_copy_only=False), dtype=dtype)
+
+
+def table_to_samples(table: pa.Table) -> list[ShapeSample]:
+    """``SAMPLE_SCHEMA`` rows → samples (the inverse of ``samples_to_table``)."""
+    table = table.combine_chunks()
+    out = []
+    for i in range(table.num_rows):
+        n = int(table["num_points"][i].as_py())
+        normals = table["normals"][i]
+        out.append(
+            ShapeSample(
+                shape_id=str(table["shape_id"][i].as_py()),
+                category=int(table["category"][i].as_py()),
+                points=torch.from_numpy(_flat(table["points"], i, np.float32).reshape(n, 3)),
+                normals=None
+                if not normals.is_valid
+                else torch.from_numpy(_flat(table["normals"], i, np.float32).reshape(n, 3)),
+                labels=None,
+                point_idx=torch.from_numpy(_flat(table["point_idx"], i, np.int64)),
+                unit_offsets=torch.from_numpy(_flat(table["unit_offsets"], i, np.int64)),
+                unit_slot=torch.from_numpy(_flat(table["unit_slot"], i, np.int64)),
+                unit_score=torch.from_numpy(_flat(table["unit_score"], i, np.float32)),
+            )
+        )
+    return out
+
+
+def table_to_batch(table: pa.Table) -> Batch:
+    """A Ray Data batch of ``SAMPLE_SCHEMA`` rows → one collated ``Batch``."""
+    return collate(table_to_samples(table))
+
+
+class PartSource(SampleSource):
+    """``distil``'s streaming source in one process: each epoch reads the items in a
+    seeded order, shuffles the samples of ``shuffle_parts`` parts at a time and yields
+    batches; at most that many parts are in memory at once.
+
+    items: the student's ``PartItem``s (``cluster.layout.plan_parts``) · num_train: the
+    training shapes (units, not held out) the schedule is sized for.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        tables: Tables,
+        items: Sequence[PartItem],
+        space: LabelSpace,
+        num_points: int | None,
+        batch_size: int,
+        seed: int,
+        val_fraction: float = 0.0,
+        shuffle_parts: int = 4,
+    ) -> None:
+        if not items:
+            raise ValueError(f"{storage.uri(tables.shapes_dir)}: no shape part holds {list(space.categories)}")
+        self.storage, self.tables, self.items, self.space = storage, tables, list(items), space
+        self.num_points, self.batch_size, self.seed = num_points, batch_size, seed
+        self.val_fraction, self.shuffle_parts = val_fraction, max(1, shuffle_parts)
+        with_units = sum(i.with_units for i in self.items)
+        self.num_train = max(1, round(with_units * (1.0 - val_fraction)))
+        self.has_validation = val_fraction > 0.0
+        self._calibration: list[ShapeSample] | None = None
+        self.stream: Callable[[int], Iterable[Batch]] | None = None
+        """Where a Ray Train worker's epochs come from (its Ray Data shard); None: the parts."""
+
+    # -- reading ---------------------------------------------------------------------
+    def _load(self, item: PartItem) -> list[ShapeSample]:
+        return load_item(self.storage, self.tables, item, self.space, self.num_points, self.seed)
+
+    def is_train(self, s: ShapeSample) -> bool:
+        return s.num_units > 0 and not in_validation(s.shape_id, self.seed, self.val_fraction)
+
+    def scan(self, items: Iterable[PartItem] | None = None) -> Iterator[list[ShapeSample]]:
+        """Every sample of the items, one part at a time (table order)."""
+        for item in self.items if items is None else items:
+            yield self._load(item)
+
+    # -- SampleSource ----------------------------------------------------------------
+    def train_batches(self, epoch: int, scores: dict[str, np.ndarray]) -> Iterable[Batch]:
+        if self.stream is not None:
+            return self.stream(epoch)
+        return self._part_batches(epoch)
+
+    def _part_batches(self, epoch: int) -> Iterator[Batch]:
+        rng = np.random.default_rng(_seed(self.seed, epoch, 29))
+        order = rng.permutation(len(self.items))
+        buffer: list[ShapeSample] = []
+        for start in range(0, len(order), self.shuffle_parts):
+            for i in order[start : start + self.shuffle_parts]:
+                buffer += [s for s in self._load(self.items[int(i)]) if self.is_train(s)]
+            perm = rng.permutation(len(buffer))
+            buffer = [buffer[int(j)] for j in perm]
+            while len(buffer) >= self.batch_size:
+                yield collate(buffer[: self.batch_size])
+                buffer = buffer[self.batch_size :]
+        if buffer:
+            yield collate(buffer)
+
+    def calibration_samples(self) -> list[ShapeSample]:
+        if self._calibration is None:
+            picked: list[ShapeSample] = []
+            for chunk in self.scan():
+                picked += [s for s in chunk if self.is_train(s)][: CALIBRATION_SHAPES - len(picked)]
+                if len(picked) >= CALIBRATION_SHAPES:
+                    break
+            self._calibration = picked
+        return self._calibration
+
+    def reference_samples(self) -> list[ShapeSample]:
+        picked: dict[int, list[ShapeSample]] = {}
+        for item in self.items:
+            cats = [self.space.categories.index(c) for c in item.categories if c in self.space.categories]
+            if cats and all(len(picked.get(c, [])) >= REFERENCE_SHAPES for c in cats):
+                continue  # every category of this part has its references already
+            for s in self._load(item):
+                if len(picked.setdefault(s.category, [])) < REFERENCE_SHAPES:
+                    picked[s.category].append(s)
+        return [s for group in picked.values() for s in group]
+
+    def validation_chunks(self) -> Iterator[list[ShapeSample]]:
+        if not self.has_validation:
+            return
+        for chunk in self.scan():
+            val = [s for s in chunk if s.num_units and in_validation(s.shape_id, self.seed, self.val_fraction)]
+            if val:
+                yield val

@@ -1,0 +1,241 @@
+"""Samples and batches: a ``Shape`` with its ``KnowledgeUnits`` as tensors, and collation.
+
+Units stay flat with offsets (unit k covers ``point_idx[offsets[k]:offsets[k+1]]``);
+``collate`` stacks clouds (B, N, 3) and concatenates units with each element's point
+indices shifted by b·N (Pointcept-style offsets). ``epoch_batches`` shards one epoch of
+an in-memory list over workers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from distill.labels import LabelSpace
+from distill.records import KnowledgeUnits, Shape
+
+
+@dataclass
+class ShapeSample:
+    """One shape ready for the student.
+
+    points: (N, 3) float32 · normals: (N, 3) float32 or None · labels: (N,) int64 or None
+    (ground truth, evaluation only; never read by training) · category: index into the
+    ``LabelSpace`` · point_idx: (M,) int64 covered points of all units back to back ·
+    unit_offsets: (K + 1,) int64 · unit_slot: (K,) int64 logit slot of each unit's label ·
+    unit_score: (K,) float32 current scores · units: the source ``KnowledgeUnits`` (point
+    indices in the shape's original indexing; re-scored copies are made from it).
+    """
+
+    shape_id: str
+    category: int
+    points: Tensor
+    normals: Tensor | None
+    labels: Tensor | None
+    point_idx: Tensor
+    unit_offsets: Tensor
+    unit_slot: Tensor
+    unit_score: Tensor
+    units: KnowledgeUnits | None = None
+
+    @property
+    def num_points(self) -> int:
+        return int(self.points.shape[0])
+
+    @property
+    def num_units(self) -> int:
+        return int(self.unit_slot.shape[0])
+
+
+def resample_units(point_idx: np.ndarray, offsets: np.ndarray, choice: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Re-index units after resampling points: new point p is old point ``choice[p]``.
+
+    point_idx: (M,) · offsets: (K + 1,) · choice: (n,) int64 → (point_idx', offsets'):
+    unit k now covers every new position whose source point it covered (a duplicated
+    source point is covered twice; a dropped one not at all).
+    """
+    order = np.argsort(choice, kind="stable")
+    sorted_src = choice[order]
+    lo = np.searchsorted(sorted_src, point_idx, "left")
+    hi = np.searchsorted(sorted_src, point_idx, "right")
+    count = hi - lo  # new positions per (unit, old point) pair
+    pair = np.repeat(np.arange(len(point_idx)), count)
+    within = np.arange(len(pair)) - np.repeat(np.cumsum(count) - count, count)
+    new_idx = order[lo[pair] + within]
+    unit_of_pair = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    sizes = np.bincount(unit_of_pair[pair], minlength=len(offsets) - 1)
+    return new_idx.astype(np.int64), np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+
+def prepare_sample(
+    shape: Shape,
+    units: KnowledgeUnits | None,
+    space: LabelSpace,
+    num_points: int | None = None,
+    seed: int = 0,
+) -> ShapeSample:
+    """A ``Shape`` and its units (None: none) → a ``ShapeSample`` in ``space``'s slots.
+
+    num_points: resample the shape to exactly this many points (without replacement when
+    it has enough, else all of them plus random repeats; seeded by ``seed`` and the shape
+    id), re-indexing the units; None keeps the shape's own points.
+    """
+    c = space.category_index(shape.category, shape.part_names)
+    if units is None:
+        units = KnowledgeUnits.empty(shape.shape_id)
+    if units.shape_id != shape.shape_id:
+        raise ValueError(f"units of {units.shape_id!r} given for shape {shape.shape_id!r}")
+    if len(units) and (units.label.min() < 0 or units.label.max() >= shape.num_parts):
+        raise ValueError(f"units of {shape.shape_id}: labels outside [0, {shape.num_parts})")
+    if len(units.point_idx) and (units.point_idx.min() < 0 or units.point_idx.max() >= shape.num_points):
+        raise ValueError(f"units of {shape.shape_id}: point indices outside [0, {shape.num_points})")
+    points, normals, labels = shape.points, shape.normals, shape.labels
+    point_idx, offsets = units.point_idx.astype(np.int64), units.offsets.astype(np.int64)
+    if num_points is not None and num_points != shape.num_points:
+        rng = np.random.default_rng([seed, *shape.shape_id.encode()])
+        n = shape.num_points
+        if n >= num_points:
+            choice = np.sort(rng.choice(n, num_points, replace=False))
+        else:
+            choice = np.concatenate([np.arange(n), rng.choice(n, num_points - n, replace=True)])
+        points = points[choice]
+        normals = None if normals is None else normals[choice]
+        labels = None if labels is None else labels[choice]
+        point_idx, offsets = resample_units(point_idx, offsets, choice)
+    return ShapeSample(
+        shape_id=shape.shape_id,
+        category=c,
+        points=torch.from_numpy(np.ascontiguousarray(points, np.float32)),
+        normals=None if normals is None else torch.from_numpy(np.ascontiguousarray(normals, np.float32)),
+        labels=None if labels is None else torch.from_numpy(np.asarray(labels, np.int64)),
+        point_idx=torch.from_numpy(point_idx),
+        unit_offsets=torch.from_numpy(offsets),
+        unit_slot=torch.from_numpy(units.label.astype(np.int64) + int(space.offsets[c])),
+        unit_score=torch.from_numpy(units.score.astype(np.float32)),
+        units=units,
+    )
+
+
+def prepare_samples(
+    shapes: Sequence[Shape],
+    units_by_id: dict[str, KnowledgeUnits],
+    space: LabelSpace,
+    num_points: int | None = None,
+    seed: int = 0,
+) -> list[ShapeSample]:
+    """``prepare_sample`` for each shape (a shape without units gets none)."""
+    return [prepare_sample(s, units_by_id.get(s.shape_id), space, num_points, seed) for s in shapes]
+
+
+@dataclass
+class Batch:
+    """Samples collated: points (B, N, 3) · normals (B, N, 3) or None · category (B,) ·
+    point_idx (M,) into the B·N flattened points · unit_offsets (K + 1,) · unit_slot,
+    unit_score (K,)."""
+
+    shape_ids: list[str]
+    points: Tensor
+    normals: Tensor | None
+    category: Tensor
+    point_idx: Tensor
+    unit_offsets: Tensor
+    unit_slot: Tensor
+    unit_score: Tensor
+
+    def to(self, device: torch.device | str) -> Batch:
+        move = {k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v) for k, v in self.__dict__.items()}
+        return Batch(**move)
+
+
+def collate(samples: Sequence[ShapeSample]) -> Batch:
+    """Stack clouds and concatenate units, shifting element b's point indices by b·N."""
+    if not samples:
+        raise ValueError("collate: no samples")
+    n = samples[0].num_points
+    if any(s.num_points != n for s in samples):
+        raise ValueError(
+            f"collate: samples have different point counts {sorted({s.num_points for s in samples})}; "
+            "prepare them with num_points="
+        )
+    has_normals = all(s.normals is not None for s in samples)
+    unit_base = np.cumsum([0] + [int(s.unit_offsets[-1]) for s in samples])
+    offsets = [samples[0].unit_offsets[:1]] + [
+        s.unit_offsets[1:] + int(base) for s, base in zip(samples, unit_base[:-1])
+    ]
+    return Batch(
+        shape_ids=[s.shape_id for s in samples],
+        points=torch.stack([s.points for s in samples]),
+        normals=torch.stack([s.normals for s in samples]) if has_normals else None,  # type: ignore[misc]
+        category=torch.tensor([s.category for s in samples], dtype=torch.long),
+        point_idx=torch.cat([s.point_idx + b * n for b, s in enumerate(samples)]),
+        unit_offsets=torch.cat(offsets),
+        unit_slot=torch.cat([s.unit_slot for s in samples]),
+        unit_score=torch.cat([s.unit_score for s in samples]),
+    )
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def epoch_batches(
+    samples: Sequence[ShapeSample],
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    rank: int = 0,
+    world_size: int = 1,
+    shuffle: bool = True,
+) -> list[Batch]:
+    """One epoch's batches for worker ``rank`` of ``world_size``.
+
+    The permutation depends on (seed, epoch) only, so all workers agree on it; worker r
+    takes positions r, r + W, ... (as ``DistributedSampler``), the permutation padded by
+    wrapping so every worker runs the same number of steps (DDP needs that).
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    n = len(samples)
+    if n == 0:
+        return []
+    if shuffle:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(seed, epoch, 17))).tolist()
+    else:
+        order = list(range(n))
+    total = math.ceil(n / world_size) * world_size
+    order = (order * math.ceil(total / n))[:total][rank::world_size]
+    return [collate([samples[i] for i in order[s : s + batch_size]]) for s in range(0, len(order), batch_size)]
+
+
+def steps_per_epoch(num_samples: int, batch_size: int, world_size: int = 1) -> int:
+    return math.ceil(math.ceil(num_samples / world_size) / batch_size)
+
+
+def split_validation(samples: Sequence[ShapeSample], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Hold out ``fraction`` of each category's shapes (≥ 1 if it has ≥ 2, never all).
+
+    → (train indices, validation indices), each sorted; depends on shape ids and seed
+    only, not on the order of ``samples``.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"validation fraction={fraction} must be in [0, 1)")
+    by_cat: dict[int, list[int]] = {}
+    for i, s in enumerate(samples):
+        by_cat.setdefault(s.category, []).append(i)
+    val: list[int] = []
+    for c, idx in sorted(by_cat.items()):
+        if fraction == 0.0 or len(idx) < 2:
+            continue
+        idx = sorted(idx, key=lambda i: samples[i].shape_id)
+        k = min(len(idx) - 1, max(1, round(fraction * len(idx))))
+        perm = np.random.default_rng(_seed(seed, c, 23)).permutation(len(idx))
+        val += [idx[j] for j in perm[:k]]
+    val_set = set(val)
+    return [i for i in range(len(samples)) if i not in val_set], sorted(val)
