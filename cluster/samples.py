@@ -176,8 +176,8 @@ def table_to_batch(table: pa.Table) -> Batch:
 
 class PartSource(SampleSource):
     """``distil``'s streaming source in one process: each epoch reads the items in a
-    seeded order, shuffles the samples of ``shuffle_parts`` parts at a time and yields
-    batches; at most that many parts are in memory at once.
+    seeded order through a shuffle buffer of ``shuffle_samples`` samples (~45 MB at 2048
+    points) and yields batches; memory is bounded by the buffer and one part.
 
     items: the student's ``PartItem``s (``cluster.layout.plan_parts``) · num_train: the
     training shapes (units, not held out) the schedule is sized for.
@@ -193,13 +193,13 @@ class PartSource(SampleSource):
         batch_size: int,
         seed: int,
         val_fraction: float = 0.0,
-        shuffle_parts: int = 4,
+        shuffle_samples: int = 1024,
     ) -> None:
         if not items:
             raise ValueError(f"{storage.uri(tables.shapes_dir)}: no shape part holds {list(space.categories)}")
         self.storage, self.tables, self.items, self.space = storage, tables, list(items), space
         self.num_points, self.batch_size, self.seed = num_points, batch_size, seed
-        self.val_fraction, self.shuffle_parts = val_fraction, max(1, shuffle_parts)
+        self.val_fraction, self.shuffle_samples = val_fraction, max(batch_size, shuffle_samples)
         with_units = sum(i.with_units for i in self.items)
         self.num_train = max(1, round(with_units * (1.0 - val_fraction)))
         self.has_validation = val_fraction > 0.0
@@ -226,19 +226,20 @@ class PartSource(SampleSource):
         return self._part_batches(epoch)
 
     def _part_batches(self, epoch: int) -> Iterator[Batch]:
+        """A shuffle buffer of ``shuffle_samples``: parts are read in a seeded order until
+        the buffer is full, then random batches leave it until it is half empty."""
         rng = np.random.default_rng(_seed(self.seed, epoch, 29))
-        order = rng.permutation(len(self.items))
+        order = [self.items[int(i)] for i in rng.permutation(len(self.items))]
         buffer: list[ShapeSample] = []
-        for start in range(0, len(order), self.shuffle_parts):
-            for i in order[start : start + self.shuffle_parts]:
-                buffer += [s for s in self._load(self.items[int(i)]) if self.is_train(s)]
+        while order or buffer:
+            while order and len(buffer) < self.shuffle_samples:
+                buffer += [s for s in self._load(order.pop(0)) if self.is_train(s)]
             perm = rng.permutation(len(buffer))
             buffer = [buffer[int(j)] for j in perm]
-            while len(buffer) >= self.batch_size:
+            keep = self.shuffle_samples // 2 if order else 0
+            while len(buffer) > keep and buffer:
                 yield collate(buffer[: self.batch_size])
                 buffer = buffer[self.batch_size :]
-        if buffer:
-            yield collate(buffer)
 
     def calibration_samples(self) -> list[ShapeSample]:
         if self._calibration is None:

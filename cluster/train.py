@@ -144,6 +144,7 @@ def fit_student(
     if resume is not None and resume.get("pending_rescore"):
         return {"student": plan.name, "epochs": resume["epoch"], "pending_rescore": True}
     at_round = int(resume["round"]) if resume else 0
+    first_epoch = int(resume["epoch"]) if resume else 0
     if resume is not None:
         log.info("student %s: resuming after epoch %d (round %d)", plan.name, resume["epoch"], at_round)
     data = source(at_round) if source is not None else part_source(cfg, storage, plan, at_round)
@@ -193,6 +194,8 @@ def fit_student(
         "first_loss": round(history[0]["loss"], 4) if history else None,
         "last_loss": round(history[-1]["loss"], 4) if history else None,
         "seconds": round(time.perf_counter() - start, 1),
+        # wall-clock time of this fit's first training batch (fit start-up, bench/scale.py)
+        "first_batch_at": history[first_epoch].get("first_batch_at") if len(history) > first_epoch else None,
     }
     if result.pending_rescore:
         return {**info, "pending_rescore": True}

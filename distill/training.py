@@ -125,7 +125,10 @@ def train_epoch(
     model.train()
     slot_group = space.slot_group().to(device)
     losses, shapes, start = [], 0, time.perf_counter()
+    first_batch_at = float("nan")
     for batch in batches:
+        if not losses:
+            first_batch_at = time.time()  # wall clock: compared with the driver's (bench/scale.py)
         batch = batch.to(device)
         if generator is not None:
             batch.points, batch.normals = augment(batch.points, generator, batch.normals)
@@ -147,6 +150,7 @@ def train_epoch(
         "steps": float(len(losses)),
         "shapes": float(shapes),
         "seconds": time.perf_counter() - start,
+        "first_batch_at": first_batch_at,
     }
 
 
@@ -537,6 +541,7 @@ def distil(
             "round": float(state.round),
             "seconds": stats["seconds"],
             "shapes_per_s": stats["shapes"] / max(stats["seconds"], 1e-9),
+            "first_batch_at": stats["first_batch_at"],
         }
         rescore_now = should_rescore(state.epoch, state.losses[state.round_start :], cfg, state.round)
         if source.has_validation or rescore_now:

@@ -1,35 +1,30 @@
-"""Knowledge extraction on a real local Ray (2 CPUs, one per module) and in-process."""
+"""Knowledge extraction on a real local Ray (2 CPUs) and in-process, over shape parts
+with co-partitioned knowledge parts (``cluster.layout``)."""
 
-import json
 import os
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pytest
 
+from cluster.extract_parts import PIECE_SCHEMA, PartExtractor, done_in_part, extract_shape, write_piece
 from cluster.extract_ray import (
-    MAX_INPUT_BLOCKS,
-    MAX_PART_SHAPES,
-    SHAPE_UNITS_SCHEMA,
+    TeachStage,
     actor_fault_options,
     build_dataset,
     columns_to_views,
     extract_local,
     extract_on_ray,
-    input_blocks,
-    load_rows,
-    part_shapes,
-    plan_shapes,
+    plan,
+    render_part,
     render_rows,
-    row_to_units,
-    units_to_row,
     views_to_columns,
 )
+from cluster.layout import knowledge_part_name, shape_part_of, shape_summary
 from cluster.rejects import read_rejects
 from cluster.runtime import connect, extract_fused, fused_actor_options, teacher_actor_options
-from cluster.storage import Storage
+from cluster.storage import MANIFEST, PartError, Storage
 from distill.config import ClusterConfig, load_config
 from distill.extract import render
 from distill.records import UNIT_SCHEMA, KnowledgeUnits, Mesh, shapes_to_table, table_to_units
@@ -39,6 +34,7 @@ from generation.procedural import make_shape
 RUN = "r"
 SHAPES = f"{RUN}/shapes"
 KNOWLEDGE = f"{RUN}/knowledge/round_0"
+LOCAL = f"{RUN}/knowledge_local"
 CATEGORIES = ("chair", "table", "lamp")
 
 
@@ -70,31 +66,41 @@ def ray_local(s3_endpoint):
 
 
 def _write_shapes(storage: Storage, shapes, table: pa.Table | None = None) -> list[str]:
-    """Two parts of the shape table; returns the ids in table order."""
+    """Two shape parts (with their summaries, as ingest writes them); the ids in table order."""
     table = table if table is not None else shapes_to_table(shapes)
     half = table.num_rows // 2
-    for t in (table.slice(0, half), table.slice(half)):
-        storage.write_part(SHAPES, t, done_ids=t.column("shape_id").to_pylist())
+    for i, (lo, hi) in enumerate(((0, half), (half, table.num_rows))):
+        t = table.slice(lo, hi - lo)
+        storage.write_part(
+            SHAPES,
+            t,
+            done_ids=t.column("shape_id").to_pylist(),
+            name=f"part-{i}.parquet",
+            summary=shape_summary(shapes[lo:hi]),
+        )
     return table.column("shape_id").to_pylist()
 
 
-def _parts(storage: Storage, table_dir: str) -> list[tuple[set[str], set[str]]]:
-    """Per part of a table folder: (its done ids, the shape ids of its rows)."""
-    out = []
-    for name in storage.part_names(table_dir):
-        with storage.fs.open(storage.path(table_dir, name), "rb") as f:
-            t = pq.read_table(f)
-        done = json.loads(t.schema.metadata[b"partdistill.done_ids"])
-        out.append((set(done), set(t.column("shape_id").to_pylist())))
-    return out
+def _shape_ids_by_part(storage: Storage) -> dict[str, set[str]]:
+    return {p: set(storage.part_footer(SHAPES, p)[0]) for p in storage.list_parts(SHAPES)}
 
 
 def _assert_each_once(storage: Storage, ids: list[str], table_dir: str = KNOWLEDGE) -> dict[str, KnowledgeUnits]:
-    """Every shape is done by exactly one part, and its units live in that part."""
-    parts = _parts(storage, table_dir)
-    assert sorted(i for done, _ in parts for i in done) == sorted(ids)
-    for done, rows in parts:
-        assert rows <= done
+    """Every shape is done by exactly one knowledge part, which is named after the shape
+    part holding the shape (co-partitioned) and holds the shape's units."""
+    owner = _shape_ids_by_part(storage)
+    done_all = []
+    for name in storage.list_parts(table_dir):
+        done, summary = storage.part_footer(table_dir, name)
+        part = shape_part_of(name)
+        assert set(done) <= owner[part], f"{name} finishes shapes of another shape part"
+        assert summary["shape_part"] == part and summary["done"] == len(done)
+        assert name == knowledge_part_name(part, done)
+        rows = storage.read_part(table_dir, name)
+        assert set(rows.column("shape_id").to_pylist()) <= set(done)
+        assert summary["units"] == rows.num_rows
+        done_all += done
+    assert sorted(done_all) == sorted(ids)
     return table_to_units(storage.read_table(table_dir, schema=UNIT_SCHEMA))
 
 
@@ -107,21 +113,7 @@ def _assert_same_units(a: dict[str, KnowledgeUnits], b: dict[str, KnowledgeUnits
         assert x.teacher == y.teacher == "simulated"
 
 
-# -- pure pieces ------------------------------------------------------------------------
-def test_part_shapes():
-    assert part_shapes(0) == 1 and part_shapes(1) == 1 and part_shapes(16) == 2
-    assert part_shapes(10_000) == MAX_PART_SHAPES
-
-
-def test_plan_shapes_skips_done_and_repeats():
-    refs, skipped = plan_shapes({"a": ["1", "2"], "b": ["3", "2"], "c": ["1"]}, done={"1"})
-    assert refs == [("a", "2"), ("b", "3")] and skipped == 3
-
-
-def test_input_blocks():
-    assert input_blocks(0) == 1 and input_blocks(16) == 16 and input_blocks(10**6) == MAX_INPUT_BLOCKS
-
-
+# -- pure pieces (no Ray) -------------------------------------------------------------------
 def test_actor_fault_options_restart_and_retry():
     opts = actor_fault_options()
     assert opts["max_restarts"] != 0 and opts["max_task_retries"] > 0
@@ -137,25 +129,6 @@ def test_view_columns_roundtrip_exactly(shapes):
     assert back.image_size == views.image_size
 
 
-def test_units_row_roundtrip():
-    u = KnowledgeUnits.from_lists("s", [0, 3], [1, 0], [0.5, 0.75], [np.array([1, 2]), np.array([7])], "simulated")
-    row = pa.Table.from_pylist([units_to_row("s", u, "", "simulated")], schema=SHAPE_UNITS_SCHEMA).to_pylist()[0]
-    back = row_to_units(row)
-    for field in ("view", "label", "score", "point_idx", "offsets"):
-        np.testing.assert_array_equal(getattr(back, field), getattr(u, field))
-
-
-def test_load_rows_reads_each_ref_once_in_order(tmp_path, shapes):
-    storage = Storage(str(tmp_path))
-    ids = _write_shapes(storage, shapes)
-    parts = storage.part_names(SHAPES)
-    owner = {sid: p for p in parts for sid in pq.read_table(storage.path(SHAPES, p)).column("shape_id").to_pylist()}
-    refs = [(owner[i], i) for i in (ids[4], ids[0], ids[5])]
-    assert [r["shape_id"] for r in load_rows(storage, SHAPES, refs)] == [ids[4], ids[0], ids[5]]
-    with pytest.raises(RuntimeError, match="vanished"):
-        load_rows(storage, SHAPES, [(parts[0], "no-such-shape")])
-
-
 def test_render_rows_turns_a_failure_into_an_error_row(shapes):
     bad = shapes_to_table([shapes[1]]).to_pylist()[0]
     bad["mesh"] = Mesh(np.zeros((3, 3), np.float32), np.zeros((0, 3), np.int32)).to_bytes()
@@ -164,31 +137,157 @@ def test_render_rows_turns_a_failure_into_an_error_row(shapes):
     assert len(batch["images"][0]) == 10 and len(batch["images"][1]) == 0
 
 
+def test_plan_lists_unfinished_parts_from_the_manifests(tmp_path, shapes):
+    storage = Storage(str(tmp_path))
+    ids = _write_shapes(storage, shapes)
+    assert plan(storage, SHAPES, KNOWLEDGE) == (["part-0.parquet", "part-1.parquet"], 0)
+    # part-0 finished (one shape rejected: done without units), part-1 half done
+    storage.write_part(
+        KNOWLEDGE,
+        UNIT_SCHEMA.empty_table(),
+        done_ids=ids[:3],
+        name=knowledge_part_name("part-0.parquet", ids[:3]),
+        summary={"shape_part": "part-0.parquet", "with_units": {}, "units": 0},
+    )
+    storage.write_part(
+        KNOWLEDGE,
+        UNIT_SCHEMA.empty_table(),
+        done_ids=ids[3:4],
+        name=knowledge_part_name("part-1.parquet", ids[3:4]),
+        summary={"shape_part": "part-1.parquet", "with_units": {}, "units": 0},
+    )
+    assert plan(storage, SHAPES, KNOWLEDGE) == (["part-1.parquet"], 3)
+    assert done_in_part(storage, KNOWLEDGE, "part-1.parquet") == {ids[3]}
+    assert done_in_part(storage, KNOWLEDGE, "part-0.parquet") == set(ids[:3])
+    assert storage.reads.rows == {}  # planning reads footers and manifests, never rows
+
+
+def test_write_piece_writes_rejects_then_one_named_piece(tmp_path, shapes):
+    storage = Storage(str(tmp_path))
+    teacher = build_teacher(_cfg().teacher, seed=0)
+    results = [extract_shape(s, _cfg().render, teacher) for s in shapes[:2]]
+    results.append(("broken", None, "render: ValueError: no faces", "Chair"))
+    row = write_piece(storage, RUN, KNOWLEDGE, "part-7.parquet", results)
+    name = knowledge_part_name("part-7.parquet", [shapes[0].shape_id, shapes[1].shape_id, "broken"])
+    units = sum(len(u) for _, u, _, _ in results if u is not None)
+    assert row == {"piece": name, "new": 2, "rejected": 1, "units": units}
+    assert PIECE_SCHEMA.names == list(row)
+    done, summary = storage.part_footer(KNOWLEDGE, name)
+    assert sorted(done) == sorted([shapes[0].shape_id, shapes[1].shape_id, "broken"])
+    assert summary == {
+        "done": 3,
+        "shape_part": "part-7.parquet",
+        "units": units,
+        "with_units": {shapes[0].category: 1, shapes[1].category: 1},
+    }
+    assert [(r["item"], r["reason"]) for r in read_rejects(storage, RUN, "extract")] == [
+        ("broken", "render: ValueError: no faces")
+    ]
+    assert write_piece(storage, RUN, KNOWLEDGE, "part-7.parquet", []) is None
+
+
+def test_part_extractor_skips_what_its_pieces_finished(tmp_path, shapes):
+    storage = Storage(str(tmp_path))
+    ids = _write_shapes(storage, shapes)
+    cfg = _cfg()
+    teacher = build_teacher(cfg.teacher, seed=cfg.seed)
+    extract = PartExtractor(storage, RUN, SHAPES, KNOWLEDGE, cfg.render, teacher)
+    (row,) = extract("part-0.parquet")
+    whole = knowledge_part_name("part-0.parquet", ids[:3])
+    assert row["piece"] == whole and (row["new"], row["rejected"]) == (3, 0)
+    assert extract("part-0.parquet") == []  # every shape of the part is done
+    first = table_to_units(storage.read_part(KNOWLEDGE, whole))
+    # A lost piece is redone whole, under the same name, with the same units.
+    storage.delete(f"{KNOWLEDGE}/{whole}")
+    assert [r["piece"] for r in extract("part-0.parquet")] == [whole]
+    _assert_same_units(first, table_to_units(storage.read_part(KNOWLEDGE, whole)))
+    # A run that stopped after an earlier piece (ids[0]): only the rest is done.
+    storage.delete(f"{KNOWLEDGE}/{whole}")
+    write_piece(storage, RUN, KNOWLEDGE, "part-0.parquet", [(ids[0], None, "teacher: gone", "Chair")])
+    (row,) = extract("part-0.parquet")
+    assert row["piece"] == knowledge_part_name("part-0.parquet", ids[1:3]) and row["new"] == 2
+    assert done_in_part(storage, KNOWLEDGE, "part-0.parquet") == set(ids[:3])
+
+
+def test_split_layout_stages_in_process_match_the_part_extractor(tmp_path, shapes):
+    """render_part → TeachStage, called as Ray Data would, give the fused path's units."""
+    storage = Storage(str(tmp_path))
+    ids = _write_shapes(storage, shapes)
+    cfg = _cfg()
+    stage = TeachStage(cfg.teacher, cfg.seed, storage, RUN, KNOWLEDGE)
+    rows = []
+    for part in ("part-0.parquet", "part-1.parquet"):
+        batches = list(render_part({"part": np.array([part], dtype=object)}, storage, SHAPES, KNOWLEDGE, cfg.render))
+        assert [str(b["shape_id"][0]) for b in batches] == sorted(_shape_ids_by_part(storage)[part], key=ids.index)
+        assert all(b["part"][0] == part and len(b["shape_id"]) == 1 for b in batches)
+        rows += [r for b in batches for r in stage(b).to_pylist()]
+    assert sum(r["new"] for r in rows) == len(ids)
+    split = _assert_each_once(storage, ids)
+    teacher = build_teacher(cfg.teacher, seed=cfg.seed)
+    extract = PartExtractor(storage, RUN, SHAPES, LOCAL, cfg.render, teacher)
+    for part in ("part-0.parquet", "part-1.parquet"):
+        extract(part)
+    _assert_same_units(split, _assert_each_once(storage, ids, LOCAL))
+    # nothing left to render once the part's pieces finish it
+    assert (
+        list(render_part({"part": np.array(["part-0.parquet"], dtype=object)}, storage, SHAPES, KNOWLEDGE, cfg.render))
+        == []
+    )
+
+
+def test_corrupt_knowledge_piece_is_quarantined_and_redone(tmp_path, shapes):
+    storage = Storage(str(tmp_path))
+    ids = _write_shapes(storage, shapes)
+    cfg = _cfg()
+    first = extract_local(cfg, storage, SHAPES, KNOWLEDGE)
+    assert (first["new"], first["skipped"]) == (len(ids), 0)
+    before = _assert_each_once(storage, ids)
+    pieces = storage.list_parts(KNOWLEDGE)
+    # A piece that the manifest lists, damaged: its reader names it and quarantines it ...
+    storage.write_bytes(f"{KNOWLEDGE}/{pieces[0]}", b"PAR1 cut short")
+    with pytest.raises(PartError, match=pieces[0]):
+        storage.read_part(KNOWLEDGE, pieces[0])
+    assert storage.exists(f"{KNOWLEDGE}/_corrupt/{pieces[0]}")
+    # ... and the re-run redoes exactly its shapes.
+    again = extract_local(cfg, storage, SHAPES, KNOWLEDGE)
+    assert again["new"] == len(_shape_ids_by_part(storage)[shape_part_of(pieces[0])])
+    _assert_same_units(before, _assert_each_once(storage, ids))
+    # A damaged piece the manifest does not list yet (written after it): quarantined when
+    # the manifest picks it up, and redone.
+    storage.delete(f"{KNOWLEDGE}/{MANIFEST}")
+    storage.write_bytes(f"{KNOWLEDGE}/{pieces[1]}", b"PAR1 cut short")
+    third = extract_local(cfg, storage, SHAPES, KNOWLEDGE)
+    assert third["new"] == len(_shape_ids_by_part(storage)[shape_part_of(pieces[1])])
+    assert storage.exists(f"{KNOWLEDGE}/_corrupt/{pieces[1]}")
+    _assert_same_units(before, _assert_each_once(storage, ids))
+
+
 # -- on Ray -----------------------------------------------------------------------------
 def test_render_tasks_are_not_fused_into_the_teacher_actors(tmp_path, shapes, ray_local, capsys):
     storage = Storage(str(tmp_path))
-    ids = _write_shapes(storage, shapes)
-    refs = [(p, sid) for p in storage.part_names(SHAPES) for sid in ids]
+    _write_shapes(storage, shapes)
+    parts = storage.list_parts(SHAPES)
     # Same CPUs for render tasks and teacher actors: the case Ray Data would fuse.
-    build_dataset(_cfg(cluster__render_cpus=1.0, cluster__extract_layout="split"), storage, SHAPES, refs).explain()
+    cfg = _cfg(cluster__render_cpus=1.0, cluster__extract_layout="split")
+    build_dataset(cfg, storage, SHAPES, KNOWLEDGE, parts).explain()
     optimized = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
-    assert "TaskPoolMapOperator[MapBatches(render_refs)]" in optimized
+    assert "TaskPoolMapOperator[MapBatches(render_part)]" in optimized
     assert "ActorPoolMapOperator[MapBatches(TeachStage)]" in optimized
 
 
 def test_fused_layout_is_one_actor_stage_over_every_cpu(tmp_path, shapes, ray_local, capsys):
     storage = Storage(str(tmp_path))
-    ids = _write_shapes(storage, shapes)
-    refs = [(p, sid) for p in storage.part_names(SHAPES) for sid in ids]
+    _write_shapes(storage, shapes)
+    parts = storage.list_parts(SHAPES)
     cfg = _cfg()  # auto, and the teacher has no GPU
     assert extract_fused(cfg) and not extract_fused(_cfg(cluster__teacher_gpus=1.0))
     assert not extract_fused(_cfg(cluster__extract_layout="split"))
     opts = fused_actor_options(cfg, 2.0)
     assert (opts.min_size, opts.max_size, opts.num_cpus) == (1, 2, 1.0)
-    build_dataset(cfg, storage, SHAPES, refs).explain()
+    build_dataset(cfg, storage, SHAPES, KNOWLEDGE, parts).explain()
     optimized = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
     assert "ActorPoolMapOperator[MapBatches(ExtractStage)]" in optimized
-    assert "render_refs" not in optimized and "TeachStage" not in optimized
+    assert "render_part" not in optimized and "TeachStage" not in optimized
 
 
 @pytest.mark.parametrize("layout", ["fused", "split"])
@@ -198,26 +297,42 @@ def test_extract_on_ray_matches_local_then_skips(tmp_path, shapes, ray_local, la
     cfg = _cfg(cluster__extract_layout=layout)
     out = extract_on_ray(cfg, storage, SHAPES, KNOWLEDGE)
     assert (out["new"], out["skipped"], out["rejected"]) == (len(ids), 0, 0) and out["units"] > 0
+    assert storage.reads.rows == {}  # the driver read no row of either table
+    assert out["parts"] == len(storage.list_parts(KNOWLEDGE)) >= 2
     on_ray = _assert_each_once(storage, ids)
-    local = extract_local(cfg, storage, SHAPES, f"{RUN}/knowledge_local")
+    local = extract_local(cfg, storage, SHAPES, LOCAL)
     assert (local["new"], local["units"]) == (out["new"], out["units"])
-    _assert_same_units(on_ray, _assert_each_once(storage, ids, f"{RUN}/knowledge_local"))
+    _assert_same_units(on_ray, _assert_each_once(storage, ids, LOCAL))
+    # the manifest records every piece with its counts
+    manifest = storage.manifest(KNOWLEDGE)
+    assert sorted(manifest) == storage.list_parts(KNOWLEDGE)
+    assert sum(m["units"] for m in manifest.values()) == out["units"]
 
-    parts_before = storage.part_names(KNOWLEDGE)
+    parts_before = storage.list_parts(KNOWLEDGE)
     again = extract_on_ray(cfg, storage, SHAPES, KNOWLEDGE)
-    assert (again["new"], again["skipped"], again["units"]) == (0, len(ids), 0)
-    assert storage.part_names(KNOWLEDGE) == parts_before
+    assert (again["new"], again["skipped"], again["units"], again["parts"]) == (0, len(ids), 0, 0)
+    assert storage.list_parts(KNOWLEDGE) == parts_before
 
 
 def test_resume_does_only_the_rest(tmp_path, shapes, ray_local):
     storage = Storage(str(tmp_path))
     ids = _write_shapes(storage, shapes)
-    # A run that stopped after one part: the first shape of each shape part is done.
-    storage.write_part(KNOWLEDGE, UNIT_SCHEMA.empty_table(), done_ids=[ids[0], ids[3]])
-    out = extract_on_ray(_cfg(), storage, SHAPES, KNOWLEDGE)
-    assert (out["new"], out["skipped"]) == (len(ids) - 2, 2)
+    cfg = _cfg()
+    # A run that stopped after one piece of each shape part: their first shapes are done
+    # (here without units, so it shows that they are not redone).
+    for part, sid in (("part-0.parquet", ids[0]), ("part-1.parquet", ids[3])):
+        storage.write_part(
+            KNOWLEDGE,
+            UNIT_SCHEMA.empty_table(),
+            done_ids=[sid],
+            name=knowledge_part_name(part, [sid]),
+            summary={"shape_part": part, "with_units": {}, "units": 0},
+        )
+    out = extract_on_ray(cfg, storage, SHAPES, KNOWLEDGE)
+    assert (out["new"], out["rejected"]) == (len(ids) - 2, 0)
     units = _assert_each_once(storage, ids)
-    assert ids[0] not in units and ids[1] in units
+    assert ids[0] not in units and ids[3] not in units and set(units) == set(ids) - {ids[0], ids[3]}
+    assert plan(storage, SHAPES, KNOWLEDGE) == ([], len(ids))
 
 
 def test_bad_shapes_are_rejected_and_the_rest_finish(tmp_path, shapes, ray_local):
@@ -225,7 +340,7 @@ def test_bad_shapes_are_rejected_and_the_rest_finish(tmp_path, shapes, ray_local
     # Shapes of two sizes and 4 ring views with 8 images a teacher call: two shapes a
     # batch, so good and failed shapes of different sizes meet in one teacher batch.
     mixed = shapes[:3] + [make_shape(CATEGORIES[i], 1, 0, 300) for i in range(3)]
-    cfg = _cfg(render__views="ring", render__num_views=4, teacher__batch_size=8)
+    cfg = _cfg(render__views="ring", render__num_views=4, teacher__batch_size=8, cluster__extract_layout="split")
     assert teacher_actor_options(cfg).batch_size == 2
     table = shapes_to_table(mixed)
     no_faces = Mesh(np.zeros((3, 3), np.float32), np.zeros((0, 3), np.int32)).to_bytes()
@@ -238,25 +353,20 @@ def test_bad_shapes_are_rejected_and_the_rest_finish(tmp_path, shapes, ray_local
     ids = _write_shapes(storage, mixed, table)
     out = extract_on_ray(cfg, storage, SHAPES, KNOWLEDGE)
     assert (out["new"], out["rejected"]) == (len(ids) - 2, 2)
-    units = _assert_each_once(storage, ids)  # rejected shapes are done too (by the part that rejected them)
+    units = _assert_each_once(storage, ids)  # rejected shapes are done too (by the piece that rejected them)
     assert set(units) == set(ids) - {ids[1], ids[4]}
     rejects = {r["item"]: r["reason"] for r in read_rejects(storage, RUN, "extract")}
     assert set(rejects) == {ids[1], ids[4]}
     assert "faces" in rejects[ids[1]] and "NaN" in rejects[ids[4]]
-    local = extract_local(cfg, storage, SHAPES, f"{RUN}/knowledge_local")
+    local = extract_local(cfg, storage, SHAPES, LOCAL)
     assert (local["new"], local["rejected"]) == (out["new"], out["rejected"])
-    _assert_same_units(units, table_to_units(storage.read_table(f"{RUN}/knowledge_local")))
+    _assert_same_units(units, _assert_each_once(storage, ids, LOCAL))
     again = extract_on_ray(cfg, storage, SHAPES, KNOWLEDGE)
     assert (again["new"], again["rejected"], again["skipped"]) == (0, 0, len(ids))
 
 
-@pytest.mark.parametrize("layout", ["fused", "split"])
-def test_a_killed_teacher_actor_is_replaced_and_its_shapes_retried(tmp_path, shapes, ray_local, layout):
-    storage = Storage(str(tmp_path / "root"))
-    ids = _write_shapes(storage, shapes)
-    marker = str(tmp_path / "crashed-once")
-
-    def crash_once_factory(cfg, seed):
+def _crash_once_factory(marker: str):
+    def factory(cfg, seed):
         # Pickled by value into the actors (a closure): the first actor to teach a shape
         # leaves the marker and dies as a crash would (no exception, no cleanup).
         inner = build_teacher(cfg, seed=seed)
@@ -272,13 +382,21 @@ def test_a_killed_teacher_actor_is_replaced_and_its_shapes_retried(tmp_path, sha
 
         return CrashOnce()
 
+    return factory
+
+
+@pytest.mark.parametrize("layout", ["fused", "split"])
+def test_a_killed_teacher_actor_is_replaced_and_its_shapes_retried(tmp_path, shapes, ray_local, layout):
+    storage = Storage(str(tmp_path / "root"))
+    ids = _write_shapes(storage, shapes)
+    marker = str(tmp_path / "crashed-once")
     cfg = _cfg(cluster__extract_layout=layout)
-    out = extract_on_ray(cfg, storage, SHAPES, KNOWLEDGE, teacher_factory=crash_once_factory)
+    out = extract_on_ray(cfg, storage, SHAPES, KNOWLEDGE, teacher_factory=_crash_once_factory(marker))
     assert os.path.exists(marker), "the actor should have crashed once"
     assert (out["new"], out["rejected"]) == (len(ids), 0)
     on_ray = _assert_each_once(storage, ids)
-    extract_local(_cfg(), storage, SHAPES, f"{RUN}/knowledge_local")
-    _assert_same_units(on_ray, table_to_units(storage.read_table(f"{RUN}/knowledge_local")))
+    extract_local(_cfg(), storage, SHAPES, LOCAL)
+    _assert_same_units(on_ray, _assert_each_once(storage, ids, LOCAL))
 
 
 def test_extract_on_ray_with_s3_storage(s3_bucket, shapes, ray_local):
@@ -290,3 +408,4 @@ def test_extract_on_ray_with_s3_storage(s3_bucket, shapes, ray_local):
     assert set(units) == set(ids)
     table = storage.read_table(KNOWLEDGE)
     assert pc.min(table.column("score")).as_py() >= 0.5
+    assert storage.exists(f"{KNOWLEDGE}/{MANIFEST}")

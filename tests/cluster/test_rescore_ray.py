@@ -1,20 +1,36 @@
-"""Backward distillation's re-scoring as a Ray Data actor-pool pass, on a real local Ray."""
+"""Backward distillation's re-scoring pass as a Ray Data actor pool (real local Ray) and in
+process, over the student's shape parts: round k ≥ 1 stores scores only."""
+
+import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from cluster.checkpoints import load_student, load_torch, save_torch
 from cluster.pipeline import extract_stage
-from cluster.rescore_ray import plan_items, read_round_scores, rescore_on_ray, round_part_name
+from cluster.rescore_ray import rescore_on_ray
+from cluster.rescoring import load_snapshot, rescore_local, todo_items
 from cluster.runtime import connect
+from cluster.samples import SCORE_SCHEMA, load_item, load_units, read_scores, scores_dir
 from cluster.storage import Storage
-from cluster.train import knowledge_dir, load_training_data, train_student
+from cluster.train import fit_student, knowledge_dir, plan_students, train_student_local
 from distill.config import ClusterConfig, load_config
-from distill.student import build_student
-from distill.training import prepare_samples, rescore_samples
+from distill.records import table_to_units
+from distill.training import rescore_samples
 
 RUN = "bd"
-ARGS = ["--config", "smoke", "data.per_category=3", "train.epochs=4", f"run={RUN}", "cluster.backend=local"]
+ARGS = [
+    "--config",
+    "smoke",
+    "data.per_category=3",
+    "train.epochs=4",
+    f"run={RUN}",
+    "cluster.backend=local",
+    "cluster.part_shapes=2",  # 3 categories × (2 + 1) shapes: 6 shape parts, 6 items
+]
+CPU = torch.device("cpu")
+CKPT = f"{RUN}/checkpoints/all/last.pt"
 
 
 @pytest.fixture(scope="module")
@@ -28,48 +44,99 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def extracted(tmp_path_factory):
+    """The run's shapes and round-0 knowledge, extracted once for the module."""
+    root = tmp_path_factory.mktemp("extracted")
+    cfg = load_config([*ARGS, f"storage.root={root}"])
+    extract_stage(cfg, Storage.from_config(cfg.storage))
+    return root
+
+
 @pytest.fixture()
-def pending(tmp_path):
+def pending(tmp_path, extracted):
     """A run whose student stopped after epoch 2 (smoke: bd_epoch=2), awaiting re-scoring."""
+    shutil.copytree(extracted / RUN, tmp_path / RUN)
     cfg = load_config([*ARGS, f"storage.root={tmp_path}"])
     storage = Storage.from_config(cfg.storage)
-    extract_stage(cfg, storage)
-    (job,) = load_training_data(cfg, storage, f"{RUN}/shapes", knowledge_dir(RUN, 0))
-    info = train_student(cfg, storage, job, "cpu", rescore_externally=True)
+    (plan,) = plan_students(cfg, storage, f"{RUN}/shapes", knowledge_dir(RUN, 0))
+    info = fit_student(cfg, storage, plan, CPU)
     assert info["pending_rescore"] and info["epochs"] == 2
     assert not storage.exists(f"{RUN}/checkpoints/all/final.pt")
-    return cfg, storage, job
+    storage.reads.reset()
+    return cfg, storage, plan
 
 
-def _expected_scores(cfg, state, job):
-    model = build_student(cfg.student, job.space.num_slots, job.space.num_categories)
-    model.load_state_dict(state["model"])
-    samples = prepare_samples(job.shapes, job.units, job.space, cfg.data.num_points, cfg.seed)
-    return rescore_samples(model, samples, job.space, state["scores"])
+def _expected_scores(cfg, storage, plan):
+    """The pass done by hand on the same snapshot: per item, its samples prepared as
+    training does and ``rescore_samples`` → {knowledge part: {shape id: scores}}."""
+    model, _ = load_snapshot(cfg, storage, CKPT, plan.space, CPU)
+    out = {}
+    for item in plan.items:
+        samples = load_item(storage, plan.tables(0), item, plan.space, cfg.data.num_points, cfg.seed)
+        new = rescore_samples(model, [s for s in samples if s.num_units], plan.space, None, CPU, cfg.train.batch_size)
+        for part in item.knowledge_parts:
+            ids = set(storage.read_part(plan.units_dir, part, ["shape_id"]).column(0).to_pylist())
+            out[part] = {sid: s for sid, s in new.items() if sid in ids}
+    return out
+
+
+def _assert_scores_only(storage, plan, round, expected):
+    """Round ``round``'s folder: one score part per knowledge part, same name, rows of
+    (shape_id, score) only, one score per round-0 unit, equal to ``expected``."""
+    out_dir = plan.tables(round).scores_dir
+    assert out_dir == scores_dir(plan.units_dir, "all", round) == f"{RUN}/knowledge/round_{round}/all"
+    assert storage.list_parts(out_dir) == sorted(k for i in plan.items for k in i.knowledge_parts)
+    for part in storage.list_parts(out_dir):
+        table = storage.read_part(out_dir, part)
+        assert table.schema.equals(SCORE_SCHEMA), table.schema
+        units = table_to_units(storage.read_part(plan.units_dir, part))
+        written = read_scores(storage, out_dir, part)
+        assert set(written) == set(expected[part]) == {sid for sid, u in units.items() if len(u)}
+        for sid, s in written.items():
+            assert s.dtype == np.float32 and len(s) == len(units[sid])
+            np.testing.assert_array_equal(s, expected[part][sid], err_msg=f"{part}:{sid}")
+        done, summary = storage.part_footer(out_dir, part)
+        assert sorted(done) == sorted(written) and summary["round"] == round
+
+
+def test_todo_items_and_scores_dir(pending):
+    _, storage, plan = pending
+    out_dir = plan.tables(1).scores_dir
+    assert plan.tables(0).scores_dir == "" and out_dir.endswith("round_1/all")
+    with pytest.raises(ValueError, match="round=0"):
+        scores_dir(plan.units_dir, "all", 0)
+    assert todo_items(storage, plan.items, out_dir) == plan.items and len(plan.items) == 6
+    first = plan.items[0]
+    storage.write_part(out_dir, SCORE_SCHEMA.empty_table(), done_ids=[], name=first.knowledge_parts[0])
+    assert todo_items(storage, plan.items, out_dir) == plan.items[1:]
 
 
 def test_rescoring_pass_matches_in_process_and_training_resumes(pending, ray_local):
-    cfg, storage, job = pending
-    ckpt = f"{RUN}/checkpoints/all/last.pt"
-    state = load_torch(storage, ckpt)
-    expected = _expected_scores(cfg, state, job)
-    out_dir = knowledge_dir(RUN, 1)
-    items, done = plan_items(storage, f"{RUN}/shapes", knowledge_dir(RUN, 0), out_dir, "all", set(state["scores"]))
-    assert len(items) >= 2 and not done  # several knowledge parts: several actor calls
+    cfg, storage, plan = pending
+    expected = _expected_scores(cfg, storage, plan)
+    storage.reads.reset()
 
-    summary = rescore_on_ray(cfg, storage, "all", job.space, f"{RUN}/shapes", knowledge_dir(RUN, 0), ckpt, out_dir)
-    assert summary["round"] == 1 and summary["parts"] == len(items) and summary["shapes"] == len(job.shapes)
-    assert sorted(storage.part_names(out_dir)) == sorted(i["out_part"] for i in items)
-    resumed = load_torch(storage, ckpt)
+    summary = rescore_on_ray(cfg, storage, plan, CKPT)
+    assert storage.reads.rows == {}  # the actors read the parts; the driver none
+    assert summary["round"] == 1 and summary["parts"] == len(plan.items) and summary["skipped_parts"] == 0
+    assert summary["shapes"] == sum(len(v) for v in expected.values()) == plan.with_units
+    assert summary["units"] == sum(len(s) for v in expected.values() for s in v.values())
+    _assert_scores_only(storage, plan, 1, expected)
+    resumed = load_torch(storage, CKPT)
     assert not resumed["pending_rescore"] and resumed["round"] == 1 and resumed["round_start"] == 2
-    for sid, s in expected.items():
-        np.testing.assert_array_equal(resumed["scores"][sid], s, err_msg=sid)
-    written = read_round_scores(storage, out_dir, "all")
-    assert set(written) == {sid for sid, s in expected.items() if len(s)}
+    assert resumed["scores"] == {}  # a streaming run's scores live in the round's table
     with pytest.raises(ValueError, match="not waiting"):
-        rescore_on_ray(cfg, storage, "all", job.space, f"{RUN}/shapes", knowledge_dir(RUN, 0), ckpt, out_dir)
+        rescore_on_ray(cfg, storage, plan, CKPT)
 
-    info = train_student(cfg, storage, job, "cpu", rescore_externally=True)
+    # The next fit reads round 1: round-0 units with the new scores.
+    item = plan.items[0]
+    units = load_units(storage, plan.tables(1), item)
+    for sid, s in expected[item.knowledge_parts[0]].items():
+        assert units[sid].round == 1
+        np.testing.assert_array_equal(units[sid].score, s)
+
+    info = fit_student(cfg, storage, plan, CPU)
     assert "pending_rescore" not in info and info["epochs"] == 4 and info["rounds"] == 1
     _, _, bundle = load_student(storage, RUN, "all")
     assert [h.get("rescored", 0.0) for h in bundle["history"]] == [0, 1, 0, 0]
@@ -77,45 +144,47 @@ def test_rescoring_pass_matches_in_process_and_training_resumes(pending, ray_loc
 
 def test_rescoring_pass_resumes_after_a_crash(pending, ray_local):
     """A driver that died mid-pass: the parts written are kept, the rest are done."""
-    cfg, storage, job = pending
-    ckpt = f"{RUN}/checkpoints/all/last.pt"
-    state = load_torch(storage, ckpt)
-    out_dir = knowledge_dir(RUN, 1)
-    rescore_on_ray(cfg, storage, "all", job.space, f"{RUN}/shapes", knowledge_dir(RUN, 0), ckpt, out_dir)
-    first = read_round_scores(storage, out_dir, "all")
-    parts = storage.part_names(out_dir)
-    storage.delete(f"{out_dir}/{parts[0]}")  # one part lost, and last.pt still pending
-    save_torch(storage, ckpt, state)
+    cfg, storage, plan = pending
+    state = load_torch(storage, CKPT)
+    out_dir = plan.tables(1).scores_dir
+    rescore_on_ray(cfg, storage, plan, CKPT)
+    parts = storage.list_parts(out_dir)
+    first = {p: read_scores(storage, out_dir, p) for p in parts}
+    storage.delete(f"{out_dir}/{parts[2]}")  # one part lost, and last.pt still pending
+    save_torch(storage, CKPT, state)
 
-    again = rescore_on_ray(cfg, storage, "all", job.space, f"{RUN}/shapes", knowledge_dir(RUN, 0), ckpt, out_dir)
-    assert again["parts"] == 1 and again["skipped_parts"] == len(parts) - 1
-    assert sorted(storage.part_names(out_dir)) == sorted(parts)
-    second = read_round_scores(storage, out_dir, "all")
-    assert set(first) == set(second)
-    for sid in first:
-        np.testing.assert_array_equal(first[sid], second[sid])
+    again = rescore_on_ray(cfg, storage, plan, CKPT)
+    assert again["parts"] == 1 and again["skipped_parts"] == len(plan.items) - 1
+    assert again["shapes"] == len(first[parts[2]])
+    assert storage.list_parts(out_dir) == parts
+    for p in parts:
+        second = read_scores(storage, out_dir, p)
+        assert second.keys() == first[p].keys()
+        for sid in second:
+            np.testing.assert_array_equal(second[sid], first[p][sid])
+    assert load_torch(storage, CKPT)["round"] == 1
 
 
 def test_pending_checkpoint_is_rescored_in_process_when_run_locally(pending):
     """A Ray run stopped for re-scoring, continued with cluster.backend=local."""
-    cfg, storage, job = pending
-    state = load_torch(storage, f"{RUN}/checkpoints/all/last.pt")
-    expected = _expected_scores(cfg, state, job)
-    info = train_student(cfg, storage, job, "cpu")
+    cfg, storage, plan = pending
+    expected = _expected_scores(cfg, storage, plan)
+    info = train_student_local(cfg, storage, plan, CPU)
     assert info["epochs"] == 4 and info["rounds"] == 1
-    written = _round_1_scores(storage)
-    for sid, s in written.items():
-        np.testing.assert_array_equal(s, expected[sid])
+    (rescoring,) = info["rescoring"]
+    assert rescoring["round"] == 1 and rescoring["parts"] == len(plan.items)
+    _assert_scores_only(storage, plan, 1, expected)
+    assert storage.exists(f"{RUN}/checkpoints/all/final.pt")
 
 
-def _round_1_scores(storage):
-    from distill.records import UNIT_SCHEMA, table_to_units
-
-    units = table_to_units(storage.read_table(knowledge_dir(RUN, 1), schema=UNIT_SCHEMA))
-    assert units and all(u.round == 1 for u in units.values())
-    return {sid: u.score for sid, u in units.items()}
-
-
-def test_round_part_names():
-    assert round_part_name("all", "part-0a1b.parquet") == "part-all-0a1b.parquet"
-    assert round_part_name("Chair", "x.parquet") == "part-Chair-x.parquet"
+def test_rescore_local_matches_the_ray_pass_scores(pending):
+    """``rescore_local`` on the snapshot writes what the hand-made pass computes (and so
+    what the Ray pass writes, see above), then moves ``last.pt`` on."""
+    cfg, storage, plan = pending
+    expected = _expected_scores(cfg, storage, plan)
+    summary = rescore_local(cfg, storage, plan, CKPT, CPU)
+    assert summary["round"] == 1 and summary["parts"] == len(plan.items)
+    assert summary["shapes"] == plan.with_units
+    _assert_scores_only(storage, plan, 1, expected)
+    state = load_torch(storage, CKPT)
+    assert state["round"] == 1 and not state["pending_rescore"]
