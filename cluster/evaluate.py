@@ -22,7 +22,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from cluster.checkpoints import list_students, load_student
-from cluster.layout import PartItem, plan_parts
+from cluster.layout import PartItem, plan_parts, shapes_manifest
 from cluster.samples import EVAL_COLUMNS, Tables, load_units
 from cluster.storage import Storage
 from distill.config import Config
@@ -145,7 +145,7 @@ def evaluate_parts(
     """Stream every shape part through ``PartEvaluator`` (Ray actor pool or this process)."""
     from cluster.pipeline import use_ray
 
-    items = plan_parts(storage.manifest(shapes_dir), storage.manifest(units_dir), None, f"{storage.uri(units_dir)}: ")
+    items = plan_parts(shapes_manifest(storage, shapes_dir), storage.manifest(units_dir), None, f"{storage.uri(units_dir)}: ")
     tables = Tables(shapes_dir, units_dir)
     total: dict[str, MIoUSums] = {m: MIoUSums() for m in METHODS}
     categories: set[str] = set()

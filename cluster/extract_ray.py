@@ -52,7 +52,7 @@ from cluster.extract_parts import (
     done_in_part,
     write_piece,
 )
-from cluster.layout import unfinished_parts
+from cluster.layout import shapes_manifest, unfinished_parts
 from cluster.runtime import (
     RENDER_BATCH_SHAPES,
     configure_data_context,
@@ -294,7 +294,7 @@ class ExtractStage:
 # -- the two drivers ---------------------------------------------------------------------
 def plan(storage: Storage, shapes_dir: str, knowledge_dir: str) -> tuple[list[str], int]:
     """(the unfinished shape parts, the shapes of the finished ones) from the manifests."""
-    shapes = storage.manifest(shapes_dir)
+    shapes = shapes_manifest(storage, shapes_dir)
     todo = unfinished_parts(shapes, storage.manifest(knowledge_dir))
     skipped = sum(int(s.get("shapes", 0)) for p, s in shapes.items() if p not in set(todo))
     return todo, skipped
@@ -335,7 +335,7 @@ def extract_local(
     rows: list[dict[str, Any]] = []
     if todo:
         teacher = (teacher_factory or default_factory)(cfg.teacher, cfg.seed)
-        manifest = storage.manifest(shapes_dir)
+        manifest = shapes_manifest(storage, shapes_dir)
         total = sum(int(manifest[p].get("shapes", 0)) for p in todo)
         with tqdm(total=total, desc="extract", unit="shape", disable=not cfg.progress) as bar:
             extract = PartExtractor(

@@ -15,7 +15,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from cluster.layout import shape_summary
+from cluster.layout import shape_summary, shapes_manifest
 from cluster.rejects import read_rejects, write_rejects
 from cluster.storage import Storage
 from distill.config import Config, DataConfig
@@ -78,7 +78,7 @@ def ingest(
     flush()
 
     per_category: dict[str, int] = {}
-    for part in storage.manifest(table_dir).values():
+    for part in shapes_manifest(storage, table_dir).values():
         for c, n in part.get("categories", {}).items():
             per_category[c] = per_category.get(c, 0) + int(n)
     categories = sorted(per_category)

@@ -50,6 +50,23 @@ def shape_summary(shapes: list[Any]) -> dict[str, Any]:
     return {"shapes": len(shapes), "categories": dict(sorted(cats.items())), "part_names": names}
 
 
+def summarise_shape_part(storage: Any, table_dir: str, name: str) -> dict[str, Any]:
+    """The summary of a shape part whose footer has none (a table from another tool, e.g.
+    ``data.source=table``): read from its ``category`` and ``part_names`` columns."""
+    table = storage.read_part(table_dir, name, ["category", "part_names"])
+    cats: dict[str, int] = {}
+    names: dict[str, list[str]] = {}
+    for c, p in zip(table.column("category").to_pylist(), table.column("part_names").to_pylist()):
+        cats[c] = cats.get(c, 0) + 1
+        names.setdefault(c, list(p))
+    return {"shapes": table.num_rows, "categories": dict(sorted(cats.items())), "part_names": names}
+
+
+def shapes_manifest(storage: Any, shapes_dir: str) -> dict[str, dict[str, Any]]:
+    """The manifest of a shape table (parts without a summary are summarised once)."""
+    return storage.manifest(shapes_dir, fill=summarise_shape_part)
+
+
 def category_parts(shapes_manifest: dict[str, dict[str, Any]], where: str = "") -> dict[str, tuple[str, ...]]:
     """``{category: its part names}`` over a shape table's manifest; parts must agree."""
     out: dict[str, tuple[str, ...]] = {}

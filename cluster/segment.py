@@ -19,6 +19,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from cluster.checkpoints import list_students, load_student
+from cluster.layout import shapes_manifest
 from cluster.pipeline import ensure_shapes
 from cluster.rejects import write_rejects
 from cluster.storage import Storage
@@ -55,7 +56,7 @@ def segment(cfg: Config, storage: Storage) -> dict[str, Any]:
     pictures = segmented = skipped = 0
     unknown: list[Shape] = []
     written = set(storage.list_parts(f"{out}/labels"))
-    manifest = storage.manifest(shapes_dir)
+    manifest = shapes_manifest(storage, shapes_dir)
     for part in tqdm(sorted(manifest), desc="segment", unit="part", disable=not cfg.progress):
         if part in written:  # one labels part per shape part: a re-run skips finished parts
             skipped += int(manifest[part].get("shapes", 0))

@@ -17,7 +17,7 @@ import logging
 import os
 import posixpath
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import fsspec
@@ -227,10 +227,14 @@ class Storage:
         """The part files of a table folder, sorted (a listing: no part is opened)."""
         return [n for n in self.listdir(table_dir) if n.endswith(".parquet") and not n.startswith((".", "_"))]
 
-    def manifest(self, table_dir: str) -> dict[str, dict[str, Any]]:
+    def manifest(
+        self, table_dir: str, fill: Callable[[Storage, str, str], dict[str, Any]] | None = None
+    ) -> dict[str, dict[str, Any]]:
         """``{part name: summary}`` of a table folder: ``MANIFEST`` plus the footers of the
         parts it does not list yet (each read once, then recorded). An entry whose part is
-        gone is dropped with a warning; an unreadable part is quarantined (its items redone)."""
+        gone is dropped with a warning; an unreadable part is quarantined (its items redone).
+        fill(storage, table_dir, name): the summary of a part whose footer has none (a
+        table written by another tool), computed once and recorded."""
         names = self.list_parts(table_dir)
         known: dict[str, dict[str, Any]] = {}
         if self.exists(table_dir, MANIFEST):
@@ -252,7 +256,10 @@ class Storage:
             if name in out:
                 continue
             try:
-                out[name] = self.part_footer(table_dir, name)[1]
+                summary = self.part_footer(table_dir, name)[1]
+                if fill is not None and len(summary) <= 1:  # no summary beyond the done count
+                    summary = {**summary, **fill(self, table_dir, name)}
+                out[name] = summary
             except Exception as e:  # noqa: BLE001 - any unreadable part is quarantined alike
                 self.quarantine(table_dir, name, e)
         if gone or len(out) != len(known):

@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from cluster.checkpoints import checkpoint_dir, final_bundle, load_torch, save_torch, student_name
-from cluster.layout import PartItem, category_parts, plan_parts
+from cluster.layout import PartItem, category_parts, plan_parts, shapes_manifest
 from cluster.samples import PartSource, Tables, scores_dir
 from cluster.storage import Storage
 from distill.config import Config
@@ -81,7 +81,7 @@ class StudentPlan:
 def plan_students(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str) -> list[StudentPlan]:
     """The run's students, as ``train.per_category`` groups the categories, planned from
     the shape and knowledge manifests (one small read each)."""
-    shapes = storage.manifest(shapes_dir)
+    shapes = shapes_manifest(storage, shapes_dir)
     if not shapes:
         raise ValueError(f"{storage.uri(shapes_dir)} holds no shapes: run jobs/ingest.py (or extract) first")
     knowledge = storage.manifest(units_dir)

@@ -68,7 +68,9 @@ def training_dataset(cfg: Config, plan: StudentPlan, round: int) -> Any:
     import ray.data
 
     items = [i.to_row() for i in plan.items]
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    # The parts' order is shuffled on the (tiny) item list, before the map: shuffling the
+    # map's output blocks would be a barrier that materialises the whole corpus.
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items))).randomize_block_order()
     # num_cpus=0: the map reads a part and prepares its samples, a small fraction of a
     # training step's work; asking for a CPU would wait on the ones the workers hold.
     return ds.map_batches(
@@ -77,7 +79,7 @@ def training_dataset(cfg: Config, plan: StudentPlan, round: int) -> Any:
         batch_size=1,
         batch_format="numpy",
         num_cpus=0,
-    ).randomize_block_order()
+    )
 
 
 def shard_batches(shard: Any, batch_size: int, seed: int) -> Callable[[int], Iterator[Any]]:

@@ -11,14 +11,16 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from cluster.checkpoints import load_torch
 from cluster.extract_ray import extract_local, extract_on_ray
 from cluster.ingest import ingest
-from cluster.rescore_ray import read_round_scores, rescore_on_ray
+from cluster.rescore_ray import rescore_on_ray
 from cluster.runtime import _loopback_only
+from cluster.samples import read_scores
 from cluster.storage import Storage
-from cluster.train import knowledge_dir, load_training_data, train_student
+from cluster.train import fit_student, knowledge_dir, plan_students
 from distill.config import load_config
 from distill.records import UNIT_SCHEMA, table_to_units
 from tests.conftest import REPO
@@ -97,13 +99,18 @@ def test_two_nodes_extract_and_rescore_across_nodes(tmp_path, two_nodes):
         np.testing.assert_array_equal(u.score, on_ray[sid].score)
 
     # A student stopped for re-scoring (in this process), re-scored by an actor on the GPU node.
-    (job,) = load_training_data(cfg, storage, f"{RUN}/shapes", knowledge_dir(RUN, 0))
-    assert train_student(cfg, storage, job, "cpu", rescore_externally=True)["pending_rescore"]
+    (plan,) = plan_students(cfg, storage, f"{RUN}/shapes", knowledge_dir(RUN, 0))
+    assert fit_student(cfg, storage, plan, torch.device("cpu"))["pending_rescore"]
     ckpt = f"{RUN}/checkpoints/all/last.pt"
-    summary = rescore_on_ray(
-        cfg, storage, "all", job.space, f"{RUN}/shapes", knowledge_dir(RUN, 0), ckpt, knowledge_dir(RUN, 1)
-    )
-    assert summary["shapes"] == 6 and summary["round"] == 1
+    storage.reads.reset()
+    summary = rescore_on_ray(cfg, storage, plan, ckpt)
+    assert storage.reads.rows == {}
+    assert summary["shapes"] == 6 and summary["round"] == 1 and summary["parts"] == len(plan.items)
     state = load_torch(storage, ckpt)
     assert state["round"] == 1 and not state["pending_rescore"]
-    assert set(read_round_scores(storage, knowledge_dir(RUN, 1), "all")) == set(job.units)
+    out_dir = plan.tables(1).scores_dir
+    assert storage.list_parts(out_dir) == storage.list_parts(knowledge_dir(RUN, 0))
+    scored = {sid: s for part in storage.list_parts(out_dir) for sid, s in read_scores(storage, out_dir, part).items()}
+    assert set(scored) == set(mine)
+    for sid, s in scored.items():
+        assert len(s) == len(mine[sid].score)
