@@ -144,9 +144,10 @@ class Sampler(threading.Thread):
 
 def spilled_bytes() -> int:
     """Bytes Ray spilled to disk so far (from its memory summary)."""
+    import ray
     from ray._private.internal_api import memory_summary
 
-    text = memory_summary(stats_only=True)
+    text = memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True)
     for line in text.splitlines():
         if line.strip().startswith("Spilled"):
             return int(float(line.split()[1]) * 2**20)

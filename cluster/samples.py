@@ -26,7 +26,7 @@ from cluster.storage import Storage
 from distill.labels import LabelSpace
 from distill.records import KnowledgeUnits, row_to_shape, table_to_units
 from distill.samples import Batch, ShapeSample, _seed, collate, prepare_sample
-from distill.sources import CALIBRATION_SHAPES, REFERENCE_SHAPES, SampleSource, in_validation
+from distill.sources import CALIBRATION_SHAPES, REFERENCE_SHAPES, VALIDATION_SHAPES, SampleSource, in_validation
 
 SHAPE_COLUMNS = ["shape_id", "category", "part_names", "num_points", "points", "normals", "source", "meta"]
 """What training reads of a shape part: no mesh, no labels (meshes are for rendering and
@@ -265,7 +265,11 @@ class PartSource(SampleSource):
     def validation_chunks(self) -> Iterator[list[ShapeSample]]:
         if not self.has_validation:
             return
+        left = VALIDATION_SHAPES
         for chunk in self.scan():
             val = [s for s in chunk if s.num_units and in_validation(s.shape_id, self.seed, self.val_fraction)]
             if val:
-                yield val
+                yield val[:left]
+                left -= len(val[:left])
+            if left <= 0:
+                return

@@ -30,6 +30,9 @@ from distill.samples import Batch, ShapeSample, epoch_batches, split_validation
 CALIBRATION_SHAPES = 64
 """Shapes for BatchNorm re-calibration: 64 × 2048 points estimate a channel's mean and
 variance well, and the cost stays a fraction of an epoch however large the corpus."""
+VALIDATION_SHAPES = 1024
+"""Most held-out shapes a streaming source scores each epoch (the first in table order):
+enough to rank checkpoints, and an epoch's validation never reads the whole corpus."""
 REFERENCE_SHAPES = 32
 """Shapes per category offered to the pose co-alignment (``student.align``)."""
 

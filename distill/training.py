@@ -550,7 +550,9 @@ def distil(
             # never reads the running statistics, so checkpoints in between need none.
             recalibrate_batchnorm(model, source.calibration_samples(), device, space, cfg.batch_size)
             recalibrated = state.epoch
-        if source.has_validation:
+        if source.has_validation and (rank == 0 or source.in_memory):
+            # A streaming run scores validation on rank 0 only: it alone keeps and saves the
+            # best snapshot, and the other workers need not read the held-out parts.
             val = _validation_score(model, source.validation_chunks(), device, space, cfg.batch_size)
             record["val_agreement"] = val
             if val > state.best_score:
