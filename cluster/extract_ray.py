@@ -293,19 +293,19 @@ class ExtractStage:
 
 # -- the two drivers ---------------------------------------------------------------------
 def plan(storage: Storage, shapes_dir: str, knowledge_dir: str) -> tuple[list[str], int]:
-    """(the unfinished shape parts, the shapes of the finished ones) from the manifests."""
+    """(the unfinished shape parts, the table's shapes) from the manifests."""
     shapes = shapes_manifest(storage, shapes_dir)
     todo = unfinished_parts(shapes, storage.manifest(knowledge_dir))
-    skipped = sum(int(s.get("shapes", 0)) for p, s in shapes.items() if p not in set(todo))
-    return todo, skipped
+    return todo, sum(int(s.get("shapes", 0)) for s in shapes.values())
 
 
 def _summary(
-    rows: list[dict[str, Any]], skipped: int, seconds: float, storage: Storage, knowledge_dir: str
+    rows: list[dict[str, Any]], total: int, seconds: float, storage: Storage, knowledge_dir: str
 ) -> dict[str, Any]:
     storage.manifest(knowledge_dir)  # records the new pieces: the next planner reads one file
     new = sum(int(r["new"]) for r in rows)
     rejected = sum(int(r["rejected"]) for r in rows)
+    skipped = max(0, total - new - rejected)  # done before (shapes of the table without a row of a part)
     return {
         "new": new,
         "rejected": rejected,
@@ -330,7 +330,7 @@ def extract_local(
     knowledge, ``rejected`` went to rejects, ``skipped`` were done before, ``parts`` is
     the number of knowledge pieces written.
     """
-    todo, skipped = plan(storage, shapes_dir, knowledge_dir)
+    todo, total = plan(storage, shapes_dir, knowledge_dir)
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     if todo:
@@ -343,7 +343,7 @@ def extract_local(
             )
             for part in todo:
                 rows += extract(part)
-    summary = _summary(rows, skipped, time.perf_counter() - start, storage, knowledge_dir)
+    summary = _summary(rows, total, time.perf_counter() - start, storage, knowledge_dir)
     log.info("extract (local): %s", summary)
     return summary
 
@@ -383,7 +383,9 @@ def build_dataset(
                 },
                 batch_size=1,
                 batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(min_size=opts.min_size, max_size=min(opts.max_size, len(parts))),
+                compute=ray.data.ActorPoolStrategy(
+                    min_size=min(opts.min_size, len(parts)), max_size=min(opts.max_size, len(parts))
+                ),
                 num_cpus=opts.num_cpus,
                 num_gpus=opts.num_gpus,
                 **actor_fault_options(),
@@ -431,7 +433,7 @@ def extract_on_ray(
     knowledge, and the driver holds one summary row per knowledge piece. Same return
     value as ``extract_local``.
     """
-    todo, skipped = plan(storage, shapes_dir, knowledge_dir)
+    todo, total = plan(storage, shapes_dir, knowledge_dir)
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     if todo:
@@ -440,6 +442,6 @@ def extract_on_ray(
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             rows += batch.to_pylist()
             log.info("extract: %d knowledge pieces written", len(rows))
-    summary = _summary(rows, skipped, time.perf_counter() - start, storage, knowledge_dir)
+    summary = _summary(rows, total, time.perf_counter() - start, storage, knowledge_dir)
     log.info("extract (ray): %s", summary)
     return summary

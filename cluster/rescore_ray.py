@@ -61,13 +61,12 @@ class RescoreStage:
 
 
 def rescore_on_ray(cfg: Config, storage: Storage, plan: Any, checkpoint: str) -> dict[str, Any]:
-    """Re-score a student (``StudentPlan``) from its pending ``checkpoint``, then resume it.
+    """Write the score parts that a student's (``StudentPlan``) round lacks, re-scoring
+    with ``checkpoint`` (a ``last.pt`` saved awaiting its re-scoring).
 
     → {round, parts, skipped_parts, shapes, units, mean_score, seconds}.
     """
     import ray.data
-
-    from cluster.train import resume_after_rescore
 
     start = time.perf_counter()
     state = load_torch(storage, checkpoint)
@@ -105,7 +104,6 @@ def rescore_on_ray(cfg: Config, storage: Storage, plan: Any, checkpoint: str) ->
         raise RuntimeError(
             f"re-scoring of {plan.name} left {len(missing)} parts without scores: {[i.shape_part for i in missing[:5]]}"
         )
-    resume_after_rescore(storage, checkpoint)
     summary = summarise(new_round, done, len(plan.items) - len(todo), time.perf_counter() - start)
     log.info("student %s: backward distillation round %d re-scored on Ray: %s", plan.name, new_round, summary)
     return summary

@@ -5,8 +5,10 @@ A fit that reaches its re-scoring saves ``last.pt`` awaiting it (``distil`` with
 (a shape part and its knowledge parts) prepares the samples exactly as training does,
 predicts them and re-scores each unit (``distill.training.rescore_samples``), writing the
 new scores — only the scores — as ``{run}/knowledge/round_{k}/{student}/<knowledge part>``.
-A written score part is never redone, so a stopped pass resumes where it was; once every
-part is written, ``last.pt`` moves on to round k and the next fit reads those scores.
+A written score part is never redone, so a stopped pass resumes where it was. The
+snapshot is kept as ``checkpoints/{student}/round_{k}.pt`` (``cluster.train.prepare_fit``),
+so a score part lost later is rebuilt from the same weights; once every part is written,
+``last.pt`` moves on to round k and the next fit reads those scores.
 
 ``rescore_local`` runs the pass in this process; ``cluster.rescore_ray`` runs the same
 ``ItemRescorer`` in a Ray Data actor pool.
@@ -105,21 +107,17 @@ def summarise(new_round: int, done: list[dict[str, Any]], skipped: int, seconds:
     }
 
 
-def rescore_local(cfg: Config, storage: Storage, plan: Any, checkpoint: str, device: torch.device) -> dict[str, Any]:
-    """The re-scoring pass of ``plan`` (a ``StudentPlan``) in this process, then ``last.pt``
-    moved on to the new round."""
-    from cluster.train import resume_after_rescore
-
+def rescore_local(cfg: Config, storage: Storage, plan: Any, snapshot: str, device: torch.device) -> dict[str, Any]:
+    """Write the score parts of ``plan`` (a ``StudentPlan``) that its round lacks, in this
+    process, re-scoring with ``snapshot`` (a ``last.pt`` saved awaiting the re-scoring)."""
     start = time.perf_counter()
-    state = load_torch(storage, checkpoint)
-    new_round = int(state["round"]) + 1
+    new_round = int(load_torch(storage, snapshot)["round"]) + 1
     out_dir = plan.tables(new_round).scores_dir
     todo = todo_items(storage, plan.items, out_dir)
-    rescorer = ItemRescorer(cfg, storage, plan.tables(new_round - 1), plan.space, checkpoint, out_dir, device) if todo else None
+    rescorer = ItemRescorer(cfg, storage, plan.tables(new_round - 1), plan.space, snapshot, out_dir, device) if todo else None
     done = []
     for item in tqdm(todo, desc=f"re-score {plan.name}", unit="part", disable=not cfg.progress):
         done.append(rescorer(item))  # type: ignore[misc]
-    resume_after_rescore(storage, checkpoint)
     summary = summarise(new_round, done, len(plan.items) - len(todo), time.perf_counter() - start)
     log.info("student %s: backward distillation round %d re-scored: %s", plan.name, new_round, summary)
     return summary

@@ -93,7 +93,7 @@ def load_units(storage: Storage, tables: Tables, item: PartItem) -> dict[str, Kn
                 if new is None or len(new) != len(u):
                     raise ValueError(
                         f"{storage.uri(tables.scores_dir, part)}: scores of {sid} do not match its {len(u)} units "
-                        f"({'missing' if new is None else len(new)}); delete the folder to re-score this round"
+                        f"({'missing' if new is None else len(new)}); delete this part: the next run rebuilds it"
                     )
                 mine[sid] = u.with_scores(new, u.round + 1)
         units.update(mine)

@@ -205,6 +205,41 @@ def fit_student(
     return info
 
 
+def prepare_fit(
+    storage: Storage, plan: StudentPlan, ckpt: str, rescore_pass: Callable[[str], dict[str, Any]]
+) -> dict[str, Any] | None:
+    """Make the next fit's scores whole; → the re-scoring pass's summary, if one ran.
+
+    A ``last.pt`` awaiting its re-scoring is kept as ``round_{k}.pt``, re-scored by
+    ``rescore_pass(snapshot)`` and moved on to round k. A fit in round k ≥ 1 whose score
+    parts are not all there (lost since) has them rebuilt from ``round_{k}.pt`` first.
+    """
+    from cluster.rescoring import todo_items
+
+    if not storage.exists(ckpt, "last.pt"):
+        return None
+    state = load_torch(storage, f"{ckpt}/last.pt")
+    if state.get("pending_rescore"):
+        k = int(state["round"]) + 1
+        snapshot = f"{ckpt}/round_{k}.pt"
+        if not storage.exists(snapshot):
+            storage.write_bytes(snapshot, storage.read_bytes(f"{ckpt}/last.pt"))
+        summary = rescore_pass(snapshot)
+        resume_after_rescore(storage, f"{ckpt}/last.pt")
+        return summary
+    k = int(state["round"])
+    if k < 1 or not todo_items(storage, plan.items, plan.tables(k).scores_dir):
+        return None
+    snapshot = f"{ckpt}/round_{k}.pt"
+    if not storage.exists(snapshot):
+        raise FileNotFoundError(
+            f"{storage.uri(plan.tables(k).scores_dir)} lacks score parts and the snapshot that made them "
+            f"({storage.uri(snapshot)}) is gone: delete {storage.uri(ckpt)} to train {plan.name} afresh"
+        )
+    log.warning("student %s: round %d lacks score parts; rebuilding them from %s", plan.name, k, snapshot)
+    return rescore_pass(snapshot)
+
+
 def train_student_local(cfg: Config, storage: Storage, plan: StudentPlan, device: torch.device) -> dict[str, Any]:
     """A student's fits and re-scoring passes, all in this process, to ``final.pt``."""
     from cluster.rescoring import rescore_local
@@ -212,8 +247,9 @@ def train_student_local(cfg: Config, storage: Storage, plan: StudentPlan, device
     ckpt = checkpoint_dir(cfg.run, plan.name)
     rounds, seconds = [], 0.0
     for _ in range(cfg.train.bd_rounds + 2):
-        if pending_round(storage, ckpt) is not None:
-            rounds.append(rescore_local(cfg, storage, plan, f"{ckpt}/last.pt", device))
+        done = prepare_fit(storage, plan, ckpt, lambda snap: rescore_local(cfg, storage, plan, snap, device))
+        if done is not None:
+            rounds.append(done)
         info = fit_student(cfg, storage, plan, device)
         seconds += float(info.get("seconds", 0.0))
         if not info.get("pending_rescore"):

@@ -33,7 +33,7 @@ import numpy as np
 
 from cluster.checkpoints import checkpoint_dir
 from cluster.storage import Storage
-from cluster.train import StudentPlan, fit_student, pending_round, plan_students
+from cluster.train import StudentPlan, fit_student, plan_students, prepare_fit
 from distill.config import Config, to_dict
 
 log = logging.getLogger(__name__)
@@ -194,8 +194,9 @@ def train_student_on_ray(cfg: Config, storage: Storage, plan: StudentPlan) -> di
     ckpt = checkpoint_dir(cfg.run, plan.name)
     rounds, fit_seconds = [], 0.0
     for _ in range(cfg.train.bd_rounds + 2):
-        if pending_round(storage, ckpt) is not None:
-            rounds.append(rescore_on_ray(cfg, storage, plan, f"{ckpt}/last.pt"))
+        done = prepare_fit(storage, plan, ckpt, lambda snap: rescore_on_ray(cfg, storage, plan, snap))
+        if done is not None:
+            rounds.append(done)
         info = _fit(cfg, storage, plan)
         fit_seconds += float(info.get("seconds", 0.0))
         if not info.get("pending_rescore"):

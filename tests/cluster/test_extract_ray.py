@@ -140,7 +140,7 @@ def test_render_rows_turns_a_failure_into_an_error_row(shapes):
 def test_plan_lists_unfinished_parts_from_the_manifests(tmp_path, shapes):
     storage = Storage(str(tmp_path))
     ids = _write_shapes(storage, shapes)
-    assert plan(storage, SHAPES, KNOWLEDGE) == (["part-0.parquet", "part-1.parquet"], 0)
+    assert plan(storage, SHAPES, KNOWLEDGE) == (["part-0.parquet", "part-1.parquet"], 6)
     # part-0 finished (one shape rejected: done without units), part-1 half done
     storage.write_part(
         KNOWLEDGE,
@@ -156,7 +156,7 @@ def test_plan_lists_unfinished_parts_from_the_manifests(tmp_path, shapes):
         name=knowledge_part_name("part-1.parquet", ids[3:4]),
         summary={"shape_part": "part-1.parquet", "with_units": {}, "units": 0},
     )
-    assert plan(storage, SHAPES, KNOWLEDGE) == (["part-1.parquet"], 3)
+    assert plan(storage, SHAPES, KNOWLEDGE) == (["part-1.parquet"], 6)
     assert done_in_part(storage, KNOWLEDGE, "part-1.parquet") == {ids[3]}
     assert done_in_part(storage, KNOWLEDGE, "part-0.parquet") == set(ids[:3])
     assert storage.reads.rows == {}  # planning reads footers and manifests, never rows
@@ -409,3 +409,14 @@ def test_extract_on_ray_with_s3_storage(s3_bucket, shapes, ray_local):
     table = storage.read_table(KNOWLEDGE)
     assert pc.min(table.column("score")).as_py() >= 0.5
     assert storage.exists(f"{KNOWLEDGE}/{MANIFEST}")
+
+
+def test_fused_pool_with_more_teacher_actors_than_parts_left(tmp_path, shapes, ray_local):
+    """A resumed run with one unfinished shape part and ``cluster.teacher_actors=2``."""
+    storage = Storage(str(tmp_path))
+    ids = _write_shapes(storage, shapes)
+    write_piece(storage, RUN, KNOWLEDGE, "part-0.parquet", [(sid, None, "teacher: test", "Chair") for sid in ids[:3]])
+    cfg = _cfg(cluster__teacher_actors=2)
+    assert extract_fused(cfg) and plan(storage, SHAPES, KNOWLEDGE) == (["part-1.parquet"], 6)
+    out = extract_on_ray(cfg, storage, SHAPES, KNOWLEDGE)
+    assert (out["new"], out["skipped"]) == (3, 3)

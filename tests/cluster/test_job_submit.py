@@ -31,9 +31,11 @@ pytest.importorskip("ray.job_submission", reason="ray[default] (the dashboard an
 
 pytestmark = pytest.mark.slow
 
-JOB_TIMEOUT_S = 180
-"""The job alone took ~55 s at load 5 on the 2-core machine; with the head start (<= 60 s)
-and teardown the test stays within ~4 minutes at worst."""
+JOB_TIMEOUT_S = 300
+"""On the shared 2-core machine the job took ~55 s at load 5 before the streaming data path
+and 163 s at load ~20 after it (not like for like: the voting baselines and the evaluation
+are Ray actor-pool passes now, each training epoch a Ray Data ingest); at load ~30 it ran
+past 180 s. With the head start (<= 60 s) and teardown the test stays within ~6 minutes."""
 HEAD_TIMEOUT_S = 60
 MAX_UPLOAD_BYTES = 20 * 2**20
 """The working dir as it reached the cluster: ~1 MB of sources; the venv alone is ~2 GB."""
@@ -304,10 +306,14 @@ def test_pretrain_submitted_as_a_ray_job_writes_its_run_to_s3(ray_head, s3_endpo
     (student,) = pre["train"]["students"]
     assert student["student"] == "all" and student["epochs"] == 4 and student["rounds"] == 1
 
-    for table in ("smoke/knowledge/round_0", "smoke/knowledge/round_1", "smoke/eval/knowledge/round_0"):
-        assert storage.part_names(table), f"no parts in {storage.uri(table)}"
-    assert storage.done_ids("smoke/knowledge/round_0") == storage.done_ids("smoke/knowledge/round_1")
+    for table in ("smoke/knowledge/round_0", "smoke/knowledge/round_1/all", "smoke/eval/knowledge/round_0"):
+        assert storage.list_parts(table), f"no parts in {storage.uri(table)}"
+    # Round 1 holds the scores of round 0's units only: one score part per knowledge part,
+    # same name, a row per shape with units.
+    assert storage.list_parts("smoke/knowledge/round_1/all") == storage.list_parts("smoke/knowledge/round_0")
     assert len(storage.done_ids("smoke/knowledge/round_0")) == 12
+    assert storage.done_ids("smoke/knowledge/round_1/all") <= storage.done_ids("smoke/knowledge/round_0")
+    assert storage.read_table("smoke/knowledge/round_1/all").column_names == ["shape_id", "score"]
     assert storage.exists("smoke/checkpoints/all/final.pt")
     model, space, bundle = load_student(storage, "smoke", "all")
     assert space.categories == ("Chair", "Lamp", "Table")

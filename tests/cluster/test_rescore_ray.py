@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.checkpoints import load_student, load_torch, save_torch
+from cluster.checkpoints import load_student, load_torch
 from cluster.pipeline import extract_stage
 from cluster.rescore_ray import rescore_on_ray
 from cluster.rescoring import load_snapshot, rescore_local, todo_items
 from cluster.runtime import connect
 from cluster.samples import SCORE_SCHEMA, load_item, load_units, read_scores, scores_dir
 from cluster.storage import Storage
-from cluster.train import fit_student, knowledge_dir, plan_students, train_student_local
+from cluster.train import fit_student, knowledge_dir, plan_students, prepare_fit, train_student_local
 from distill.config import ClusterConfig, load_config
 from distill.records import table_to_units
 from distill.training import rescore_samples
@@ -30,7 +30,8 @@ ARGS = [
     "cluster.part_shapes=2",  # 3 categories × (2 + 1) shapes: 6 shape parts, 6 items
 ]
 CPU = torch.device("cpu")
-CKPT = f"{RUN}/checkpoints/all/last.pt"
+CKPT_DIR = f"{RUN}/checkpoints/all"
+CKPT = f"{CKPT_DIR}/last.pt"
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +118,7 @@ def test_rescoring_pass_matches_in_process_and_training_resumes(pending, ray_loc
     expected = _expected_scores(cfg, storage, plan)
     storage.reads.reset()
 
-    summary = rescore_on_ray(cfg, storage, plan, CKPT)
+    summary = prepare_fit(storage, plan, CKPT_DIR, lambda snap: rescore_on_ray(cfg, storage, plan, snap))
     assert storage.reads.rows == {}  # the actors read the parts; the driver none
     assert summary["round"] == 1 and summary["parts"] == len(plan.items) and summary["skipped_parts"] == 0
     assert summary["shapes"] == sum(len(v) for v in expected.values()) == plan.with_units
@@ -145,15 +146,14 @@ def test_rescoring_pass_matches_in_process_and_training_resumes(pending, ray_loc
 def test_rescoring_pass_resumes_after_a_crash(pending, ray_local):
     """A driver that died mid-pass: the parts written are kept, the rest are done."""
     cfg, storage, plan = pending
-    state = load_torch(storage, CKPT)
     out_dir = plan.tables(1).scores_dir
     rescore_on_ray(cfg, storage, plan, CKPT)
+    assert load_torch(storage, CKPT)["pending_rescore"]  # the pass alone does not move last.pt on
     parts = storage.list_parts(out_dir)
     first = {p: read_scores(storage, out_dir, p) for p in parts}
     storage.delete(f"{out_dir}/{parts[2]}")  # one part lost, and last.pt still pending
-    save_torch(storage, CKPT, state)
 
-    again = rescore_on_ray(cfg, storage, plan, CKPT)
+    again = prepare_fit(storage, plan, CKPT_DIR, lambda snap: rescore_on_ray(cfg, storage, plan, snap))
     assert again["parts"] == 1 and again["skipped_parts"] == len(plan.items) - 1
     assert again["shapes"] == len(first[parts[2]])
     assert storage.list_parts(out_dir) == parts
@@ -163,6 +163,21 @@ def test_rescoring_pass_resumes_after_a_crash(pending, ray_local):
         for sid in second:
             np.testing.assert_array_equal(second[sid], first[p][sid])
     assert load_torch(storage, CKPT)["round"] == 1
+
+    # A score part lost after last.pt moved on: rebuilt from the kept round_1.pt snapshot.
+    storage.delete(f"{out_dir}/{parts[0]}")
+    rebuilt = prepare_fit(storage, plan, CKPT_DIR, lambda snap: rescore_on_ray(cfg, storage, plan, snap))
+    assert rebuilt["parts"] == 1 and storage.list_parts(out_dir) == parts
+    for sid, sc in read_scores(storage, out_dir, parts[0]).items():
+        np.testing.assert_array_equal(sc, first[parts[0]][sid])
+    assert load_torch(storage, CKPT)["round"] == 1
+    assert prepare_fit(storage, plan, CKPT_DIR, lambda snap: rescore_on_ray(cfg, storage, plan, snap)) is None
+
+    # ... and without its snapshot, an error that names the way out.
+    storage.delete(f"{out_dir}/{parts[0]}")
+    storage.delete(f"{CKPT_DIR}/round_1.pt")
+    with pytest.raises(FileNotFoundError, match="train all afresh"):
+        prepare_fit(storage, plan, CKPT_DIR, lambda snap: rescore_on_ray(cfg, storage, plan, snap))
 
 
 def test_pending_checkpoint_is_rescored_in_process_when_run_locally(pending):
@@ -179,12 +194,11 @@ def test_pending_checkpoint_is_rescored_in_process_when_run_locally(pending):
 
 def test_rescore_local_matches_the_ray_pass_scores(pending):
     """``rescore_local`` on the snapshot writes what the hand-made pass computes (and so
-    what the Ray pass writes, see above), then moves ``last.pt`` on."""
+    what the Ray pass writes, see above); ``last.pt`` stays pending for ``prepare_fit``."""
     cfg, storage, plan = pending
     expected = _expected_scores(cfg, storage, plan)
     summary = rescore_local(cfg, storage, plan, CKPT, CPU)
     assert summary["round"] == 1 and summary["parts"] == len(plan.items)
     assert summary["shapes"] == plan.with_units
     _assert_scores_only(storage, plan, 1, expected)
-    state = load_torch(storage, CKPT)
-    assert state["round"] == 1 and not state["pending_rescore"]
+    assert load_torch(storage, CKPT)["pending_rescore"]  # prepare_fit moves it on

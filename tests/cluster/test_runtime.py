@@ -108,13 +108,3 @@ def test_connect_starts_a_loopback_ray_once():
         assert ray.cluster_resources()["CPU"] == 2
     finally:
         ray.shutdown()
-
-
-def test_fused_batch_shapes():
-    from cluster.extract_ray import FUSED_MAX_BATCH, fused_batch_shapes
-
-    assert fused_batch_shapes(0, 2) == 1 and fused_batch_shapes(5, 2) == 1
-    assert fused_batch_shapes(120, 2) == 15  # ~4 calls per actor
-    assert fused_batch_shapes(10_000, 2) == FUSED_MAX_BATCH
-    with pytest.raises(ValueError):
-        fused_batch_shapes(10, 0)

@@ -20,7 +20,7 @@ from cluster.rescore_ray import rescore_on_ray
 from cluster.runtime import _loopback_only
 from cluster.samples import read_scores
 from cluster.storage import Storage
-from cluster.train import fit_student, knowledge_dir, plan_students
+from cluster.train import fit_student, knowledge_dir, plan_students, prepare_fit
 from distill.config import load_config
 from distill.records import UNIT_SCHEMA, table_to_units
 from tests.conftest import REPO
@@ -103,7 +103,7 @@ def test_two_nodes_extract_and_rescore_across_nodes(tmp_path, two_nodes):
     assert fit_student(cfg, storage, plan, torch.device("cpu"))["pending_rescore"]
     ckpt = f"{RUN}/checkpoints/all/last.pt"
     storage.reads.reset()
-    summary = rescore_on_ray(cfg, storage, plan, ckpt)
+    summary = prepare_fit(storage, plan, f"{RUN}/checkpoints/all", lambda snap: rescore_on_ray(cfg, storage, plan, snap))
     assert storage.reads.rows == {}
     assert summary["shapes"] == 6 and summary["round"] == 1 and summary["parts"] == len(plan.items)
     state = load_torch(storage, ckpt)
