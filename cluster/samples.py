@@ -141,7 +141,7 @@ def samples_to_table(samples: Sequence[ShapeSample]) -> pa.Table:
 
 
 def _flat(column: pa.ChunkedArray | pa.Array, i: int, dtype: Any) -> np.ndarray:
-    return np.asarray(column[i].values.to_numpy(zero_copy_only=False), dtype=dtype)
+    return np.array(column[i].values.to_numpy(zero_copy_only=False), dtype=dtype)  # a writable copy
 
 
 def table_to_samples(table: pa.Table) -> list[ShapeSample]:
