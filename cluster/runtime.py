@@ -181,7 +181,8 @@ class TrainScaling:
 
 
 def train_scaling(cfg: Config) -> TrainScaling:
-    """Training workers from ``cluster.train_workers`` and ``cluster.gpus_per_worker`` (0: CPU)."""
+    """Training workers from ``cluster.train_workers``, ``cluster.gpus_per_worker`` (0: CPU)
+    and ``cluster.train_resource`` (one unit of that custom resource each, when set)."""
     c = cfg.cluster
     if c.train_workers < 1:
         raise ValueError(f"cluster.train_workers={c.train_workers} must be >= 1")
@@ -190,6 +191,8 @@ def train_scaling(cfg: Config) -> TrainScaling:
     resources = {"CPU": TRAIN_WORKER_CPUS}
     if c.gpus_per_worker > 0:
         resources["GPU"] = float(c.gpus_per_worker)
+    if c.train_resource:  # pins the workers to the node type that offers it (ray_cluster.yaml: gpu_train)
+        resources[c.train_resource] = 1.0
     return TrainScaling(num_workers=c.train_workers, use_gpu=c.gpus_per_worker > 0, resources_per_worker=resources)
 
 

@@ -323,6 +323,11 @@ class ClusterConfig:
     teacher_gpus: float = 0.0
     train_workers: int = 1
     gpus_per_worker: float = 0.0
+    train_resource: str = ""
+    """A custom resource each training worker also asks one unit of (empty: none).
+    ray_cluster.yaml's training nodes offer ``train_slot`` (one per GPU) and no other type
+    does, so the workers land on, and make the autoscaler start, training nodes — without
+    it a 1-GPU worker fits a teacher node too, and the autoscaler would pick those."""
     rescore_actors: int = 1
     """Actors of backward distillation's re-scoring pass (Ray Data batch inference)."""
     rescore_gpus: float = 0.0

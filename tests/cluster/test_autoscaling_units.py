@@ -1,0 +1,170 @@
+"""The autoscaling decisions without a cluster, and ``hold_capacity`` against a real local Ray.
+
+The fake cluster's node types come from ``ray_cluster.yaml`` (``fake_node_types``); these
+tests check that the scaled-down types keep what matters: the same names, the same
+resource kinds, and the same answer to "which node types can hold this request" for every
+request the ``cluster`` preset and the autoscaling tests make.
+"""
+
+import json
+
+import pytest
+import yaml
+
+from cluster.autoscaling import (
+    FAKE_HEAD_TYPE,
+    fake_node_types,
+    hold_capacity,
+    node_type_of,
+    nodes_needed,
+    scale_resources,
+    training_bundles,
+    worker_node_types,
+)
+from cluster.runtime import fits, resource_requests
+from distill.config import load_config
+from tests.conftest import REPO
+
+# What tests/cluster/test_autoscaling_cluster.py runs: a GPU teacher, training workers pinned
+# to the training nodes by train_slot, a GPU re-scoring actor.
+FAKE_RUN_ARGS = [
+    "--config", "smoke", "cluster.backend=ray", "cluster.render_cpus=1", "cluster.teacher_gpus=1",
+    "cluster.train_workers=2", "cluster.train_resource=train_slot", "cluster.rescore_gpus=1",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cluster_yaml() -> dict:
+    return yaml.safe_load((REPO / "ray_cluster.yaml").read_text())
+
+
+def _fitting(request: dict[str, float], types: dict[str, dict]) -> set[str]:
+    return {name for name, t in types.items() if name != FAKE_HEAD_TYPE and fits(request, t["resources"])}
+
+
+def test_fake_node_types_mirror_ray_cluster_yaml(cluster_yaml):
+    real = worker_node_types(cluster_yaml)
+    fake = fake_node_types(cluster_yaml)
+    assert set(fake) == set(real) | {FAKE_HEAD_TYPE}
+    assert fake[FAKE_HEAD_TYPE]["resources"] == {"CPU": 0.0}  # the head runs no tasks, as in the yaml
+    for name, t in real.items():
+        f = fake[name]
+        assert set(f["resources"]) == set(t["resources"]), name
+        assert all(0 < f["resources"][k] <= v for k, v in t["resources"].items() if v > 0), name
+        assert 1 <= f["max_workers"] <= t["max_workers"] and f["min_workers"] == min(t["min_workers"], f["max_workers"])
+    # Every request lands on the same node types in the fake cluster as in the real one.
+    for cfg in (load_config(["--config", "cluster"]), load_config(FAKE_RUN_ARGS)):
+        for stage, request in resource_requests(cfg).items():
+            assert _fitting(request, fake) == _fitting(request, real), (stage, request)
+    assert _fitting({"CPU": 1, "GPU": 1}, real) == {"gpu_teacher", "gpu_train"}
+    assert _fitting(resource_requests(load_config(FAKE_RUN_ARGS))["train_worker"], real) == {"gpu_train"}
+
+
+def test_scale_resources():
+    assert scale_resources({"CPU": 48, "GPU": 4, "train_slot": 4}, 2, 2) == {"CPU": 2.0, "GPU": 2.0, "train_slot": 2.0}
+    assert scale_resources({"CPU": 0}, 2, 2) == {"CPU": 0.0}
+    assert scale_resources({"CPU": 4, "GPU": 0.5}, 2, 2) == {"CPU": 2.0, "GPU": 1.0}
+    with pytest.raises(ValueError):
+        fake_node_types({"head_node_type": "h", "available_node_types": {"h": {}}}, max_cpus=0)
+
+
+def test_node_type_of(cluster_yaml):
+    types = fake_node_types(cluster_yaml)
+    live = {"CPU": 2.0, "GPU": 2.0, "train_slot": 2.0, "memory": 1e9, "object_store_memory": 1e8, "node:127.0.0.1": 1}
+    assert node_type_of(live, types) == "gpu_train"
+    assert node_type_of({"node:__internal_head__": 1.0, "memory": 1.0}, types) == FAKE_HEAD_TYPE
+    assert node_type_of({"CPU": 7.0}, types) is None
+
+
+def test_nodes_needed():
+    node = {"CPU": 2.0, "GPU": 2.0, "train_slot": 2.0}
+    assert nodes_needed([{"CPU": 1, "train_slot": 1}] * 2, node) == 1
+    assert nodes_needed([{"CPU": 1, "train_slot": 1}] * 3, node) == 2
+    assert nodes_needed([], node) == 0
+    assert nodes_needed([{"CPU": 1, "GPU": 1}, {"CPU": 2}], {"CPU": 4, "GPU": 1}) == 1
+    with pytest.raises(ValueError, match="does not fit"):
+        nodes_needed([{"GPU": 1}], {"CPU": 16})
+
+
+def test_training_bundles():
+    assert training_bundles(load_config(FAKE_RUN_ARGS)) == [{"CPU": 1.0, "train_slot": 1.0}] * 2
+    preset = training_bundles(load_config(["--config", "cluster"]))
+    assert preset == [{"CPU": 1.0, "GPU": 1.0, "train_slot": 1.0}] * 4
+
+
+def _ray_picks(cluster_yaml: dict, bundles: list[dict]) -> dict[str, int]:
+    """What Ray's own (v1) autoscaler would launch, from nothing, for ``bundles``."""
+    from ray.autoscaler._private import resource_demand_scheduler as rds
+
+    def scorer(node, demands, node_type):
+        return rds._default_utilization_scorer(
+            node, demands, node_type, node_availability_summary=rds.NodeAvailabilitySummary(node_availabilities={})
+        )
+
+    types = cluster_yaml["available_node_types"]
+    picked, left = rds.get_nodes_for(types, {}, cluster_yaml["head_node_type"], 14, bundles, scorer)
+    assert not left
+    return dict(picked)
+
+
+def test_train_slot_makes_the_autoscaler_start_a_training_node(cluster_yaml):
+    # 4 one-GPU workers: by utilization the autoscaler prefers four teacher nodes (each
+    # fully used) to one training node; asking for train_slot leaves it one choice.
+    assert _ray_picks(cluster_yaml, [{"CPU": 1.0, "GPU": 1.0}] * 4) == {"gpu_teacher": 4}
+    assert _ray_picks(cluster_yaml, training_bundles(load_config(["--config", "cluster"]))) == {"gpu_train": 1}
+    teacher = resource_requests(load_config(["--config", "cluster"]))["teacher"]
+    assert _ray_picks(cluster_yaml, [teacher] * 4) == {"gpu_teacher": 4}
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    from cluster.runtime import connect
+    from distill.config import ClusterConfig
+
+    if ray.is_initialized():
+        ray.shutdown()
+    connect(ClusterConfig(num_cpus=1))
+    yield
+    ray.shutdown()
+
+
+def _standing_request() -> list[dict]:
+    """The request the (v1) autoscaler reads: what ``ray.autoscaler.sdk.request_resources`` last wrote."""
+    from ray.autoscaler._private.constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    raw = _internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)
+    return json.loads(raw) if raw else []
+
+
+def test_hold_capacity_requests_for_the_block_and_releases_after(local_ray):
+    bundles = [{"CPU": 1.0, "train_slot": 1.0}] * 2
+    with hold_capacity(bundles) as held:
+        assert held == bundles
+        assert _standing_request() == bundles
+    assert _standing_request() == []
+    with pytest.raises(RuntimeError, match="boom"):
+        with hold_capacity(bundles):
+            assert _standing_request() == bundles
+            raise RuntimeError("boom")
+    assert _standing_request() == []  # released on error too
+
+
+def test_hold_capacity_refreshes_and_merges_with_other_requesters(local_ray):
+    # A Ray Data stage registers with the same coordinator: the hold stays beside it.
+    import ray
+    from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+        get_or_create_autoscaling_coordinator,
+    )
+
+    coordinator = get_or_create_autoscaling_coordinator()
+    with hold_capacity([{"CPU": 1.0}], refresh_s=0.05):
+        ray.get(coordinator.request_resources.remote(requester_id="data", resources=[{"GPU": 1.0}], expire_after_s=60))
+        assert sorted(map(json.dumps, _standing_request())) == sorted(map(json.dumps, [{"CPU": 1.0}, {"GPU": 1.0}]))
+    assert _standing_request() == [{"GPU": 1.0}]
+    ray.get(coordinator.cancel_request.remote("data"))
+    assert _standing_request() == []
+    with hold_capacity([{"CPU": 0.0}]) as held:  # nothing to hold: no request at all
+        assert held == [] and _standing_request() == []
