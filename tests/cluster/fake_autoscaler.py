@@ -201,7 +201,9 @@ class FakeAutoscalingCluster:
         ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")  # this venv's
         cmd[0] = ray_bin if os.path.exists(ray_bin) else "ray"
         self.log = open(os.path.join(self.tmp, "head.log"), "w")
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
