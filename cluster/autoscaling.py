@@ -9,8 +9,11 @@ Why hold capacity: the autoscaler ends a node once it has been idle for
 re-scoring pass runs on a Ray Data actor pool and the training workers are gone; a pass
 longer than the idle timeout would release the training nodes, and the next fit would
 wait for new ones to boot. ``hold_capacity`` asks the autoscaler to keep room for the
-training workers' bundles from the first fit to the last, and withdraws the request at
-the end, so the nodes then idle out as usual.
+training workers' bundles while a re-scoring pass runs (``cluster.train_ray`` wraps the
+pass in it) and withdraws the request after, so the nodes idle out as usual at the end.
+Only the pass: while a fit runs, Ray Train 2.60 asks for the same bundles itself, through
+the same coordinator, which adds requests up; a hold around the fits too would ask for
+twice the training nodes (the autoscaling test saw a second training node start).
 """
 
 from __future__ import annotations

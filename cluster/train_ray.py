@@ -136,23 +136,22 @@ def train_on_ray(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str)
             skipped.append(job.name)
             continue
         rounds, fit_seconds = [], 0.0
-        # Keep the training nodes through the re-scoring passes between fits (cluster.autoscaling).
-        with hold_capacity(training_bundles(cfg), name=f"train-{job.name}"):
-            for _ in range(cfg.train.bd_rounds + 1):
-                pending = _pending_round(storage, ckpt)
-                if pending is not None:
-                    out = knowledge_dir(cfg.run, pending)
+        for _ in range(cfg.train.bd_rounds + 1):
+            pending = _pending_round(storage, ckpt)
+            if pending is not None:
+                out = knowledge_dir(cfg.run, pending)
+                # Ray Train asks the autoscaler for the training nodes only while a fit runs:
+                # hold them through the pass, so the next fit finds them (cluster.autoscaling).
+                with hold_capacity(training_bundles(cfg), name=f"train-{job.name}"):
                     rounds.append(
                         rescore_on_ray(cfg, storage, job.name, job.space, shapes_dir, units_dir, f"{ckpt}/last.pt", out)
                     )
-                info = _fit(cfg, storage, job, shapes_dir, units_dir)
-                fit_seconds += float(info.get("seconds", 0.0))
-                if not info.get("pending_rescore"):
-                    break
-            else:  # more re-scorings were asked for than train.bd_rounds allows: a bug
-                raise RuntimeError(
-                    f"student {job.name}: still waiting for a re-scoring after {cfg.train.bd_rounds} rounds"
-                )
+            info = _fit(cfg, storage, job, shapes_dir, units_dir)
+            fit_seconds += float(info.get("seconds", 0.0))
+            if not info.get("pending_rescore"):
+                break
+        else:  # more re-scorings were asked for than train.bd_rounds allows: a bug
+            raise RuntimeError(f"student {job.name}: still waiting for a re-scoring after {cfg.train.bd_rounds} rounds")
         # seconds: the training loops of all fits (each fit's start-up and the passes apart)
         students.append({**info, "seconds": round(fit_seconds, 1), "rescoring": rounds})
     return {

@@ -80,12 +80,23 @@ def fake_cluster_config(node_types: dict[str, dict[str, Any]], gcs_address: str,
     }
 
 
+def standing_request() -> list[dict[str, float]]:
+    """What ``ray.autoscaler.sdk.request_resources`` last asked for (the v1 autoscaler's KV key)."""
+    from ray.autoscaler._private.constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    raw = _internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)
+    return json.loads(raw) if raw else []
+
+
 @dataclass
 class Sample:
     t: float
     stage: str
     nodes: dict[str, str]
     """alive node id → node type"""
+    request: list[dict[str, float]] = field(default_factory=list)
+    """the standing ``request_resources`` bundles the autoscaler reads"""
 
 
 @dataclass
@@ -103,9 +114,10 @@ class Recorder:
         import ray
 
         nodes = {n["NodeID"]: node_type_of(n["Resources"], self.types) or "?" for n in ray.nodes() if n["Alive"]}
+        request = standing_request()
         last = self.samples[-1] if self.samples else None
-        if last is None or last.nodes != nodes or last.stage != self.stage:
-            self.samples.append(Sample(time.monotonic(), self.stage, nodes))
+        if last is None or last.nodes != nodes or last.stage != self.stage or last.request != request:
+            self.samples.append(Sample(time.monotonic(), self.stage, nodes, request))
 
     def start(self) -> Recorder:
         def loop() -> None:
@@ -162,7 +174,12 @@ class Recorder:
             counts: dict[str, int] = {}
             for t in s.nodes.values():
                 counts[t] = counts.get(t, 0) + 1
-            lines.append(f"{s.t - t0:7.1f}s  {s.stage:<10} {json.dumps(counts, sort_keys=True)}")
+            req: dict[str, int] = {}
+            for b in s.request:
+                key = json.dumps(b, sort_keys=True)
+                req[key] = req.get(key, 0) + 1
+            held = ", ".join(f"{n}x{k}" for k, n in req.items())
+            lines.append(f"{s.t - t0:7.1f}s  {s.stage:<10} {json.dumps(counts, sort_keys=True)}  requested: [{held}]")
         return "\n".join(lines)
 
 
@@ -170,7 +187,9 @@ class FakeAutoscalingCluster:
     """Head (and autoscaler) of a fake multi-node cluster; workers come and go on demand."""
 
     def __init__(self, node_types: dict[str, dict[str, Any]] | None = None, idle_timeout_s: float = 6.0) -> None:
-        self.node_types = node_types or fake_node_types(load_cluster_yaml())
+        # 4 logical CPUs a node: room for a stage's actors beside the training workers,
+        # as the real nodes have (48 CPUs beside 4 GPUs); only what runs costs real CPU.
+        self.node_types = node_types or fake_node_types(load_cluster_yaml(), max_cpus=4)
         self.idle_timeout_s = idle_timeout_s
         self.tmp = tempfile.mkdtemp(prefix="pdas", dir="/tmp")  # short: Ray's socket paths are < 108 bytes
         self.port = _free_port()
