@@ -239,7 +239,15 @@ class FakeAutoscalingCluster:
 
         os.environ["RAY_AUTH_MODE"] = "disabled"
         _loopback_only()  # else the driver turns 127.0.0.1 into this machine's routable address
-        ray.init(address=self.address, logging_level="WARNING")
+        for attempt in range(3):  # a GCS on a loaded machine can miss the driver's first deadline
+            try:
+                ray.init(address=self.address, logging_level="WARNING")
+                return
+            except (ConnectionError, RuntimeError):
+                ray.shutdown()
+                if attempt == 2:
+                    raise
+                time.sleep(5)
 
     def head_log(self) -> str:
         return Path(self.tmp, "head.log").read_text(errors="replace")

@@ -12,6 +12,7 @@ Each test runs in a fresh interpreter (as test_two_node.py does): Ray Data keeps
 the first Ray session a process joins.
 """
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from tests.conftest import REPO
 
 CHILD = "PARTDISTILL_AUTOSCALING_CHILD"
 IDLE_TIMEOUT_S = 8.0
+PATIENT_IDLE_TIMEOUT_S = 45.0
 WAIT_S = 300.0
 """Liveness bound on waiting for a node change (not a timing assertion: a machine this
 busy may take minutes, and a hung test must still end)."""
@@ -52,6 +54,11 @@ def test_stages_scale_the_cluster_up_and_down():
 
 
 @pytest.mark.slow
+def test_held_capacity_outlives_the_idle_timeout():
+    _in_fresh_interpreter("test_child_held_capacity_outlives_the_idle_timeout")
+
+
+@pytest.mark.slow
 def test_node_lost_mid_extraction_and_mid_training():
     _in_fresh_interpreter("test_child_node_lost_mid_extraction_and_mid_training")
 
@@ -59,11 +66,11 @@ def test_node_lost_mid_extraction_and_mid_training():
 child = pytest.mark.skipif(not os.environ.get(CHILD), reason="runs in a fresh interpreter, started by a test above")
 
 
-@pytest.fixture
-def fake_cluster():
+@contextlib.contextmanager
+def _fake_cluster(idle_timeout_s: float):
     from tests.cluster.fake_autoscaler import FakeAutoscalingCluster, Recorder
 
-    cluster = FakeAutoscalingCluster(idle_timeout_s=IDLE_TIMEOUT_S).start()
+    cluster = FakeAutoscalingCluster(idle_timeout_s=idle_timeout_s).start()
     try:
         cluster.connect()
         recorder = Recorder(cluster.node_types).start()
@@ -73,6 +80,20 @@ def fake_cluster():
         print("autoscaler decisions:\n" + "\n".join(cluster.decisions()))
     finally:
         cluster.shutdown()
+
+
+@pytest.fixture
+def fake_cluster():
+    with _fake_cluster(IDLE_TIMEOUT_S) as c:
+        yield c
+
+
+@pytest.fixture
+def patient_cluster():
+    """Idle timeout above a fit's start-up (the gap between a pass's hold and Ray Train's own
+    request: 10–20 s measured here), as the real 10 minutes are."""
+    with _fake_cluster(PATIENT_IDLE_TIMEOUT_S) as c:
+        yield c
 
 
 def _wait(what: str, cond, timeout_s: float = WAIT_S, every_s: float = 0.5):
@@ -111,12 +132,12 @@ def _bound(cfg, types: dict, stage_bundles: list[dict], node_type: str) -> int:
 
 
 @child
-def test_child_stages_scale_the_cluster_up_and_down(tmp_path, fake_cluster):
+def test_child_stages_scale_the_cluster_up_and_down(tmp_path, patient_cluster):
     from cluster.autoscaling import training_bundles
     from cluster.pipeline import evaluate_stage, extract_stage, train_stage
     from cluster.runtime import resource_requests, teacher_actor_options
 
-    cluster, rec = fake_cluster
+    cluster, rec = patient_cluster
     assert _workers_alive(rec) == {}, "the cluster starts as the head alone"
     cfg, storage = _config(tmp_path, cluster, "auto")
     types = cluster.node_types
@@ -235,3 +256,43 @@ def test_child_node_lost_mid_extraction_and_mid_training(tmp_path, fake_cluster)
     assert trained["students"] or trained["skipped"] == ["all"]
     launched = [d for d in cluster.decisions() if d.startswith("Adding") and "gpu_train" in d]
     print("training-node launches:", launched)
+
+
+@child
+def test_child_held_capacity_outlives_the_idle_timeout(fake_cluster):
+    """``hold_capacity`` keeps an idle training node for as long as the block runs (four idle
+    timeouts here, as a re-scoring pass longer than ``idle_timeout_minutes`` would), and the
+    node goes once the block ends."""
+    import ray
+    from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+        get_or_create_autoscaling_coordinator,
+    )
+
+    from cluster.autoscaling import hold_capacity, training_bundles
+    from distill.config import load_config
+
+    cluster, rec = fake_cluster
+    cfg = load_config(ARGS)
+    # Up before the node idles: in a run, Ray Data and Ray Train have started it long before.
+    ray.get(get_or_create_autoscaling_coordinator().__ray_ready__.remote())
+
+    @ray.remote(num_cpus=1, resources={"train_slot": 1})
+    def on_a_training_node() -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    rec.set_stage("fit")
+    node = ray.get(on_a_training_node.remote())
+    assert rec.samples[-1].nodes.get(node) == "gpu_train" or _wait("the node", lambda: node in rec.samples[-1].nodes)
+    rec.set_stage("held")
+    with hold_capacity(training_bundles(cfg)):
+        deadline = time.monotonic() + 4 * IDLE_TIMEOUT_S
+        while time.monotonic() < deadline:
+            rec.poll()
+            assert node in rec.samples[-1].nodes, "the held training node was removed"
+            time.sleep(0.5)
+    rec.set_stage("released")
+    _wait("the released node to idle out", lambda: _workers_alive(rec) == {})
+    assert [d for d in cluster.decisions() if "gpu_train" in d] == [
+        "Adding 1 node(s) of type gpu_train.",
+        "Removing 1 nodes of type gpu_train (idle).",
+    ]
