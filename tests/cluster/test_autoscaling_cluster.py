@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from tests.conftest import REPO
@@ -190,7 +191,7 @@ def test_child_node_lost_mid_extraction_and_mid_training(tmp_path, fake_cluster)
 
     from cluster.extract_ray import extract_local
     from cluster.pipeline import dirs, ensure_shapes, extract, train_stage
-    from distill.records import UNIT_SCHEMA
+    from distill.records import UNIT_SCHEMA, table_to_units
 
     cluster, rec = fake_cluster
     cfg, storage = _config(tmp_path, cluster, "loss")
@@ -228,6 +229,9 @@ def test_child_node_lost_mid_extraction_and_mid_training(tmp_path, fake_cluster)
     got = storage.read_table(units_dir, schema=UNIT_SCHEMA).column("shape_id").to_pylist()
     want = storage.read_table(f"{cfg.run}/reference", schema=UNIT_SCHEMA).column("shape_id").to_pylist()
     assert sorted(got) == sorted(want) and ref["new"] == 12
+    on_ray = table_to_units(storage.read_table(units_dir, schema=UNIT_SCHEMA))
+    for sid, units in table_to_units(storage.read_table(f"{cfg.run}/reference", schema=UNIT_SCHEMA)).items():
+        np.testing.assert_array_equal(units.score, on_ray[sid].score)
 
     # -- a training node lost mid-fit, after a checkpoint ----------------------------
     ckpt = f"{cfg.run}/checkpoints/all"
