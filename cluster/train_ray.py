@@ -49,6 +49,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     import torch
     import torch.distributed as dist
 
+    from cluster.runtime import per_worker_batch
     from cluster.train import StudentJob, train_student
     from distill.config import config_from_dict
     from distill.records import row_to_shape, rows_to_units
@@ -59,6 +60,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
     storage = Storage.from_config(cfg.storage)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if config.get("global_batch"):  # elastic: the planned global batch on however many workers run
+        cfg.train.batch_size = per_worker_batch(int(config["global_batch"]), world)
     space = LabelSpace.from_dict(config["space"])
     shapes = [row_to_shape(r) for r in ray.train.get_dataset_shard("shapes").iter_rows()]
     shapes = [s for s in shapes if s.category in space.categories]
@@ -173,9 +176,15 @@ def _fit(cfg: Config, storage: Storage, job: Any, shapes_dir: str, units_dir: st
     cpus = max(1, int(scaling.resources_per_worker.get("CPU", 1)))
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"config": to_dict(cfg), "student": job.name, "space": job.space.to_dict(), "threads": cpus},
+        train_loop_config={
+            "config": to_dict(cfg),
+            "student": job.name,
+            "space": job.space.to_dict(),
+            "threads": cpus,
+            "global_batch": scaling.global_batch(cfg.train.batch_size),
+        },
         scaling_config=ray.train.ScalingConfig(
-            num_workers=scaling.num_workers,
+            num_workers=scaling.ray_num_workers,
             use_gpu=scaling.use_gpu,
             resources_per_worker=scaling.resources_per_worker,
         ),

@@ -168,3 +168,29 @@ def test_hold_capacity_refreshes_and_merges_with_other_requesters(local_ray):
     assert _standing_request() == []
     with hold_capacity([{"CPU": 0.0}]) as held:  # nothing to hold: no request at all
         assert held == [] and _standing_request() == []
+
+
+def test_elastic_training_scaling():
+    from ray.train import ScalingConfig
+
+    from cluster.runtime import per_worker_batch, train_scaling
+
+    fixed = train_scaling(load_config(["cluster.train_workers=4"]))
+    assert not fixed.elastic and fixed.ray_num_workers == 4 and fixed.global_batch(16) == 0
+    elastic = train_scaling(load_config(["cluster.train_workers=4", "cluster.min_train_workers=2"]))
+    assert elastic.elastic and elastic.ray_num_workers == (2, 4)
+    sc = elastic.scaling_config()
+    assert isinstance(sc, ScalingConfig) and sc.elasticity_enabled and (sc.min_workers, sc.max_workers) == (2, 4)
+    # Ray 2.60 picks its elastic policy for such a config (open source, no Anyscale).
+    from ray.train.v2._internal.execution.scaling_policy import ElasticScalingPolicy
+    from ray.train.v2._internal.execution.scaling_policy.factory import create_scaling_policy
+
+    assert isinstance(create_scaling_policy(sc), ElasticScalingPolicy)
+    # min == max is not elastic; the global batch is kept as the group shrinks.
+    assert not train_scaling(load_config(["cluster.train_workers=2", "cluster.min_train_workers=2"])).elastic
+    assert elastic.global_batch(16) == 64
+    assert [per_worker_batch(64, w) for w in (4, 3, 2, 1)] == [16, 21, 32, 64]
+    with pytest.raises(ValueError, match="min_train_workers"):
+        train_scaling(load_config(["cluster.train_workers=2", "cluster.min_train_workers=3"]))
+    with pytest.raises(ValueError):
+        per_worker_batch(0, 2)
