@@ -14,6 +14,7 @@ the first Ray session a process joins.
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -300,3 +301,65 @@ def test_child_held_capacity_outlives_the_idle_timeout(fake_cluster):
         "Adding 1 node(s) of type gpu_train.",
         "Removing 1 nodes of type gpu_train (idle).",
     ]
+
+
+@pytest.mark.slow
+def test_elastic_training_goes_on_with_fewer_workers():
+    _in_fresh_interpreter("test_child_elastic_training_goes_on_with_fewer_workers")
+
+
+@child
+def test_child_elastic_training_goes_on_with_fewer_workers(tmp_path, capfd):
+    """``cluster.min_train_workers=1`` of 2, on training nodes of one ``train_slot`` each (so
+    the two workers take two nodes): one node lost mid-fit, and Ray Train's elastic policy
+    restarts the group on the workers that still fit instead of waiting for a replacement;
+    the student still reaches every planned epoch, from its last checkpoint."""
+    import ray
+
+    from cluster.autoscaling import fake_node_types
+    from cluster.extract_ray import extract_local
+    from cluster.pipeline import dirs, ensure_shapes, train_stage
+    from tests.cluster.fake_autoscaler import FakeAutoscalingCluster, Recorder, load_cluster_yaml
+
+    types = fake_node_types(load_cluster_yaml(), max_cpus=4, max_other=1)
+    assert types["gpu_train"]["resources"]["train_slot"] == 1 and types["gpu_train"]["max_workers"] == 2
+    cluster = FakeAutoscalingCluster(types, idle_timeout_s=PATIENT_IDLE_TIMEOUT_S).start()
+    try:
+        cluster.connect()
+        rec = Recorder(types).start()
+        cfg, storage = _config(tmp_path, cluster, "elastic")
+        cfg.cluster.min_train_workers = 1
+        cfg.train.bd_rounds, cfg.train.epochs = 0, 6
+        shapes_dir, units_dir = dirs(cfg)
+        ensure_shapes(cfg, storage, cfg.data, shapes_dir)
+        extract_local(cfg, storage, shapes_dir, units_dir)  # knowledge in this process: the test is about training
+        ckpt = f"{cfg.run}/checkpoints/all"
+
+        def two_workers_checkpointed() -> list[str] | None:
+            rec.poll()
+            nodes = [n for n, t in rec.samples[-1].nodes.items() if t == "gpu_train"]
+            busy = ray.available_resources().get("train_slot", 0.0) == 0 and len(nodes) == 2
+            return nodes if busy and storage.exists(ckpt, "last.pt") else None
+
+        lost: dict[str, int] = {}
+
+        def lose_one() -> None:
+            nodes = _wait("two workers on two training nodes, checkpointed", two_workers_checkpointed)
+            lost["killed"] = cluster.kill_node(nodes[0])
+
+        rec.set_stage("train")
+        killer = threading.Thread(target=lose_one)
+        killer.start()
+        trained = train_stage(cfg, storage)
+        killer.join()
+        rec.stop()
+        print("\n" + rec.table())
+    finally:
+        cluster.shutdown()
+    captured = capfd.readouterr()
+    out = captured.out + captured.err  # the Train controller's log lines, forwarded to this driver
+    assert lost["killed"] > 0
+    info = storage.read_json(f"{ckpt}/train_info.json")
+    assert info["epochs"] == 6 and storage.exists(ckpt, "final.pt") and trained["students"]
+    sizes = sorted({int(m) for m in re.findall(r"Started training worker group of size (\d+)", out)})
+    assert sizes == [1, 2], sizes  # two workers, then one after the node went
