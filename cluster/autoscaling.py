@@ -134,6 +134,21 @@ def training_bundles(cfg: Config) -> list[dict[str, float]]:
     return [dict(scaling.resources_per_worker) for _ in range(scaling.num_workers)]
 
 
+def held_bundles(cfg: Config) -> list[dict[str, float]]:
+    """What ``hold_capacity`` keeps for a student's training workers between its fits.
+
+    With ``cluster.train_resource`` set: one unit of it a worker, and nothing else. That
+    pins the training node type (no other type offers it) and stays clear of the
+    re-scoring pass's own requests: its actors ask for GPUs and CPUs, and Ray's
+    coordinator adds requests up, so a hold of the workers' full bundles beside them would
+    ask for room for both (a second node). Without a train resource: the full bundles.
+    """
+    slot = cfg.cluster.train_resource
+    if slot:
+        return [{slot: 1.0} for _ in training_bundles(cfg)]
+    return training_bundles(cfg)
+
+
 HOLD_EXPIRE_S = 180.0
 """A held request lapses this long after its last refresh (a driver that died)."""
 HOLD_REFRESH_S = 20.0

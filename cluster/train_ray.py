@@ -127,7 +127,7 @@ def train_on_ray(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str)
     on a Ray Data actor pool, writes ``knowledge/round_{k}/`` and resumes ``last.pt``; the
     next fit continues from there. A re-run picks up wherever this stopped.
     """
-    from cluster.autoscaling import hold_capacity, training_bundles
+    from cluster.autoscaling import held_bundles, hold_capacity
     from cluster.rescore_ray import rescore_on_ray
     from cluster.train import knowledge_dir, load_training_data
 
@@ -145,7 +145,7 @@ def train_on_ray(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str)
                 out = knowledge_dir(cfg.run, pending)
                 # Ray Train asks the autoscaler for the training nodes only while a fit runs:
                 # hold them through the pass, so the next fit finds them (cluster.autoscaling).
-                with hold_capacity(training_bundles(cfg), name=f"train-{job.name}"):
+                with hold_capacity(held_bundles(cfg), name=f"train-{job.name}"):
                     rounds.append(
                         rescore_on_ray(cfg, storage, job.name, job.space, shapes_dir, units_dir, f"{ckpt}/last.pt", out)
                     )

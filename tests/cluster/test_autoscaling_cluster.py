@@ -273,7 +273,7 @@ def test_child_held_capacity_outlives_the_idle_timeout(fake_cluster):
         get_or_create_autoscaling_coordinator,
     )
 
-    from cluster.autoscaling import hold_capacity, training_bundles
+    from cluster.autoscaling import held_bundles, hold_capacity
     from distill.config import load_config
 
     cluster, rec = fake_cluster
@@ -289,7 +289,7 @@ def test_child_held_capacity_outlives_the_idle_timeout(fake_cluster):
     node = ray.get(on_a_training_node.remote())
     assert rec.samples[-1].nodes.get(node) == "gpu_train" or _wait("the node", lambda: node in rec.samples[-1].nodes)
     rec.set_stage("held")
-    with hold_capacity(training_bundles(cfg)):
+    with hold_capacity(held_bundles(cfg)):
         deadline = time.monotonic() + 4 * IDLE_TIMEOUT_S
         while time.monotonic() < deadline:
             rec.poll()

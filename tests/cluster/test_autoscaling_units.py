@@ -14,6 +14,7 @@ import yaml
 from cluster.autoscaling import (
     FAKE_HEAD_TYPE,
     fake_node_types,
+    held_bundles,
     hold_capacity,
     node_type_of,
     nodes_needed,
@@ -86,14 +87,25 @@ def test_nodes_needed():
         nodes_needed([{"GPU": 1}], {"CPU": 16})
 
 
-def test_training_bundles():
+def test_training_and_held_bundles():
     assert training_bundles(load_config(FAKE_RUN_ARGS)) == [{"CPU": 1.0, "train_slot": 1.0}] * 2
-    preset = training_bundles(load_config(["--config", "cluster"]))
-    assert preset == [{"CPU": 1.0, "GPU": 1.0, "train_slot": 1.0}] * 4
+    preset = load_config(["--config", "cluster"])
+    assert training_bundles(preset) == [{"CPU": 1.0, "GPU": 1.0, "train_slot": 1.0}] * 4
+    # The hold keeps the slots only: the re-scoring actors' GPUs are theirs to ask for.
+    assert held_bundles(preset) == [{"train_slot": 1.0}] * 4
+    cluster_yaml = yaml.safe_load((REPO / "ray_cluster.yaml").read_text())
+    assert _ray_picks(cluster_yaml, held_bundles(preset)) == {"gpu_train": 1}
+    # During a re-scoring pass, with the training node up: the hold and the pass's 4 GPU
+    # actors fit on it together; a hold of the full bundles would start 4 more GPU nodes.
+    rescore = [resource_requests(preset)["rescore"]] * 4
+    assert _ray_picks(cluster_yaml, held_bundles(preset) + rescore, existing=["gpu_train"]) == {}
+    assert _ray_picks(cluster_yaml, training_bundles(preset) + rescore, existing=["gpu_train"]) == {"gpu_teacher": 4}
+    assert held_bundles(load_config(["cluster.train_workers=2"])) == [{"CPU": 1.0}] * 2  # no slot: full bundles
 
 
-def _ray_picks(cluster_yaml: dict, bundles: list[dict]) -> dict[str, int]:
-    """What Ray's own (v1) autoscaler would launch, from nothing, for ``bundles``."""
+def _ray_picks(cluster_yaml: dict, bundles: list[dict], existing: list[str] = ()) -> dict[str, int]:
+    """What Ray's own (v1) autoscaler would launch for ``bundles`` (a ``request_resources``
+    request: fitted on the ``existing`` nodes as if idle, then new nodes for the rest)."""
     from ray.autoscaler._private import resource_demand_scheduler as rds
 
     def scorer(node, demands, node_type):
@@ -102,9 +114,12 @@ def _ray_picks(cluster_yaml: dict, bundles: list[dict]) -> dict[str, int]:
         )
 
     types = cluster_yaml["available_node_types"]
-    picked, left = rds.get_nodes_for(types, {}, cluster_yaml["head_node_type"], 14, bundles, scorer)
+    nodes = [{k: float(v) for k, v in types[t]["resources"].items()} for t in existing]
+    rest, _ = rds.get_bin_pack_residual(nodes, bundles)
+    counts = {t: list(existing).count(t) for t in set(existing)}
+    picked, left = rds.get_nodes_for(types, counts, cluster_yaml["head_node_type"], 14, rest, scorer)
     assert not left
-    return dict(picked)
+    return {t: n for t, n in picked.items() if n}
 
 
 def test_train_slot_makes_the_autoscaler_start_a_training_node(cluster_yaml):
