@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -312,3 +313,4 @@ class FakeAutoscalingCluster:
             except ProcessLookupError:
                 pass
         self.log.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
