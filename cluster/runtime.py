@@ -165,32 +165,72 @@ def teacher_actor_options(cfg: Config) -> TeacherActorOptions:
 
 @dataclass(frozen=True)
 class TrainScaling:
-    """Ray Train workers: ``num_workers`` of ``resources_per_worker`` each."""
+    """Ray Train workers: ``num_workers`` of ``resources_per_worker`` each (at most, when elastic)."""
 
     num_workers: int
     use_gpu: bool
     resources_per_worker: dict[str, float]
+    min_workers: int = 0
+    """Elastic when 0 < min_workers < num_workers: Ray Train runs on as many workers as fit,
+    between the two, and resizes the group when a node goes or comes."""
+
+    @property
+    def elastic(self) -> bool:
+        return 0 < self.min_workers < self.num_workers
+
+    @property
+    def ray_num_workers(self) -> int | tuple[int, int]:
+        """``ScalingConfig(num_workers=...)``: a count, or ``(min, max)`` for elastic training."""
+        return (self.min_workers, self.num_workers) if self.elastic else self.num_workers
+
+    def global_batch(self, per_worker: int) -> int:
+        """Shapes per optimiser step over the whole group: ``per_worker`` × the most workers.
+        Elastic groups keep it when they shrink (``per_worker_batch``); 0 when not elastic."""
+        return per_worker * self.num_workers if self.elastic else 0
 
     def scaling_config(self) -> Any:
         """As a ``ray.train.ScalingConfig``."""
         from ray.train import ScalingConfig
 
         return ScalingConfig(
-            num_workers=self.num_workers, use_gpu=self.use_gpu, resources_per_worker=dict(self.resources_per_worker)
+            num_workers=self.ray_num_workers,
+            use_gpu=self.use_gpu,
+            resources_per_worker=dict(self.resources_per_worker),
         )
 
 
+def per_worker_batch(global_batch: int, world_size: int) -> int:
+    """Each worker's batch when ``world_size`` workers share ``global_batch`` (rounded down,
+    at least 1): an elastic group that lost a node keeps its global batch, so the learning
+    rate (unchanged) and the schedule's steps per epoch stay what they were planned for."""
+    if global_batch < 1 or world_size < 1:
+        raise ValueError(f"global_batch={global_batch} and world_size={world_size} must be >= 1")
+    return max(1, global_batch // world_size)
+
+
 def train_scaling(cfg: Config) -> TrainScaling:
-    """Training workers from ``cluster.train_workers`` and ``cluster.gpus_per_worker`` (0: CPU)."""
+    """Training workers from ``cluster.train_workers``, ``cluster.gpus_per_worker`` (0: CPU)
+    and ``cluster.train_resource`` (one unit of that custom resource each, when set)."""
     c = cfg.cluster
     if c.train_workers < 1:
         raise ValueError(f"cluster.train_workers={c.train_workers} must be >= 1")
     if c.gpus_per_worker < 0:
         raise ValueError(f"cluster.gpus_per_worker={c.gpus_per_worker} must be >= 0")
+    if not 0 <= c.min_train_workers <= c.train_workers:
+        raise ValueError(
+            f"cluster.min_train_workers={c.min_train_workers} must be in [0, train_workers={c.train_workers}]"
+        )
     resources = {"CPU": TRAIN_WORKER_CPUS}
     if c.gpus_per_worker > 0:
         resources["GPU"] = float(c.gpus_per_worker)
-    return TrainScaling(num_workers=c.train_workers, use_gpu=c.gpus_per_worker > 0, resources_per_worker=resources)
+    if c.train_resource:  # pins the workers to the node type that offers it (ray_cluster.yaml: gpu_train)
+        resources[c.train_resource] = 1.0
+    return TrainScaling(
+        num_workers=c.train_workers,
+        use_gpu=c.gpus_per_worker > 0,
+        resources_per_worker=resources,
+        min_workers=c.min_train_workers,
+    )
 
 
 def extract_fused(cfg: Config) -> bool:

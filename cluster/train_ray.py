@@ -113,6 +113,10 @@ def _worker_loop(config: dict[str, Any]) -> None:
     storage = Storage.from_config(cfg.storage)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if config.get("global_batch"):  # elastic: the planned global batch on however many workers run
+        from cluster.runtime import per_worker_batch
+
+        cfg.train.batch_size = per_worker_batch(int(config["global_batch"]), world)
     plan = StudentPlan.from_dict(config["plan"])
     shard = ray.train.get_dataset_shard("train")
     hook = config.get("fault_hook")
@@ -164,12 +168,18 @@ def _fit(cfg: Config, storage: Storage, plan: StudentPlan) -> dict[str, Any]:
     at_round = int(load_torch(storage, f"{ckpt}/last.pt")["round"]) if storage.exists(ckpt, "last.pt") else 0
     scaling = train_scaling(cfg)
     cpus = max(1, int(scaling.resources_per_worker.get("CPU", 1)))
-    loop_config = {"config": to_dict(cfg), "plan": plan.to_dict(), "threads": cpus, "fault_hook": FAULT_HOOK}
+    loop_config = {
+        "config": to_dict(cfg),
+        "plan": plan.to_dict(),
+        "threads": cpus,
+        "fault_hook": FAULT_HOOK,
+        "global_batch": scaling.global_batch(cfg.train.batch_size),
+    }
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
-            num_workers=scaling.num_workers,
+            num_workers=scaling.ray_num_workers,
             use_gpu=scaling.use_gpu,
             resources_per_worker=scaling.resources_per_worker,
         ),
@@ -189,12 +199,19 @@ def _fit(cfg: Config, storage: Storage, plan: StudentPlan) -> dict[str, Any]:
 
 def train_student_on_ray(cfg: Config, storage: Storage, plan: StudentPlan) -> dict[str, Any]:
     """A student's fits (Ray Train) and re-scoring passes (Ray Data), to ``final.pt``."""
+    from cluster.autoscaling import held_bundles, hold_capacity
     from cluster.rescore_ray import rescore_on_ray
+
+    def rescore(snapshot: str) -> dict[str, Any]:
+        # Ray Train asks the autoscaler for the training nodes only while a fit runs:
+        # hold them through the pass, so the next fit finds them (cluster.autoscaling).
+        with hold_capacity(held_bundles(cfg), name=f"train-{plan.name}"):
+            return rescore_on_ray(cfg, storage, plan, snapshot)
 
     ckpt = checkpoint_dir(cfg.run, plan.name)
     rounds, fit_seconds = [], 0.0
     for _ in range(cfg.train.bd_rounds + 2):
-        done = prepare_fit(storage, plan, ckpt, lambda snap: rescore_on_ray(cfg, storage, plan, snap))
+        done = prepare_fit(storage, plan, ckpt, rescore)
         if done is not None:
             rounds.append(done)
         info = _fit(cfg, storage, plan)

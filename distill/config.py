@@ -322,7 +322,17 @@ class ClusterConfig:
     back-projects; the pool grows to every CPU) | auto (fused when teacher_gpus is 0)."""
     teacher_gpus: float = 0.0
     train_workers: int = 1
+    min_train_workers: int = 0
+    """Elastic training when between 1 and ``train_workers`` - 1: Ray Train runs on as many
+    workers as fit (at least this many) and resizes the group when nodes go or come. The
+    global batch stays ``train.batch_size × train_workers`` (each of W workers takes 1/W of
+    it) and the learning rate is unchanged. 0: always ``train_workers``."""
     gpus_per_worker: float = 0.0
+    train_resource: str = ""
+    """A custom resource each training worker also asks one unit of (empty: none).
+    ray_cluster.yaml's training nodes offer ``train_slot`` (one per GPU) and no other type
+    does, so the workers land on, and make the autoscaler start, training nodes — without
+    it a 1-GPU worker fits a teacher node too, and the autoscaler would pick those."""
     rescore_actors: int = 1
     """Actors of backward distillation's re-scoring pass (Ray Data batch inference)."""
     rescore_gpus: float = 0.0

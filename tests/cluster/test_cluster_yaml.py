@@ -88,3 +88,12 @@ def test_preset_loads(preset):
     assert preset.cluster.train_workers == 4 and preset.cluster.gpus_per_worker == 1
     assert preset.teacher.name != "simulated" and preset.teacher.model
     assert preset.render.image_size == 800
+
+
+def test_train_resource_is_offered_by_the_training_nodes_alone(cluster_yaml, preset):
+    # Training workers ask for one train_slot each; only gpu_train has them, one per GPU, so
+    # training starts training nodes (tests/cluster/test_autoscaling_units.py shows why).
+    slot = preset.cluster.train_resource
+    types = _worker_types(cluster_yaml)
+    assert slot and {n for n, t in types.items() if t["resources"].get(slot, 0) > 0} == {"gpu_train"}
+    assert types["gpu_train"]["resources"][slot] == types["gpu_train"]["resources"]["GPU"]
