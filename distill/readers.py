@@ -436,13 +436,8 @@ def _shape_from_geometry(
 
 
 def _part_names_lazy(category: str) -> list[str]:
-    """Known tables, then the procedural corpus (imported only now: distill must not need generation)."""
-    try:
-        return part_names_for(category)
-    except ValueError:
-        from generation.procedural import PROCEDURAL_PARTS
-
-        return part_names_for(category, extra=PROCEDURAL_PARTS)
+    """Known tables: ShapeNetPart, Labeled PSB, then the procedural one."""
+    return part_names_for(category)
 
 
 # Shape ids double as storage keys: anything outside this set becomes "_".
