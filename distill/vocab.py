@@ -146,13 +146,37 @@ class PartMapping:
         return f"{self.category} {self.source}→{self.target}: " + (", ".join(changes) or "identity")
 
 
+def common_vocabulary(
+    category: str, datasets: list[str] | tuple[str, ...]
+) -> tuple[tuple[str, ...], dict[str, tuple[int, ...]]]:
+    """The concepts of ``category`` that every one of ``datasets`` has, and each dataset's map onto them.
+
+    category: any dataset's name of it · datasets: keys of ``TABLES``, the first giving the
+    order → (common names, ordered as the first dataset's parts; {dataset: (P_d,) common
+    label of each of its parts, −1 where the concept is not shared}). Raises
+    ``ValueError`` for no datasets, an unknown dataset or category, or nothing shared.
+    """
+    if not datasets:
+        raise ValueError("common_vocabulary: no datasets")
+    concept = concept_category(category)
+    parts = {d: tuple(TABLES[d][dataset_category(concept, d)]) for d in dict.fromkeys(datasets)}
+    concepts = {d: [concept_of(concept, p, d) for p in ps] for d, ps in parts.items()}
+    shared = set.intersection(*(set(c) for c in concepts.values()))
+    common = tuple(dict.fromkeys(c for c in concepts[datasets[0]] if c in shared))
+    if not common:
+        raise ValueError(f"category {category!r}: the vocabularies of {list(parts)} share no concept ({parts})")
+    index = {c: k for k, c in enumerate(common)}
+    return common, {d: tuple(index.get(c, -1) for c in cs) for d, cs in concepts.items()}
+
+
 def part_mapping(category: str, source: str, target: str) -> PartMapping:
     """The explicit mapping between ``source``'s and ``target``'s vocabularies of ``category``.
 
     category: any dataset's name of it (``Mug`` and ``Cup`` alike) · source, target: keys
-    of ``distill.categories.TABLES``. Parts are matched by concept (``CONCEPTS``); a concept
-    only one side has maps to −1. Raises ``ValueError`` naming the dataset or category
-    when either vocabulary is unknown, or when the two share no concept.
+    of ``distill.categories.TABLES``. Parts are matched by concept (``CONCEPTS``), the
+    common vocabulary named and ordered as the target's; a concept only one side has maps
+    to −1. Raises ``ValueError`` naming the dataset or category when either vocabulary is
+    unknown, or when the two share no concept.
     """
     concept = concept_category(category)
     s_cat, t_cat = dataset_category(concept, source), dataset_category(concept, target)
@@ -175,6 +199,26 @@ def part_mapping(category: str, source: str, target: str) -> PartMapping:
         tuple(index.get(c, -1) for c in s_con),
         tuple(index.get(c, -1) for c in t_con),
     )
+
+
+def to_vocabulary(shape: Shape, datasets: list[str] | tuple[str, ...]) -> Shape:
+    """``shape`` relabelled onto ``common_vocabulary(shape.category, datasets)``.
+
+    Its parts are read as names of ``shape.source``'s dataset (listed or not); a part whose
+    concept is not shared becomes unlabelled (−1). A shape from a source without a part
+    table (files, generated) must already carry the common names, else ``ValueError``.
+    """
+    common, _ = common_vocabulary(shape.category, datasets)
+    if shape.source not in TABLES:
+        if tuple(shape.part_names) != common:
+            raise ValueError(
+                f"shape {shape.shape_id}: source {shape.source!r} has no vocabulary to map {shape.part_names} "
+                f"onto {list(common)}"
+            )
+        return shape
+    index = {c: k for k, c in enumerate(common)}
+    lut = tuple(index.get(concept_of(shape.category, p, shape.source), -1) for p in shape.part_names)
+    return relabel(shape, lut, common)
 
 
 def relabel(shape: Shape, to_common: tuple[int, ...] | np.ndarray, common: tuple[str, ...] | list[str]) -> Shape:
