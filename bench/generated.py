@@ -116,7 +116,9 @@ def train_and_score(
 
 
 def run_seed(argv: list[str], seed: int, args: argparse.Namespace) -> dict[str, MIoUTable]:
-    cfg = load_config([*DEFAULTS, *argv, f"seed={seed}", f"run=generated-s{seed}", "mode=pre", f"storage.root={args.root}"])
+    cfg = load_config(
+        [*DEFAULTS, *argv, f"seed={seed}", f"run=generated-s{seed}", "mode=pre", f"storage.root={args.root}"]
+    )
     storage = Storage.from_config(cfg.storage)
     t0 = time.perf_counter()
     extract_stage(cfg, storage)
@@ -151,6 +153,9 @@ def run_seed(argv: list[str], seed: int, args: argparse.Namespace) -> dict[str, 
         for suffix, u in runs:
             table, seconds = train_and_score(cfg, shapes, u, test, epochs)
             out[name + suffix] = table
+            partial = ROOT / "bench" / "results" / f"generated_seed{seed}.partial.json"
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_text(json.dumps({k: t.per_shape for k, t in out.items()}) + "\n")
             print(
                 f"seed {seed} {name}{suffix}: {len(shapes)} shapes x {epochs} epochs, "
                 f"{table.category_mean():.1f} mIoU ({seconds:.0f}s)",
@@ -158,6 +163,17 @@ def run_seed(argv: list[str], seed: int, args: argparse.Namespace) -> dict[str, 
                 flush=True,
             )
     return out
+
+
+def _seed_worker(argv: list[str], seed: int, args: argparse.Namespace) -> dict[str, dict[str, tuple[str, float]]]:
+    """One seed in a worker process (``--jobs``); saves its tables as it finishes."""
+    torch.set_num_threads(args.threads)
+    tables = run_seed(argv, seed, args)
+    per_shape = {name: t.per_shape for name, t in tables.items()}
+    path = ROOT / "bench" / "results" / f"generated_seed{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(per_shape) + "\n")
+    return per_shape
 
 
 def aggregate(per_seed: list[dict[str, MIoUTable]], methods: list[str]) -> dict[str, Any]:
@@ -171,7 +187,9 @@ def aggregate(per_seed: list[dict[str, MIoUTable]], methods: list[str]) -> dict[
         for t in per_seed:
             for c, v in t[m].per_category().items():
                 cats.setdefault(c, []).append(v)
-        result["per_category"][m] = {c: [round(float(np.mean(v)), 2), round(float(np.std(v)), 2)] for c, v in cats.items()}
+        result["per_category"][m] = {
+            c: [round(float(np.mean(v)), 2), round(float(np.std(v)), 2)] for c, v in cats.items()
+        }
     return result
 
 
@@ -202,7 +220,8 @@ def main() -> None:
     parser.add_argument("--real-share", type=float, default=0.25, help="share of real shapes in a mixed epoch")
     parser.add_argument("--truth", action="store_true", help="also train on ground truth (the ceiling)")
     parser.add_argument("--root", default=str(ROOT / "bench" / "results" / "generated_runs"))
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per process")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run in this many parallel processes")
     parser.add_argument("overrides", nargs="*", help="config keys, key=value")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -210,7 +229,16 @@ def main() -> None:
     cfg = load_config([*DEFAULTS, *args.overrides])
     mappings = [part_mapping(c, "psb", "procedural").describe() for c in cfg.eval.data.categories]
     print("vocabulary mappings (PSB → common):\n  " + "\n  ".join(mappings), file=sys.stderr, flush=True)
-    runs = [run_seed(args.overrides, seed, args) for seed in args.seeds]
+    if args.jobs > 1:  # seeds in parallel processes, ``--threads`` each
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(_seed_worker, args.overrides, seed, args) for seed in args.seeds]
+            saved = [f.result() for f in futures]
+    else:
+        saved = [_seed_worker(args.overrides, seed, args) for seed in args.seeds]
+    runs = [{name: MIoUTable(dict(per)) for name, per in tables.items()} for tables in saved]
     methods = list(METHODS) + ([f"{s}_truth" for s in STUDENTS] if args.truth else [])
     agg = aggregate(runs, methods)
     print(markdown(agg, methods, len(args.seeds)) + "\n")
