@@ -149,11 +149,13 @@ def run_seed(argv: list[str], seed: int, args: argparse.Namespace) -> dict[str, 
     corpora = {"real": real, "generated": gen, "mixed": gen + repeat_ids(real, reps)}
     for name, shapes in corpora.items():
         epochs = cfg.train.epochs if name == "real" else epochs_for(len(shapes), args.passes, cfg.train.epochs)
-        runs = [("", units)] + ([("_truth", {s.shape_id: truth_units(s) for s in real + gen})] if args.truth else [])
+        runs = [] if args.truth_only else [("", units)]
+        if args.truth or args.truth_only:
+            runs.append(("_truth", {s.shape_id: truth_units(s) for s in real + gen}))
         for suffix, u in runs:
             table, seconds = train_and_score(cfg, shapes, u, test, epochs)
             out[name + suffix] = table
-            partial = ROOT / "bench" / "results" / f"generated_seed{seed}.partial.json"
+            partial = ROOT / "bench" / "results" / f"generated_seed{seed}{suffix}.partial.json"
             partial.parent.mkdir(parents=True, exist_ok=True)
             partial.write_text(json.dumps({k: t.per_shape for k, t in out.items()}) + "\n")
             print(
@@ -170,7 +172,7 @@ def _seed_worker(argv: list[str], seed: int, args: argparse.Namespace) -> dict[s
     torch.set_num_threads(args.threads)
     tables = run_seed(argv, seed, args)
     per_shape = {name: t.per_shape for name, t in tables.items()}
-    path = ROOT / "bench" / "results" / f"generated_seed{seed}.json"
+    path = ROOT / "bench" / "results" / f"generated_seed{seed}{'_truth' if args.truth_only else ''}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(per_shape) + "\n")
     return per_shape
@@ -219,6 +221,7 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=4000, help="shape passes of a generated/mixed student")
     parser.add_argument("--real-share", type=float, default=0.25, help="share of real shapes in a mixed epoch")
     parser.add_argument("--truth", action="store_true", help="also train on ground truth (the ceiling)")
+    parser.add_argument("--truth-only", action="store_true", help="only the ground-truth students")
     parser.add_argument("--root", default=str(ROOT / "bench" / "results" / "generated_runs"))
     parser.add_argument("--threads", type=int, default=2, help="torch threads per process")
     parser.add_argument("--jobs", type=int, default=1, help="seeds run in this many parallel processes")
@@ -239,7 +242,8 @@ def main() -> None:
     else:
         saved = [_seed_worker(args.overrides, seed, args) for seed in args.seeds]
     runs = [{name: MIoUTable(dict(per)) for name, per in tables.items()} for tables in saved]
-    methods = list(METHODS) + ([f"{s}_truth" for s in STUDENTS] if args.truth else [])
+    truth = [f"{s}_truth" for s in STUDENTS]
+    methods = ["voting", "voting_nearest"] + truth if args.truth_only else list(METHODS) + (truth if args.truth else [])
     agg = aggregate(runs, methods)
     print(markdown(agg, methods, len(args.seeds)) + "\n")
     summary = {
@@ -252,10 +256,11 @@ def main() -> None:
         "mappings": mappings,
         "minutes": round((time.perf_counter() - start) / 60, 1),
     }
-    out = ROOT / "bench" / "results" / "generated.json"
+    out = ROOT / "bench" / "results" / ("generated_truth.json" if args.truth_only else "generated.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps({m: agg[m] for m in methods} | {"minutes": summary["minutes"]}))
+    keys = [m for m in methods if m in METHODS] + [m for m in methods if m not in METHODS]
+    print(json.dumps({m: agg[m] for m in keys} | {"minutes": summary["minutes"]}))
 
 
 if __name__ == "__main__":
