@@ -178,6 +178,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     start = time.perf_counter()
+    cfg = load_config([*DEFAULTS, *args.overrides])
+    vocabulary = "each dataset's own part names (no mapping)"
+    if cfg.data.vocabulary:  # the mappings used, said (distill/vocab.py)
+        vocabulary = f"shared concepts of {cfg.data.vocabulary}"
+    print(f"vocabulary: {vocabulary}", file=sys.stderr)
     runs = [run_seed(args.overrides, seed, args.modes, Path(args.root)) for seed in args.seeds]
     summary: dict[str, Any] = {}
     for mode in args.modes:
@@ -186,6 +191,7 @@ def main() -> None:
         print(markdown(mode, agg, len(args.seeds)) + "\n")
     summary["seeds"] = args.seeds
     summary["overrides"] = args.overrides
+    summary["vocabulary"] = vocabulary
     summary["minutes"] = round((time.perf_counter() - start) / 60, 1)
     out = ROOT / "bench" / "results" / "quality.json"
     out.parent.mkdir(parents=True, exist_ok=True)

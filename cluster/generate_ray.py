@@ -53,6 +53,7 @@ from distill.config import Config, GenerationConfig
 from distill.records import Shape, shapes_to_table
 from distill.sampling import derive_seed
 from generation.filters import check_mesh, reason_kind
+from generation.procedural import ALL_CATEGORIES as PROCEDURAL_ALL
 from generation.procedural import CATEGORIES as PROCEDURAL_CATEGORIES
 from generation.procedural import PROCEDURAL_PARTS
 from generation.prompts import check_templates, make_prompt
@@ -96,10 +97,7 @@ def resolve_categories(cfg: Config) -> list[str]:
     if gen.name == "procedural":
         if not wanted:
             return list(PROCEDURAL_CATEGORIES)
-        return [
-            canonical_name(c, list(PROCEDURAL_CATEGORIES), "procedural category (generation.categories)")
-            for c in wanted
-        ]
+        return [canonical_name(c, list(PROCEDURAL_ALL), "procedural category (generation.categories)") for c in wanted]
     if not wanted:
         return list(PROCEDURAL_CATEGORIES)
     known = [*gen.part_names, *SHAPENETPART_PARTS, *PSB_PARTS]

@@ -1,9 +1,15 @@
-"""Known categories and their part names, in label order (label k = ``part_names[k]``).
+"""Known categories and their part vocabularies: the one table of part names.
 
-The tables are constants so that the label order never depends on which files a run
-happens to ingest. Procedural categories live in ``generation.procedural`` (distill must
-not import generation); they reuse the ShapeNetPart names and orders, so a student
-distilled on procedural shapes can be evaluated on ShapeNetPart directly.
+Per dataset (``shapenetpart``, ``psb``, ``procedural``) and category: the part names in
+label order (label k = ``part_names[k]``). The tables are constants so that the label
+order never depends on which files a run happens to ingest. Beside them (``distill/vocab.py``
+reads these): the words a teacher is prompted with, category aliases across datasets, and
+each part's *concept*, so a student distilled under one vocabulary is scored on a dataset
+with another through an explicit mapping (``distill.vocab.part_mapping``).
+
+The procedural vocabularies live here too (the generator imports them; distill never
+imports generation): the eight ShapeNetPart-named categories keep ShapeNetPart's names and
+order, the ones made for Labeled PSB categories use PSB's.
 """
 
 from __future__ import annotations
@@ -62,10 +68,12 @@ def _pid_starts() -> dict[str, int]:
 SHAPENETPART_PID_START: dict[str, int] = _pid_starts()
 """First global part id of each ShapeNetPart category (category-local label = global − start)."""
 
-# Labeled PSB (Kalogerakis et al. 2010): per category, the sorted set of part names its
-# label files use (derived once from the 190 development meshes in shared/data).
+# Labeled PSB (Kalogerakis et al. 2010): per category, the part names of the dataset's
+# documented vocabulary. The sorted names the 190 development meshes in shared/data use,
+# plus the documented names those meshes happen to lack, appended so that the labels of
+# the others keep their ids: Airplane ``engine`` (3 of the full set's 20 airplanes).
 PSB_PARTS: dict[str, list[str]] = {
-    "Airplane": ["body", "rudder", "stabilizer", "wing"],
+    "Airplane": ["body", "rudder", "stabilizer", "wing", "engine"],
     "Ant": ["antenna", "back", "head", "leg", "torso"],
     "Armadillo": [
         "back",
@@ -98,9 +106,23 @@ PSB_PARTS: dict[str, list[str]] = {
     "Vase": ["base", "body", "handle", "spout", "top"],
 }
 
-TABLES: dict[str, dict[str, list[str]]] = {"shapenetpart": SHAPENETPART_PARTS, "psb": PSB_PARTS}
-"""Known tables by source name. Sources without a table of their own (files, procedural,
-generated) look in ShapeNetPart first, then Labeled PSB."""
+PROCEDURAL_SNP_CATEGORIES = ("Airplane", "Car", "Chair", "Guitar", "Lamp", "Rocket", "Skateboard", "Table")
+"""The embedded default corpus: ShapeNetPart categories, names and label order."""
+PROCEDURAL_PSB_CATEGORIES = ("Cup", "Glasses", "Human", "Plier", "Vase")
+"""Procedural categories made for Labeled PSB categories: PSB's names and label order."""
+PROCEDURAL_PARTS: dict[str, list[str]] = {
+    **{c: list(SHAPENETPART_PARTS[c]) for c in PROCEDURAL_SNP_CATEGORIES},
+    **{c: list(PSB_PARTS[c]) for c in PROCEDURAL_PSB_CATEGORIES},
+}
+"""Part names in label order of every procedural category."""
+
+TABLES: dict[str, dict[str, list[str]]] = {
+    "shapenetpart": SHAPENETPART_PARTS,
+    "psb": PSB_PARTS,
+    "procedural": PROCEDURAL_PARTS,
+}
+"""Known tables by source name. Sources without a table of their own (files, generated)
+look in ShapeNetPart first, then Labeled PSB, then the procedural one."""
 
 
 def _lookup(table: dict[str, list[str]], category: str) -> list[str] | None:
@@ -141,12 +163,14 @@ def part_names_for(category: str, extra: dict[str, list[str]] | None = None, sou
             if not found:
                 raise ValueError(f"category {category!r}: empty part-name list")
             return found
-    tables = [TABLES[source]] if source in TABLES else [SHAPENETPART_PARTS, PSB_PARTS]
+    tables = [TABLES[source]] if source in TABLES else [SHAPENETPART_PARTS, PSB_PARTS, PROCEDURAL_PARTS]
     for table in tables:
         found = _lookup(table, category)
         if found is not None:
             return found
-    known = sorted({*SHAPENETPART_PARTS, *PSB_PARTS, *(extra or {})}) if source not in TABLES else sorted(tables[0])
+    known = sorted({*SHAPENETPART_PARTS, *PSB_PARTS, *PROCEDURAL_PARTS, *(extra or {})})
+    if source in TABLES:
+        known = sorted(tables[0])
     raise ValueError(
         f"unknown category {category!r} (source {source or 'any'}): no part names; known categories: "
         f"{', '.join(known)}. For your own category set data.category and data.part_names."

@@ -33,7 +33,35 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
         raise ConfigError(f"{key}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
 
 
-DATA_SOURCES = ("procedural", "psb", "shapenetpart", "files", "generated", "table")
+DATA_SOURCES = ("procedural", "psb", "shapenetpart", "files", "generated", "table", "mix")
+MIX_SOURCES = ("procedural", "psb", "shapenetpart", "files")
+"""What a ``data.mix`` entry may read: the file readers of ``distill.readers``."""
+VOCABULARIES = ("psb", "shapenetpart", "procedural")
+"""Datasets with a part table (``distill.categories.TABLES``), for ``data.vocabulary``."""
+
+
+@dataclass
+class MixEntry:
+    """One source of a mixture (``data.source=mix``); empty fields take ``data``'s."""
+
+    source: str = "procedural"
+    """procedural | psb | shapenetpart | files."""
+    path: str = ""
+    categories: list[str] = field(default_factory=list)
+    """Empty: ``data.categories``."""
+    split: str = ""
+    """all | train | val | test; empty: ``data.split``."""
+    per_category: int = 0
+    """Shapes per category from this source (0: all it has; procedural: 24). The counts of
+    the entries are the mixture's stated ratio."""
+
+    def __post_init__(self) -> None:
+        _choice("data.mix[].source", self.source, MIX_SOURCES)
+        if self.split:
+            _choice("data.mix[].split", self.split, ("all", "train", "val", "test"))
+        _positive("data.mix[].per_category", self.per_category, allow_zero=True)
+        if self.source in ("psb", "shapenetpart", "files") and not self.path:
+            raise ConfigError(f"data.mix[] with source={self.source} needs a path")
 
 
 @dataclass
@@ -73,9 +101,23 @@ class DataConfig:
     """For ``files``: the category of every file (empty: each file's folder name)."""
     part_names: list[str] = field(default_factory=list)
     """For ``files``: the part names of ``category`` when it is not a known category."""
+    mix: list[MixEntry] = field(default_factory=list)
+    """For ``mix``: the sources, each with its own count per category (the stated ratio),
+    e.g. ``[{source: psb, path: ..., split: train}, {source: procedural, per_category: 200}]``.
+    Ids keep their source's prefix, so they never collide; the items are interleaved in
+    the ratio of the counts."""
+    vocabulary: list[str] = field(default_factory=list)
+    """Datasets (psb, shapenetpart, procedural) whose part vocabularies every shape is
+    mapped onto: the concepts all of them share, named and ordered as in the first
+    (``distill.vocab.common_vocabulary``). Empty: each shape keeps its own names. Give the
+    distillation and the evaluated data the same list so their labels agree."""
 
     def __post_init__(self) -> None:
         _choice("data.source", self.source, DATA_SOURCES)
+        for v in self.vocabulary:
+            _choice("data.vocabulary[]", v, VOCABULARIES)
+        if self.source == "mix" and not self.mix:
+            raise ConfigError("data.source=mix needs data.mix: a list of {source, path, split, per_category}")
         _choice("data.split", self.split, ("all", "train", "val", "test"))
         if self.num_points < 16:
             raise ConfigError(f"data.num_points={self.num_points} is too small (>= 16)")

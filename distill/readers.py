@@ -17,6 +17,12 @@ Sources (``data.source``):
   ``files/<path relative to data.path, without extension>``.
 - ``procedural``: ``generation.procedural`` (imported lazily). Ids
   ``procedural/<Category>/<index:05d>``.
+- ``mix``: several of the above (``data.mix``), each with its own count per category, the
+  items interleaved in the ratio of the counts; ids keep each source's prefix, so they
+  never collide (a repeated id raises ``ValueError``).
+
+``data.vocabulary`` (a list of datasets) moves every loaded shape onto the part
+vocabulary those datasets share (``distill.vocab.to_vocabulary``).
 
 Splits other than ShapeNetPart's: ids sorted (numerically when numeric) within each
 category, ``train`` = first half, ``test`` = the rest, ``val`` = none. ``per_category``
@@ -32,12 +38,14 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from distill.categories import (
+    PROCEDURAL_PARTS,
+    PROCEDURAL_SNP_CATEGORIES,
     PSB_PARTS,
     SHAPENETPART_PARTS,
     SHAPENETPART_PID_START,
@@ -45,7 +53,7 @@ from distill.categories import (
     canonical_name,
     part_names_for,
 )
-from distill.config import DataConfig
+from distill.config import DataConfig, MixEntry
 from distill.records import Mesh, Shape, ShapeError
 from distill.sampling import derive_seed, shape_from_mesh, shape_from_points
 
@@ -436,13 +444,8 @@ def _shape_from_geometry(
 
 
 def _part_names_lazy(category: str) -> list[str]:
-    """Known tables, then the procedural corpus (imported only now: distill must not need generation)."""
-    try:
-        return part_names_for(category)
-    except ValueError:
-        from generation.procedural import PROCEDURAL_PARTS
-
-        return part_names_for(category, extra=PROCEDURAL_PARTS)
+    """Known tables: ShapeNetPart, Labeled PSB, then the procedural one."""
+    return part_names_for(category)
 
 
 # Shape ids double as storage keys: anything outside this set becomes "_".
@@ -492,15 +495,66 @@ PROCEDURAL_SPLIT_START = {"all": 0, "train": 0, "val": 500_000, "test": 1_000_00
 
 
 def _iter_procedural(data: DataConfig, seed: int) -> Iterator[SourceItem]:
-    from generation.procedural import CATEGORIES, make_shape  # lazy: distill does not import generation
+    from generation.procedural import make_shape  # lazy: distill does not import generation
 
     count = data.per_category or PROCEDURAL_DEFAULT_COUNT
     start = PROCEDURAL_SPLIT_START[data.split]
-    for category in _select_categories(list(CATEGORIES), data.categories, "procedural"):
+    # Every procedural category may be asked for; the default corpus is the ShapeNetPart eight.
+    wanted = data.categories or list(PROCEDURAL_SNP_CATEGORIES)
+    for category in _select_categories(list(PROCEDURAL_PARTS), wanted, "procedural"):
         for index in range(start, start + count):
             shape_id = f"procedural/{category}/{index:05d}"
             load = functools.partial(make_shape, category, index, seed, data.num_points)
             yield SourceItem(shape_id, category, f"procedural:{category}:{index}", load)
+
+
+def entry_config(data: DataConfig, entry: MixEntry) -> DataConfig:
+    """The ``DataConfig`` of one ``data.mix`` entry: its own fields, ``data``'s where empty."""
+    return replace(
+        data,
+        source=entry.source,
+        path=entry.path,
+        categories=list(entry.categories or data.categories),
+        split=entry.split or data.split,
+        per_category=entry.per_category,
+        mix=[],
+    )
+
+
+def interleave(groups: list[list[SourceItem]]) -> list[SourceItem]:
+    """Items of several sources merged in the ratio of their counts.
+
+    Item i of a group of n sits at (i + 0.5) / n; ties keep the groups' order. Any prefix
+    of the result (a bounded part of a streamed table) keeps the stated ratio to within
+    one item per source.
+    """
+    keyed = [((i + 0.5) / len(g), k, i, item) for k, g in enumerate(groups) for i, item in enumerate(g)]
+    return [item for *_, item in sorted(keyed, key=lambda t: t[:3])]
+
+
+def _iter_mix(data: DataConfig, seed: int) -> Iterator[SourceItem]:
+    groups = []
+    for k, entry in enumerate(data.mix):
+        try:
+            groups.append(list(_SOURCES[entry.source](entry_config(data, entry), seed)))
+        except (ValueError, FileNotFoundError) as e:
+            raise type(e)(f"data.mix[{k}] ({entry.source}): {e}") from None
+    seen: dict[str, int] = {}
+    for k, group in enumerate(groups):
+        for item in group:
+            if item.shape_id in seen:
+                raise ValueError(
+                    f"data.mix[{k}] repeats shape id {item.shape_id!r} of data.mix[{seen[item.shape_id]}]: "
+                    "give the two entries disjoint categories or splits"
+                )
+            seen[item.shape_id] = k
+    yield from interleave(groups)
+
+
+def _with_vocabulary(load: Callable[[], Shape], datasets: tuple[str, ...]) -> Shape:
+    from distill.vocab import to_vocabulary
+
+    return to_vocabulary(load(), datasets)
 
 
 _SOURCES: dict[str, Callable[[DataConfig, int], Iterator[SourceItem]]] = {
@@ -508,6 +562,7 @@ _SOURCES: dict[str, Callable[[DataConfig, int], Iterator[SourceItem]]] = {
     "psb": _iter_psb,
     "files": _iter_files,
     "procedural": _iter_procedural,
+    "mix": _iter_mix,
 }
 
 
@@ -524,4 +579,11 @@ def iter_items(data: DataConfig, seed: int) -> Iterator[SourceItem]:
             "shape tables (table, generated) are read by the cluster storage layer"
         )
     # Materialise the listing so configuration errors surface at the call, not at the first next().
-    return iter(list(_SOURCES[data.source](data, seed)))
+    items = list(_SOURCES[data.source](data, seed))
+    if data.vocabulary:
+        datasets = tuple(data.vocabulary)
+        items = [
+            SourceItem(i.shape_id, i.category, i.path, functools.partial(_with_vocabulary, i.load, datasets))
+            for i in items
+        ]
+    return iter(items)

@@ -167,3 +167,39 @@ def test_ingest_psb_all_190(tmp_path):
     table = storage.read_table("psb/shapes", columns=["num_points", "labels"])
     assert set(table.column("num_points").to_pylist()) == {2048}
     assert all(np.min(lab) >= 0 for lab in table.column("labels").to_pylist())
+
+
+def test_extract_stage_on_a_mix_of_real_and_generated(tmp_path):
+    # data.source=mix through the same ingest → extract chain: 1 real : 2 generated shapes
+    # a category, one vocabulary (PSB Chair's backsupport/support/... become back/seat/...).
+    path = shared_data("labeled_psb")
+    cfg = load_config(
+        [
+            f"storage.root={tmp_path}",
+            "data.source=mix",
+            "data.categories=[Chair,Cup]",
+            "data.vocabulary=[procedural,psb]",
+            f"data.mix=[{{source: psb, path: {path}, per_category: 1}}, {{source: procedural, per_category: 2}}]",
+            "data.num_points=512",
+            "render.image_size=96",
+            "progress=false",
+            "run=mix",
+        ]
+    )
+    storage = Storage.from_config(cfg.storage)
+    summary = extract_stage(cfg, storage)
+    assert summary["ingest"]["new"] == 6 and summary["ingest"]["rejected"] == 0
+    assert summary["extract"]["new"] == 6 and summary["extract"]["units"] > 0
+    table = storage.read_table("mix/shapes", columns=["shape_id", "category", "part_names", "source"]).to_pylist()
+    assert sorted(r["shape_id"] for r in table) == [
+        "procedural/Chair/00000",
+        "procedural/Chair/00001",
+        "procedural/Cup/00000",
+        "procedural/Cup/00001",
+        "psb/Chair/101",
+        "psb/Cup/21",
+    ]
+    parts = {(r["category"], r["source"]): r["part_names"] for r in table}
+    assert parts[("Chair", "psb")] == parts[("Chair", "procedural")] == ["back", "seat", "leg", "armrest"]
+    assert parts[("Cup", "psb")] == parts[("Cup", "procedural")] == ["body", "handle"]
+    assert set(summary["baselines"]["voting"]["per_category"]) == {"Chair", "Cup"}
