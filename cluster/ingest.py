@@ -42,40 +42,48 @@ def ingest(
     chunk = chunk or cfg.cluster.part_shapes
     done = storage.done_ids(table_dir)
     counts = {"new": 0, "skipped": 0, "rejected": 0}
-    shapes: list[Shape] = []
+    # One buffer a category (a mixture interleaves its sources' categories); rejects ride
+    # with the next part written, so their ids are recorded as done with it.
+    buffers: dict[str, list[Shape]] = {}
     rejects: list[tuple[str, str]] = []
-    finished: list[str] = []
+    reject_ids: list[str] = []
 
-    def flush() -> None:
+    def flush(category: str | None) -> None:
+        shapes = buffers.pop(category, []) if category is not None else []
+        if not shapes and not reject_ids:
+            return
         # Rejects first: a crash between the two writes re-reads the bad file next time
         # (and re-rejects it) rather than losing its reason.
         write_rejects(storage, cfg.run, "ingest", rejects)
-        if finished:
-            storage.write_part(table_dir, shapes_to_table(shapes), done_ids=finished, summary=shape_summary(shapes))
-        shapes.clear()
+        ids = [s.shape_id for s in shapes] + reject_ids
+        storage.write_part(table_dir, shapes_to_table(shapes), done_ids=ids, summary=shape_summary(shapes))
         rejects.clear()
-        finished.clear()
+        reject_ids.clear()
 
     items = iter_items(data, cfg.seed)
     for item in tqdm(items, desc=f"ingest {data.source}", unit="shape", disable=not cfg.progress):
         if item.shape_id in done:
             counts["skipped"] += 1
             continue
+        done.add(item.shape_id)
         try:
             shape = item.load()
         except Exception as e:  # noqa: BLE001 - any failure of one file rejects that file only
             rejects.append((item.path or item.shape_id, f"{type(e).__name__}: {e}"))
+            reject_ids.append(item.shape_id)
             counts["rejected"] += 1
-        else:
-            if shapes and shape.category != shapes[-1].category:
-                flush()  # one category a part (readers list a category's items together)
-            shapes.append(shape)
-            counts["new"] += 1
-        finished.append(item.shape_id)
-        done.add(item.shape_id)
-        if len(finished) >= chunk:
-            flush()
-    flush()
+            if len(reject_ids) >= chunk:
+                flush(None)
+            continue
+        buffers.setdefault(shape.category, []).append(shape)
+        counts["new"] += 1
+        if len(buffers[shape.category]) >= chunk:
+            flush(shape.category)
+        elif sum(len(b) for b in buffers.values()) >= 4 * chunk:  # many categories at once: bound memory
+            flush(max(buffers, key=lambda c: len(buffers[c])))
+    for category in sorted(buffers):
+        flush(category)
+    flush(None)
 
     per_category: dict[str, int] = {}
     for part in shapes_manifest(storage, table_dir).values():
