@@ -158,7 +158,9 @@ class ShapeSample:
     ``LabelSpace`` · point_idx: (M,) int64 covered points of all units back to back ·
     unit_offsets: (K + 1,) int64 · unit_slot: (K,) int64 logit slot of each unit's label ·
     unit_score: (K,) float32 current scores · units: the source ``KnowledgeUnits`` (point
-    indices in the shape's original indexing; re-scored copies are made from it).
+    indices in the shape's original indexing; re-scored copies are made from it) ·
+    pair_weight: (M,) float32 relative weight of each (point, unit) pair, set by a
+    point-level re-scoring rule (``train.rescore=point``), or None (all 1).
     """
 
     shape_id: str
@@ -171,6 +173,7 @@ class ShapeSample:
     unit_slot: Tensor
     unit_score: Tensor
     units: KnowledgeUnits | None = None
+    pair_weight: Tensor | None = None
 
     @property
     def num_points(self) -> int:
@@ -265,7 +268,7 @@ def prepare_samples(
 class Batch:
     """Samples collated: points (B, N, 3) · normals (B, N, 3) or None · category (B,) ·
     point_idx (M,) into the B·N flattened points · unit_offsets (K + 1,) · unit_slot,
-    unit_score (K,)."""
+    unit_score (K,) · pair_weight (M,) or None."""
 
     shape_ids: list[str]
     points: Tensor
@@ -275,6 +278,7 @@ class Batch:
     unit_offsets: Tensor
     unit_slot: Tensor
     unit_score: Tensor
+    pair_weight: Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         move = {k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v) for k, v in self.__dict__.items()}
@@ -305,6 +309,11 @@ def collate(samples: Sequence[ShapeSample]) -> Batch:
         unit_offsets=torch.cat(offsets),
         unit_slot=torch.cat([s.unit_slot for s in samples]),
         unit_score=torch.cat([s.unit_score for s in samples]),
+        pair_weight=(
+            torch.cat([torch.ones(len(s.point_idx)) if s.pair_weight is None else s.pair_weight for s in samples])
+            if any(s.pair_weight is not None for s in samples)
+            else None
+        ),
     )
 
 
@@ -397,7 +406,13 @@ def train_epoch(
             batch.points, batch.normals = augment(batch.points, generator, batch.normals)
         logits = forward_logits(model, batch, space)
         loss = distillation_loss(
-            logits, batch.point_idx, batch.unit_offsets, batch.unit_slot, batch.unit_score, slot_group=slot_group
+            logits,
+            batch.point_idx,
+            batch.unit_offsets,
+            batch.unit_slot,
+            batch.unit_score,
+            slot_group=slot_group,
+            pair_weight=batch.pair_weight,
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -564,7 +579,8 @@ class DistilState:
     epoch: epochs completed · round: re-scoring rounds done · round_start: index in
     ``losses`` of the first epoch after the last re-scoring · losses: mean loss per epoch ·
     history: one dict per epoch (loss, lr, round, val, seconds) · scores: current unit
-    scores per shape id · best_*: the validation-selected snapshot (``train.select=val``).
+    scores per shape id · pair_weights: relative (point, unit) weights per shape id, set
+    by a point-level re-scoring rule (empty otherwise) · best_*: the validation-selected snapshot (``train.select=val``).
     """
 
     model: nn.Module
@@ -577,6 +593,7 @@ class DistilState:
     losses: list[float] = field(default_factory=list)
     history: list[dict[str, float]] = field(default_factory=list)
     scores: dict[str, np.ndarray] = field(default_factory=dict)
+    pair_weights: dict[str, np.ndarray] = field(default_factory=dict)
     best_score: float = -math.inf
     best_epoch: int = 0
     best_model: dict[str, Tensor] | None = None
@@ -593,6 +610,7 @@ class DistilState:
             "losses": list(self.losses),
             "history": copy.deepcopy(self.history),
             "scores": {k: v.copy() for k, v in self.scores.items()},
+            "pair_weights": {k: v.copy() for k, v in self.pair_weights.items()},
             "model": {k: v.detach().cpu().clone() for k, v in _unwrap(self.model).state_dict().items()},
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "scheduler": self.scheduler.state_dict(),
@@ -620,6 +638,7 @@ class DistilState:
         self.losses = list(state["losses"])
         self.history = copy.deepcopy(state["history"])
         self.scores = {k: np.asarray(v, np.float32).copy() for k, v in state["scores"].items()}
+        self.pair_weights = {k: np.asarray(v, np.float32).copy() for k, v in state.get("pair_weights", {}).items()}
 
 
 @dataclass
@@ -682,6 +701,35 @@ def rescore_samples(
         current = s.unit_score.numpy() if scores is None else scores[s.shape_id]
         out[s.shape_id] = rescore(_sample_units(s, space, current), pred).score
     return out
+
+
+def rescore_samples_with_rule(
+    model: nn.Module,
+    samples: Sequence[ShapeSample],
+    space: LabelSpace,
+    cfg: TrainConfig,
+    device: torch.device | str,
+    seed: int,
+    epoch: int,
+    template: nn.Module | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Backward distillation with ``cfg.rescore`` (``distill.crossfit``): new unit scores
+    and relative pair weights by shape id (empty for unit rules). ``model``: the run's own
+    snapshot (BatchNorm recalibrated); the crossfit rules instead train
+    ``cfg.crossfit_folds`` snapshots from ``template`` (the untrained model) up to ``epoch``
+    on the units outside each fold, and score each unit with the one that never saw it.
+    """
+    from distill.crossfit import rescore_with_rule, train_fold_snapshots, unit_folds
+
+    if cfg.rescore.startswith("crossfit"):
+        if template is None:
+            raise ValueError(f"train.rescore={cfg.rescore} needs the untrained model as template")
+        folds = unit_folds(samples, space, cfg, seed)
+        snapshots = train_fold_snapshots(template, samples, space, cfg, epoch, device, seed, folds)
+    else:
+        folds, snapshots = None, [model]
+    scores, pairs = rescore_with_rule(cfg.rescore, snapshots, samples, space, folds, device, cfg.batch_size)
+    return scores, pairs or {}
 
 
 def _sample_units(s: ShapeSample, space: LabelSpace, score: np.ndarray) -> KnowledgeUnits:
@@ -792,7 +840,13 @@ def distil(
 
     def current(i: int) -> ShapeSample:
         s = samples[i]
-        return replace(s, unit_score=torch.from_numpy(state.scores[s.shape_id]))
+        pw = state.pair_weights.get(s.shape_id)
+        return replace(
+            s, unit_score=torch.from_numpy(state.scores[s.shape_id]), pair_weight=None if pw is None else torch.from_numpy(pw)
+        )
+
+    # Cross-fitted re-scoring trains K snapshots from scratch: keep the untrained model.
+    template = copy.deepcopy(_unwrap(model)) if cfg.bd_rounds and cfg.rescore.startswith("crossfit") else None
 
     cuda = [device.index or 0] if device.type == "cuda" else []
     recalibrated = state.epoch
@@ -838,7 +892,12 @@ def distil(
             return DistilResult(model, state.epoch, state.history, {}, state.state_dict(), pending_rescore=True)
         if rescore_now:
             all_samples = [current(i) for i in range(len(samples))]
-            state.scores = rescore_samples(model, all_samples, space, state.scores, device, cfg.batch_size)
+            if cfg.rescore == "agreement":
+                state.scores = rescore_samples(model, all_samples, space, state.scores, device, cfg.batch_size)
+            else:
+                state.scores, state.pair_weights = rescore_samples_with_rule(
+                    model, all_samples, space, cfg, device, seed, state.epoch, template
+                )
             state.round += 1
             state.round_start = len(state.losses)
             record["rescored"] = 1.0
