@@ -127,6 +127,12 @@ def train_on_ray(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str)
     from cluster.rescore_ray import rescore_on_ray
     from cluster.train import knowledge_dir, load_training_data
 
+    if cfg.train.bd_rounds and cfg.train.rescore != "agreement":
+        # The re-scoring pass (cluster.rescore_ray) runs the paper's rule only so far.
+        raise NotImplementedError(
+            f"train.rescore={cfg.train.rescore} runs in the local loop only (cluster.backend=local); "
+            "the Ray re-scoring pass implements train.rescore=agreement"
+        )
     jobs = load_training_data(cfg, storage, shapes_dir, units_dir)
     students, skipped = [], []
     for job in jobs:

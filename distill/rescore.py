@@ -276,3 +276,55 @@ def rescore_rule_reference(
         relative += [x / mean if mean > 0 else 1.0 for x in w]
     rel = None if rule in ("agreement", "crossfit") else np.asarray(relative, np.float32)
     return np.asarray(score, np.float32), rel
+
+
+def balance_part_mass(
+    labels: list[np.ndarray], sizes: list[np.ndarray], old: list[np.ndarray], new: list[np.ndarray]
+) -> list[np.ndarray]:
+    """New scores rescaled per part label so each label keeps its old score mass.
+
+    Re-scoring by precision or agreement takes most weight from the units of small parts
+    (their boxes hold the most foreign points), which shifts the class balance the loss
+    was trained with. Per label y over every unit of the corpus (or of one category):
+    s'_k = s_k · Σ_{j: y_j = y} c_j |j| / Σ_{j: y_j = y} s_j |j|, so the rule still ranks the
+    units of a part against each other but every part keeps its share of the loss.
+
+    Per shape (all lists aligned): labels (K,) int64 (pass a (category, part) code when
+    shapes of several categories mix) · sizes (K,) points per unit · old (K,) teacher
+    scores · new (K,) the rule's scores → the rescaled new scores, (K,) float32 each,
+    clipped to [0, 1] (a label whose new mass is 0 keeps its zeros).
+    """
+    if not (len(labels) == len(sizes) == len(old) == len(new)):
+        raise ValueError("balance_part_mass: labels, sizes, old and new must have one array per shape")
+    lab = np.concatenate([np.asarray(x, np.int64) for x in labels]) if labels else np.zeros(0, np.int64)
+    size = np.concatenate([np.asarray(x, np.float64) for x in sizes]) if sizes else np.zeros(0)
+    o = np.concatenate([np.asarray(x, np.float64) for x in old]) if old else np.zeros(0)
+    n = np.concatenate([np.asarray(x, np.float64) for x in new]) if new else np.zeros(0)
+    if not (lab.shape == size.shape == o.shape == n.shape):
+        raise ValueError("balance_part_mass: per-shape arrays differ in length")
+    uniq, inv = np.unique(lab, return_inverse=True)
+    old_mass = np.bincount(inv, weights=o * size, minlength=len(uniq))
+    new_mass = np.bincount(inv, weights=n * size, minlength=len(uniq))
+    factor = np.where(new_mass > 0, old_mass / np.where(new_mass > 0, new_mass, 1.0), 1.0)
+    out = np.clip(n * factor[inv], 0.0, 1.0).astype(np.float32)
+    return np.split(out, np.cumsum([len(x) for x in new])[:-1]) if new else []
+
+
+def balance_part_mass_reference(
+    labels: list[np.ndarray], sizes: list[np.ndarray], old: list[np.ndarray], new: list[np.ndarray]
+) -> list[np.ndarray]:
+    """Slow reference of ``balance_part_mass``: dictionaries and loops."""
+    old_mass: dict[int, float] = {}
+    new_mass: dict[int, float] = {}
+    for lab, size, o, n in zip(labels, sizes, old, new):
+        for y, m, a, b in zip(lab, size, o, n):
+            old_mass[int(y)] = old_mass.get(int(y), 0.0) + float(a) * float(m)
+            new_mass[int(y)] = new_mass.get(int(y), 0.0) + float(b) * float(m)
+    out = []
+    for lab, n in zip(labels, new):
+        row = []
+        for y, b in zip(lab, n):
+            f = old_mass[int(y)] / new_mass[int(y)] if new_mass[int(y)] > 0 else 1.0
+            row.append(min(max(float(b) * f, 0.0), 1.0))
+        out.append(np.asarray(row, np.float32))
+    return out

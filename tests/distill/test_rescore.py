@@ -8,6 +8,8 @@ import pytest
 from distill.config import TrainConfig
 from distill.records import KnowledgeUnits
 from distill.rescore import (
+    balance_part_mass,
+    balance_part_mass_reference,
     crossfit_folds,
     crossfit_select,
     knowledge_agreement,
@@ -212,3 +214,23 @@ def test_rescore_rule_refuses_bad_inputs():
         rescore_rule("crossfit", u, probs[:1], np.zeros(len(u), np.int64))
     with pytest.raises(ValueError, match="one snapshot"):
         rescore_rule("agreement", u, probs)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_balance_part_mass_matches_reference_and_keeps_mass(seed):
+    rng = np.random.default_rng(seed)
+    shapes = [int(rng.integers(1, 12)) for _ in range(5)]
+    labels = [rng.integers(0, 4, k) for k in shapes]
+    sizes = [rng.integers(0, 50, k) for k in shapes]
+    old = [rng.uniform(0.1, 0.3, k) for k in shapes]
+    new = [rng.uniform(0.3, 0.9, k) for k in shapes]  # factors < 1: no clipping at 1
+    got = balance_part_mass(labels, sizes, old, new)
+    ref = balance_part_mass_reference(labels, sizes, old, new)
+    for g, r in zip(got, ref):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-6)
+    lab, size = np.concatenate(labels), np.concatenate(sizes)
+    o, g = np.concatenate(old), np.concatenate(got)
+    for y in np.unique(lab):
+        m = lab == y
+        if (size[m] * np.concatenate(new)[m]).sum() > 0:
+            assert (size[m] * g[m]).sum() == pytest.approx((size[m] * o[m]).sum(), rel=1e-4)
