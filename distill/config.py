@@ -199,7 +199,7 @@ class StudentConfig:
         _choice("student.align", self.align, ("none", "cube"))
 
 
-RESCORE_RULES = ("agreement", "crossfit", "point", "crossfit_point")
+RESCORE_RULES = ("agreement", "crossfit", "point", "crossfit_point", "agreement_balanced", "crossfit_balanced")
 """Backward distillation's re-scoring rules (``train.rescore``), see ``distill.rescore``."""
 
 
@@ -224,7 +224,9 @@ class TrainConfig:
     agreement (the paper: the fraction of a unit's points the student labels with the
     unit's label) | crossfit (the same, from a snapshot that never trained on the unit) |
     point (each (point, unit) pair weighted by the student's probability of the unit's
-    label there) | crossfit_point (that, from the cross-fitted snapshots)."""
+    label there) | crossfit_point (that, from the cross-fitted snapshots) |
+    agreement_balanced, crossfit_balanced (the unit rule, then rescaled per part so each
+    part keeps the score mass Σ score·|unit| it had: ``distill.rescore.balance_part_mass``)."""
     crossfit_folds: int = 2
     """crossfit rules: K snapshots, each trained on the units outside its fold."""
     crossfit_by: str = "view"

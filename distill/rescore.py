@@ -131,6 +131,11 @@ def should_rescore(epoch: int, losses: list[float], cfg: TrainConfig, rounds_don
 # table keeps one meaningful score per unit.
 
 
+SNAPSHOT_RULES = tuple(r for r in RESCORE_RULES if not r.endswith("_balanced"))
+"""The rules ``rescore_rule`` computes per shape; ``<rule>_balanced`` is one of them followed
+by ``balance_part_mass`` over the corpus."""
+
+
 def _unit_of_pair(units: KnowledgeUnits) -> np.ndarray:
     return np.repeat(np.arange(len(units)), np.diff(units.offsets)).astype(np.int64)
 
@@ -240,8 +245,8 @@ def rescore_rule(
     or None for the unit rules).
     """
     cross = rule.startswith("crossfit")
-    if rule not in RESCORE_RULES:
-        raise ValueError(f"re-scoring rule {rule!r} is unknown")
+    if rule not in SNAPSHOT_RULES:
+        raise ValueError(f"re-scoring rule {rule!r} is unknown (one of {SNAPSHOT_RULES})")
     if cross and (fold is None or len(probs) < 2):
         raise ValueError(f"rule {rule!r} needs >= 2 snapshots and each unit's fold")
     if not cross and len(probs) != 1:

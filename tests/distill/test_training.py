@@ -337,12 +337,13 @@ def test_external_rescoring_matches_the_in_loop_one(corpus):
         apply_rescore(state, {**scores, "stack0": scores["stack0"][:-1]})
 
 
-@pytest.mark.parametrize("rule", ["crossfit", "point", "crossfit_point"])
+@pytest.mark.parametrize("rule", ["crossfit", "point", "crossfit_point", "agreement_balanced"])
 def test_rescoring_rules_in_the_loop(corpus, rule):
     """train.rescore rules: the in-loop re-scoring equals the rule run by hand on the same
     snapshots (cross-fitted ones trained from the untrained model), and point rules' pair
     weights reach the state (and so the loss and checkpoints)."""
     from distill.crossfit import rescore_with_rule, train_fold_snapshots, unit_folds
+    from distill.rescore import balance_part_mass
 
     shapes, units = corpus
     space = LabelSpace.from_shapes(shapes)
@@ -362,7 +363,12 @@ def test_rescoring_rules_in_the_loop(corpus, rule):
     else:
         folds, snaps = None, [_model(space)]
         snaps[0].load_state_dict(kept["state"]["model"])
-    scores, pairs = rescore_with_rule(rule, snaps, samples, space, folds)
+    scores, pairs = rescore_with_rule(rule.removesuffix("_balanced"), snaps, samples, space, folds)
+    if rule.endswith("_balanced"):
+        ids = [s.shape_id for s in samples]
+        slots, sizes = [s.unit_slot.numpy() for s in samples], [np.diff(s.unit_offsets.numpy()) for s in samples]
+        old = [s.unit_score.numpy() for s in samples]
+        scores = dict(zip(ids, balance_part_mass(slots, sizes, old, [scores[i] for i in ids])))
     for s in samples:
         np.testing.assert_allclose(calls[0][s.shape_id].score, scores[s.shape_id], rtol=1e-5, atol=1e-6)
     state = result.state
