@@ -212,8 +212,10 @@ class TrainConfig:
     lr: float = 3e-3
     lr_min: float = 3e-5
     weight_decay: float = 0.0
-    bd_rounds: int = 1
-    """Backward-distillation rounds (0: forward distillation only)."""
+    bd_rounds: int = 0
+    """Backward-distillation rounds (0: forward distillation only, the default: on the
+    Labeled PSB sample no re-scoring rule made the student better, README "Backward
+    distillation"; the paper uses 1)."""
     bd_trigger: str = "plateau"
     """plateau (5-epoch moving average of the loss changes by < bd_plateau_delta) | epoch."""
     bd_epoch: int = 10
