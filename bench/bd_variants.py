@@ -155,7 +155,9 @@ def rule_scores(
                 scores[s.shape_id], pairs[s.shape_id] = split_pair_weights(u, hit)
         return scores, pairs
     source = "folds" if rule.startswith("crossfit") else "trunk"
-    scores, pairs = rescore_with_rule(rule, [], samples, space, folds if source == "folds" else None, probs=probs[source])
+    scores, pairs = rescore_with_rule(
+        rule, [], samples, space, folds if source == "folds" else None, probs=probs[source]
+    )
     return scores, pairs or {}
 
 
@@ -247,7 +249,10 @@ def vote_check(a: argparse.Namespace, mode: str, seed: int, results: dict[str, A
         bleed += int((wrong & (prec >= 0.5)).sum())
         wrong_unit += int((wrong & (prec < 0.5)).sum())
         pairs += len(wrong)
-    out: dict[str, Any] = {"wrong_pairs": (bleed + wrong_unit) / pairs, "bleed_share_of_wrong": bleed / max(bleed + wrong_unit, 1)}
+    out: dict[str, Any] = {
+        "wrong_pairs": (bleed + wrong_unit) / pairs,
+        "bleed_share_of_wrong": bleed / max(bleed + wrong_unit, 1),
+    }
     for rule in rules:
         scores, rel = rule_scores(rule, d, state, probs, folds)
         table = MIoUTable()
@@ -261,14 +266,20 @@ def vote_check(a: argparse.Namespace, mode: str, seed: int, results: dict[str, A
                 w.astype(np.float32), u.point_idx, np.arange(n + 1, dtype=np.int64),
             )  # fmt: skip
             pred = vote_nearest(per_pair, s.points.numpy(), len(space.part_names[s.category]))
-            table.add(s.shape_id, space.categories[s.category], pred, s.labels.numpy(), len(space.part_names[s.category]))
+            table.add(
+                s.shape_id, space.categories[s.category], pred, s.labels.numpy(), len(space.part_names[s.category])
+            )
         out[rule] = table.category_mean()
     results[f"{key}/votes"] = out
     path = RESULTS / "bd_votes.json"
     merged = json.loads(path.read_text()) if path.exists() else {}
     merged[f"{key}/votes"] = out
     path.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")
-    print(f"votes {key}: " + "  ".join(f"{k} {v:.3f}" if k.startswith(("wrong", "bleed")) else f"{k} {v:.1f}" for k, v in out.items()), flush=True)
+    print(
+        f"votes {key}: "
+        + "  ".join(f"{k} {v:.3f}" if k.startswith(("wrong", "bleed")) else f"{k} {v:.1f}" for k, v in out.items()),
+        flush=True,
+    )
 
 
 def save(a: argparse.Namespace, results: dict[str, Any]) -> None:

@@ -65,9 +65,7 @@ def predict_probs(
 
 def unit_folds(samples: Sequence, space, cfg: TrainConfig, seed: int) -> dict[str, np.ndarray]:
     """Each sample's unit folds (``crossfit_folds`` with ``train.crossfit_folds/by``)."""
-    return {
-        s.shape_id: crossfit_folds(units_of(s, space), cfg.crossfit_folds, cfg.crossfit_by, seed) for s in samples
-    }
+    return {s.shape_id: crossfit_folds(units_of(s, space), cfg.crossfit_folds, cfg.crossfit_by, seed) for s in samples}
 
 
 def units_of(s, space) -> KnowledgeUnits:

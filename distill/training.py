@@ -854,7 +854,9 @@ def distil(
         s = samples[i]
         pw = state.pair_weights.get(s.shape_id)
         return replace(
-            s, unit_score=torch.from_numpy(state.scores[s.shape_id]), pair_weight=None if pw is None else torch.from_numpy(pw)
+            s,
+            unit_score=torch.from_numpy(state.scores[s.shape_id]),
+            pair_weight=None if pw is None else torch.from_numpy(pw),
         )
 
     # Cross-fitted re-scoring trains K snapshots from scratch: keep the untrained model.

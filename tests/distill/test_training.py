@@ -355,7 +355,9 @@ def test_rescoring_rules_in_the_loop(corpus, rule):
         if st.epoch == 2:
             kept["state"] = st.state_dict()
 
-    result = distil(_model(space), samples, space, cfg, seed=0, on_rescore=lambda r, u: calls.append(u), on_epoch_end=keep)
+    result = distil(
+        _model(space), samples, space, cfg, seed=0, on_rescore=lambda r, u: calls.append(u), on_epoch_end=keep
+    )
     assert len(calls) == 1
     if rule.startswith("crossfit"):
         folds = unit_folds(samples, space, cfg, 0)
