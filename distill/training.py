@@ -580,7 +580,8 @@ class DistilState:
     ``losses`` of the first epoch after the last re-scoring · losses: mean loss per epoch ·
     history: one dict per epoch (loss, lr, round, val, seconds) · scores: current unit
     scores per shape id · pair_weights: relative (point, unit) weights per shape id, set
-    by a point-level re-scoring rule (empty otherwise) · best_*: the validation-selected snapshot (``train.select=val``).
+    by a point-level re-scoring rule (empty otherwise) · best_*: the validation-selected
+    snapshot (``train.select=val``).
     """
 
     model: nn.Module
@@ -715,8 +716,8 @@ def rescore_samples_with_rule(
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Backward distillation with ``cfg.rescore`` (``distill.crossfit``): new unit scores
     and relative pair weights by shape id (empty for unit rules). ``samples`` carry the
-    current scores (the ``_balanced`` rules keep each part's mass of them). ``model``: the run's own
-    snapshot (BatchNorm recalibrated); the crossfit rules instead train
+    current scores (the ``_balanced`` rules keep each part's mass of them). ``model``: the
+    run's own snapshot (BatchNorm recalibrated); the crossfit rules instead train
     ``cfg.crossfit_folds`` snapshots from ``template`` (the untrained model) up to ``epoch``
     on the units outside each fold, and score each unit with the one that never saw it.
     """
