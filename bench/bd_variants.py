@@ -1,34 +1,35 @@
-"""Backward-distillation score rules, compared on one forward-distillation run.
+"""Backward-distillation re-scoring rules, side by side, branched from one FD trunk.
 
-    python bench/bd_variants.py --mode tta --branch 12 --variants agreement labelnorm control
+    python bench/bd_variants.py --modes tta pre --seeds 0 1 2 \\
+        --variants control agreement crossfit crossfit_point oracle oracle_point
 
-One FD student is trained on the Labeled PSB sample (simulated ``glip_like`` units, cached
-by ``bench/student.py``), its state kept after epoch ``--branch``. From that state, each
-variant re-scores every unit with a rule of its own and trains on to the last epoch, so
-the variants differ by the new scores alone (``control`` keeps the teacher's). Rules, per
-unit k with teacher score c, label y, and agreement a = the fraction of its points the
-student labels y:
+The data are the quality benchmark's (``bench/quality.py``: the Labeled PSB sample, the
+simulated ``glip_like`` teacher seeded by the run's seed, 320² renders, PointNet++ 32 with
+``student.align=cube``; Pre distils on each category's first half and TTA on the second,
+both score the second half). Per mode and seed, one forward-distillation trunk is trained
+up to epoch ``--branch`` (of ``--epochs``, the schedule of the whole run) and cached under
+``bench/results/cache``; the cross-fitted snapshots (``--folds`` trunks, each on the units
+outside its fold, ``--crossfit-by view|shape``) likewise. From the trunk's state each
+variant re-scores every unit with its rule and trains on to the last epoch, so the
+variants differ by the new scores alone. Rules (``distill.rescore``; per unit k with
+teacher score c, label y):
 
-* ``agreement``   a (the paper)
-* ``labelnorm``   a / median a over the units of the same category and part, clipped to 1
-* ``candidates``  a, with the student's label at each point chosen only among the labels
-                  of the units covering it (a unit alone on its points keeps 1)
-* ``recall``      of the student's y points among the points the view's units cover, the
-                  share inside k
-* ``prune``       c, or 0 when labelnorm < 0.5
-* ``gentle``      c · (0.5 + 0.5 · labelnorm)
-* ``max``         max(c, a)
-* ``control``     c
-* ``oracle``      the unit's true precision (the share of its points whose ground-truth
-                  label is y): not a method, the upper bound of any re-scoring rule
+* ``control``         c: no re-scoring, i.e. the FD-only student
+* ``agreement``       the share of k's points the trunk labels y (the paper)
+* ``crossfit``        the same, from the snapshot that never trained on k
+* ``point``           each (point, unit) pair weighted by the trunk's probability of y there
+* ``crossfit_point``  the same, from the snapshot that never trained on k
+* ``oracle``          k's true precision (reads the truth: the bound of any unit rule)
+* ``oracle_point``    each pair weighted 1 if the point's true label is y, else 0 (reads the
+                      truth: the bound of any pair rule; it removes box bleed entirely)
+* ``<rule>_balanced`` a unit rule, then rescaled per part so that every part keeps the
+                      score mass Σ c·|k| it had (``distill.rescore.balance_part_mass``)
 
-``--rescale`` multiplies every new score by one constant so that the size-weighted mean
-score stays the teacher's (Adam remembers the old gradient scale for ~1000 steps).
-``--diagnose`` prints, instead of training, how well the teacher's score and the
-student's agreement pick out the right units (a unit is right when ≥ 30 % of its points
-carry its label): ROC AUC and correlation with the unit's true precision.
-
-The last line of output is a JSON summary; the FD trunk is cached under bench/results/cache.
+``--output mask`` runs everything on the simulated teacher's masks (little box bleed).
+Prints a table per mode (seeds, mean ± std, mean over categories) and the correlation of
+each rule's unit scores with the true precision; results accumulate in
+``bench/results/bd_variants.json`` (a re-run skips finished branches); the last line of
+output is a JSON summary.
 """
 
 from __future__ import annotations
@@ -38,186 +39,312 @@ import copy
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from student import RESULTS, load_psb, split, teacher_units, vote_table  # noqa: E402
+from quality import DEFAULTS, load  # noqa: E402
 
-from distill.config import StudentConfig, TrainConfig  # noqa: E402
-from distill.rescore import unit_hits  # noqa: E402
+from cluster.evaluate import voting_tables  # noqa: E402
+from cluster.pipeline import dirs, extract_stage  # noqa: E402
+from cluster.storage import Storage  # noqa: E402
+from distill.config import load_config  # noqa: E402
+from distill.crossfit import predict_probs, rescore_with_rule, train_fold_snapshots, unit_folds, units_of  # noqa: E402
+from distill.rescore import balance_part_mass, split_pair_weights, unit_precision  # noqa: E402
 from distill.student import build_student  # noqa: E402
-from distill.training import (  # noqa: E402
-    LabelSpace,
-    _sample_units,
-    collate,
-    distil,
-    evaluate,
-    forward_logits,
-    prepare_samples,
-    recalibrate_batchnorm,
-)
+from distill.training import LabelSpace, distil, evaluate, prepare_samples, recalibrate_batchnorm  # noqa: E402
 
-RULES = ("agreement", "candidates", "labelnorm", "recall", "prune", "gentle", "max", "control", "oracle")
+RULES = (
+    "control", "agreement", "crossfit", "point", "crossfit_point", "oracle", "oracle_point",
+    "agreement_balanced", "crossfit_balanced", "oracle_balanced",
+)  # fmt: skip
+RESULTS = ROOT / "bench" / "results"
+CACHE = RESULTS / "cache"
+TAG = "wo2"  # units of the glip_like teacher whose whole-object box survives the 98 % rule
 
 
-@torch.no_grad()
-def snapshot_predictions(
-    model: torch.nn.Module, samples: list, space: LabelSpace
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per sample, the snapshot's label of every point: (plain argmax, argmax among the
-    labels of the units covering the point), both (N,) in the category's label indices."""
-    recalibrate_batchnorm(model, samples, "cpu", space)  # as distil does before re-scoring
-    model.eval()
-    out = []
-    for s in samples:
-        off, parts = int(space.offsets[s.category]), len(space.part_names[s.category])
-        logits = forward_logits(model, collate([s]), space)[0, :, off : off + parts].numpy()
-        u = _sample_units(s, space, s.unit_score.numpy())
-        offered = np.zeros(logits.shape, bool)
-        for k in range(len(u)):
-            offered[u.unit_points(k), u.label[k]] = True
-        among = np.where(offered, logits, -np.inf).argmax(1)
-        out.append((logits.argmax(1), np.where(offered.any(1), among, logits.argmax(1))))
-    return out
+def setup(seed: int, output: str, mode: str) -> dict[str, Any]:
+    cfg = load_config(
+        [*DEFAULTS, f"teacher.output={output}", f"seed={seed}", f"run={TAG}-{output}-s{seed}", "mode=pre",
+         f"storage.root={CACHE / 'bd_runs'}"]
+    )  # fmt: skip
+    storage = Storage.from_config(cfg.storage)
+    extract_stage(cfg, storage)
+    extract_stage(cfg, storage, evaluated=True)
+    train_shapes, train_units = load(storage, *dirs(cfg))
+    test_shapes, test_units = load(storage, *dirs(cfg, evaluated=True))
+    shapes, units = (train_shapes, train_units) if mode == "pre" else (test_shapes, test_units)
+    space = LabelSpace.from_shapes(shapes)
+    samples = prepare_samples(shapes, units, space, cfg.data.num_points, cfg.seed)
+    return {"cfg": cfg, "space": space, "samples": samples, "test": test_shapes, "test_units": test_units}
 
 
-def unit_stats(
-    samples: list, preds: list, space: LabelSpace, truth: dict[str, np.ndarray]
-) -> dict[str, dict[str, np.ndarray]]:
-    """Per shape id: teacher score, label, size, agreement (plain and among the offered
-    labels), recall and true precision of every unit (``preds``: ``snapshot_predictions``;
-    ``truth``: each shape's ground-truth point labels)."""
-    out = {}
-    for s, (pred, among) in zip(samples, preds):
-        u = _sample_units(s, space, s.unit_score.numpy())
-        labels = truth[s.shape_id]
-        hits_among, _ = unit_hits(u, among)
-        hits, sizes = unit_hits(u, pred)
-        recall = np.zeros(len(u))
-        for v in np.unique(u.view):
-            ks = np.flatnonzero(u.view == v)
-            covered = np.unique(np.concatenate([u.unit_points(k) for k in ks]))
-            for k in ks:
-                mine = covered[pred[covered] == u.label[k]]
-                recall[k] = np.isin(mine, u.unit_points(k)).mean() if len(mine) else 0.0
-        out[s.shape_id] = {
-            "c": s.unit_score.numpy().astype(np.float64),
-            "label": u.label,
-            "category": np.full(len(u), s.category),
-            "size": sizes.astype(np.float64),
-            "a": np.where(sizes > 0, hits / np.maximum(sizes, 1), 0.0),
-            "candidates": np.where(sizes > 0, hits_among / np.maximum(sizes, 1), 0.0),
-            "recall": recall,
-            "precision": np.array(
-                [float((labels[u.unit_points(k)] == u.label[k]).mean()) if n else 0.0 for k, n in enumerate(sizes)]
-            ),
+def new_model(d: dict[str, Any]) -> torch.nn.Module:
+    torch.manual_seed(d["cfg"].seed)
+    return build_student(d["cfg"].student, d["space"].num_slots, d["space"].num_categories)
+
+
+def trunk(d: dict[str, Any], a: argparse.Namespace, key: str) -> dict[str, Any]:
+    """The FD state after epoch ``--branch`` (cached)."""
+    path = CACHE / f"bd_trunk_{key}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=False)
+    cfg = replace(d["cfg"].train, epochs=a.epochs, bd_rounds=0)
+    kept: dict[str, Any] = {}
+
+    def stop(st: Any) -> bool:
+        if st.epoch == a.branch:
+            kept["state"] = st.state_dict()
+        return st.epoch >= a.branch
+
+    t0 = time.perf_counter()
+    distil(new_model(d), d["samples"], d["space"], cfg, "cpu", d["cfg"].seed, on_epoch_end=stop)
+    print(f"  trunk {key}: {a.branch} epochs in {time.perf_counter() - t0:.0f}s", flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(kept["state"], path)
+    return kept["state"]
+
+
+def fold_snapshots(d: dict[str, Any], a: argparse.Namespace, key: str) -> tuple[list[torch.nn.Module], dict]:
+    """The cross-fitted snapshots after epoch ``--branch`` (cached) and the unit folds."""
+    cfg = replace(d["cfg"].train, epochs=a.epochs, bd_rounds=0, crossfit_folds=a.folds, crossfit_by=a.crossfit_by)
+    folds = unit_folds(d["samples"], d["space"], cfg, d["cfg"].seed)
+    path = CACHE / f"bd_folds_{key}_{a.crossfit_by}{a.folds}.pt"
+    models = [new_model(d) for _ in range(a.folds)]
+    if path.exists():
+        for m, st in zip(models, torch.load(path, weights_only=False)):
+            m.load_state_dict(st)
+        return models, folds
+    t0 = time.perf_counter()
+    models = train_fold_snapshots(new_model(d), d["samples"], d["space"], cfg, a.branch, "cpu", d["cfg"].seed, folds)
+    print(f"  {a.folds} {a.crossfit_by} folds {key}: {time.perf_counter() - t0:.0f}s", flush=True)
+    torch.save([m.state_dict() for m in models], path)
+    return models, folds
+
+
+def rule_scores(
+    rule: str, d: dict[str, Any], state: dict[str, Any], probs: dict[str, list], folds: dict | None
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    samples, space = d["samples"], d["space"]
+    if rule.endswith("_balanced"):  # the unit rule, then every part keeps its score mass
+        scores, _ = rule_scores(rule.removesuffix("_balanced"), d, state, probs, folds)
+        ids = [s.shape_id for s in samples]
+        balanced = balance_part_mass(
+            [s.unit_slot.numpy() for s in samples], [np.diff(s.unit_offsets.numpy()) for s in samples],
+            [state["scores"][i] for i in ids], [scores[i] for i in ids],
+        )  # fmt: skip
+        return dict(zip(ids, balanced)), {}
+    if rule == "control":
+        return {k: v.copy() for k, v in state["scores"].items()}, {}
+    if rule in ("oracle", "oracle_point"):
+        scores, pairs = {}, {}
+        for s in samples:
+            u = units_of(s, space)
+            truth = s.labels.numpy()
+            if rule == "oracle":
+                scores[s.shape_id] = unit_precision(u, truth)
+            else:
+                hit = (truth[u.point_idx] == np.repeat(u.label, np.diff(u.offsets))).astype(np.float32)
+                scores[s.shape_id], pairs[s.shape_id] = split_pair_weights(u, hit)
+        return scores, pairs
+    source = "folds" if rule.startswith("crossfit") else "trunk"
+    scores, pairs = rescore_with_rule(
+        rule, [], samples, space, folds if source == "folds" else None, probs=probs[source]
+    )
+    return scores, pairs or {}
+
+
+def precision_corr(d: dict[str, Any], scores: dict[str, np.ndarray]) -> float:
+    """Correlation over all units of a rule's scores with the units' true precision."""
+    got, true = [], []
+    for s in d["samples"]:
+        u = units_of(s, d["space"])
+        got.append(scores[s.shape_id])
+        true.append(unit_precision(u, s.labels.numpy()))
+    g, t = np.concatenate(got), np.concatenate(true)
+    return float(np.corrcoef(g, t)[0, 1]) if g.std() > 0 else float("nan")
+
+
+def run(a: argparse.Namespace, mode: str, seed: int, results: dict[str, Any]) -> None:
+    key = f"{TAG}_{a.output}_{mode}_s{seed}_e{a.epochs}_b{a.branch}"
+    todo = [r for r in a.variants if f"{key}/{r}" not in results or a.force]
+    if not todo:
+        return
+    d = setup(seed, a.output, mode)
+    vote = voting_tables(d["test"], d["test_units"])
+    results[f"{key}/voting_nearest"] = {"miou": vote["voting_nearest"].category_mean()}
+    state = trunk(d, a, key)
+    snapshot = new_model(d)
+    snapshot.load_state_dict(state["model"])
+    recalibrate_batchnorm(snapshot, d["samples"], "cpu", d["space"], d["cfg"].train.batch_size)  # as distil does
+    probs: dict[str, list] = {"trunk": [predict_probs(snapshot, d["samples"], "cpu", d["space"])]}
+    folds = None
+    if any(r.startswith("crossfit") for r in todo):  # includes crossfit_balanced
+        models, folds = fold_snapshots(d, a, key)
+        probs["folds"] = [predict_probs(m, d["samples"], "cpu", d["space"]) for m in models]
+    after = replace(d["cfg"].train, epochs=a.epochs, bd_rounds=1, bd_trigger="epoch", bd_epoch=10**6)
+    for rule in todo:
+        t0 = time.perf_counter()
+        scores, pairs = rule_scores(rule, d, state, probs, folds)
+        branched = copy.deepcopy(state)
+        branched.update(scores=scores, pair_weights=pairs, round=1, round_start=len(branched["losses"]))
+        result = distil(new_model(d), d["samples"], d["space"], after, "cpu", d["cfg"].seed, resume=branched)
+        table = evaluate(result.model, d["test"], "cpu", d["cfg"].train.batch_size, d["space"])
+        results[f"{key}/{rule}"] = {
+            "miou": table.category_mean(),
+            "per_category": table.per_category(),
+            "corr_precision": precision_corr(d, scores),
+            "mean_score": float(np.mean(np.concatenate(list(scores.values())))),
+            "seconds": time.perf_counter() - t0,
         }
+        r = results[f"{key}/{rule}"]
+        print(
+            f"  {mode} seed {seed} {rule:15s} {r['miou']:5.1f}  corr(score, precision) {r['corr_precision']:.3f}  "
+            f"mean score {r['mean_score']:.3f}  ({r['seconds']:.0f}s)",
+            flush=True,
+        )
+        save(a, results)
+
+
+def vote_check(a: argparse.Namespace, mode: str, seed: int, results: dict[str, Any]) -> None:
+    """No training: the vote (+ nearest) on the distillation shapes' own units under each
+    rule's scores, and how the wrong (point, unit) pairs split into box bleed (inside a
+    unit whose majority label is right) and wrong units. Snapshot rules use the cached
+    trunk / folds when they exist."""
+    from distill.metrics import MIoUTable
+    from distill.records import KnowledgeUnits
+    from distill.voting import vote_nearest
+
+    d = setup(seed, a.output, mode)
+    key = f"{TAG}_{a.output}_{mode}_s{seed}_e{a.epochs}_b{a.branch}"
+    samples, space = d["samples"], d["space"]
+    probs: dict[str, list] = {}
+    trunk_path = CACHE / f"bd_trunk_{key}.pt"
+    if trunk_path.exists():
+        snap = new_model(d)
+        snap.load_state_dict(torch.load(trunk_path, weights_only=False)["model"])
+        recalibrate_batchnorm(snap, samples, "cpu", space, d["cfg"].train.batch_size)
+        probs["trunk"] = [predict_probs(snap, samples, "cpu", space)]
+    folds = None
+    if (CACHE / f"bd_folds_{key}_{a.crossfit_by}{a.folds}.pt").exists():
+        models, folds = fold_snapshots(d, a, key)
+        probs["folds"] = [predict_probs(m, samples, "cpu", space) for m in models]
+    rules = ["control", "oracle", "oracle_point"]
+    rules += ["agreement", "point"] if "trunk" in probs else []
+    rules += ["crossfit", "crossfit_point"] if "folds" in probs else []
+    state = {"scores": {s.shape_id: s.unit_score.numpy() for s in samples}}
+    bleed = wrong_unit = pairs = 0
+    for s in samples:
+        u = units_of(s, space)
+        truth = s.labels.numpy()
+        prec = np.repeat(unit_precision(u, truth), np.diff(u.offsets))
+        wrong = truth[u.point_idx] != np.repeat(u.label, np.diff(u.offsets))
+        bleed += int((wrong & (prec >= 0.5)).sum())
+        wrong_unit += int((wrong & (prec < 0.5)).sum())
+        pairs += len(wrong)
+    out: dict[str, Any] = {
+        "wrong_pairs": (bleed + wrong_unit) / pairs,
+        "bleed_share_of_wrong": bleed / max(bleed + wrong_unit, 1),
+    }
+    for rule in rules:
+        scores, rel = rule_scores(rule, d, state, probs, folds)
+        table = MIoUTable()
+        for s in samples:
+            u = units_of(s, space)
+            w = np.repeat(scores[s.shape_id], np.diff(u.offsets)) * (rel[s.shape_id] if rel else 1.0)
+            # The vote sums scores per (point, part): per-pair weights enter as a unit per pair.
+            n = len(u.point_idx)
+            per_pair = KnowledgeUnits(
+                u.shape_id, np.zeros(n, np.int64), np.repeat(u.label, np.diff(u.offsets)),
+                w.astype(np.float32), u.point_idx, np.arange(n + 1, dtype=np.int64),
+            )  # fmt: skip
+            pred = vote_nearest(per_pair, s.points.numpy(), len(space.part_names[s.category]))
+            table.add(
+                s.shape_id, space.categories[s.category], pred, s.labels.numpy(), len(space.part_names[s.category])
+            )
+        out[rule] = table.category_mean()
+    results[f"{key}/votes"] = out
+    path = RESULTS / "bd_votes.json"
+    merged = json.loads(path.read_text()) if path.exists() else {}
+    merged[f"{key}/votes"] = out
+    path.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")
+    print(
+        f"votes {key}: "
+        + "  ".join(f"{k} {v:.3f}" if k.startswith(("wrong", "bleed")) else f"{k} {v:.1f}" for k, v in out.items()),
+        flush=True,
+    )
+
+
+def save(a: argparse.Namespace, results: dict[str, Any]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "bd_variants.json"
+    merged = json.loads(path.read_text()) if path.exists() else {}  # another run may have added keys
+    merged.update(results)
+    path.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")
+
+
+def summary(a: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for mode in a.modes:
+        rows = {}
+        for rule in ["voting_nearest", *a.variants]:
+            vals = {
+                s: results[k]["miou"]
+                for s in a.seeds
+                if (k := f"{TAG}_{a.output}_{mode}_s{s}_e{a.epochs}_b{a.branch}/{rule}") in results
+            }
+            if vals:
+                rows[rule] = vals
+        print(f"\n**{mode}** ({a.output} units, re-scored after epoch {a.branch} of {a.epochs}; category mIoU)\n")
+        print("| rule | " + " | ".join(f"seed {s}" for s in a.seeds) + " | mean ± std | Δ vs control |")
+        print("|---|" + "---:|" * (len(a.seeds) + 2))
+        control = rows.get("control", {})
+        for rule, vals in rows.items():
+            mean, std = float(np.mean(list(vals.values()))), float(np.std(list(vals.values())))
+            both = [s for s in vals if s in control]
+            delta = float(np.mean([vals[s] - control[s] for s in both])) if both else float("nan")
+            cells = " | ".join(f"{vals[s]:.1f}" if s in vals else "" for s in a.seeds)
+            print(f"| {rule} | {cells} | {mean:.1f} ± {std:.1f} | {delta:+.1f} |")
+            out.setdefault(mode, {})[rule] = {"per_seed": vals, "mean": mean, "std": std, "delta_vs_control": delta}
     return out
-
-
-def new_scores(rule: str, stats: dict[str, dict[str, np.ndarray]], rescale: bool) -> dict[str, np.ndarray]:
-    groups: dict[tuple[int, int], list[np.ndarray]] = {}
-    for st in stats.values():
-        for c, y in set(zip(st["category"].tolist(), st["label"].tolist())):
-            groups.setdefault((c, y), []).append(st["a"][(st["category"] == c) & (st["label"] == y)])
-    median = {k: max(float(np.median(np.concatenate(v))), 1e-3) for k, v in groups.items()}
-    out = {}
-    for sid, st in stats.items():
-        m = np.array([median[(c, y)] for c, y in zip(st["category"].tolist(), st["label"].tolist())])
-        norm = np.clip(st["a"] / np.maximum(m, 1e-3), 0.0, 1.0) if len(m) else st["a"]
-        c = st["c"]
-        out[sid] = {
-            "agreement": st["a"],
-            "candidates": st["candidates"],
-            "labelnorm": norm,
-            "recall": st["recall"],
-            "prune": np.where(norm >= 0.5, c, 0.0),
-            "gentle": c * (0.5 + 0.5 * norm),
-            "max": np.maximum(c, st["a"]),
-            "control": c,
-            "oracle": st["precision"],
-        }[rule]
-    if rescale:
-        before = sum(float((st["c"] * st["size"]).sum()) for st in stats.values())
-        after = sum(float((out[k] * st["size"]).sum()) for k, st in stats.items())
-        out = {k: v * before / max(after, 1e-9) for k, v in out.items()}
-    return {k: v.astype(np.float32) for k, v in out.items()}
-
-
-def auc(right: np.ndarray, score: np.ndarray) -> float:
-    r = rankdata(score)
-    n1, n0 = right.sum(), (~right).sum()
-    return float((r[right].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mode", choices=["pre", "tta"], default="tta")
+    p.add_argument("--modes", nargs="+", choices=["pre", "tta"], default=["tta"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--variants", nargs="+", choices=RULES, default=["control", "agreement", "crossfit"])
     p.add_argument("--epochs", type=int, default=25)
-    p.add_argument("--branch", type=int, default=12, help="re-score after this epoch")
-    p.add_argument("--variants", nargs="+", choices=RULES, default=["agreement", "labelnorm", "control"])
-    p.add_argument("--rescale", action="store_true")
-    p.add_argument("--diagnose", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--branch", type=int, default=15, help="re-score after this epoch (quality.py: 15)")
+    p.add_argument("--output", choices=["box", "mask"], default="box", help="teacher.output of the simulated teacher")
+    p.add_argument("--folds", type=int, default=2)
+    p.add_argument("--crossfit-by", choices=["view", "shape"], default="view")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--force", action="store_true", help="re-run finished branches")
+    p.add_argument("--votes", action="store_true", help="no training: votes under each rule's scores, bleed share")
     a = p.parse_args()
-    torch.set_num_threads(2)
-    shapes = load_psb(0)
-    units = teacher_units(shapes, 320)
-    train, test = split(shapes, a.mode)
-    plain, near = vote_table(test, units)
-    space = LabelSpace.from_shapes(train)
-    samples = prepare_samples(train, units, space)
-    student = StudentConfig(backbone="pointnet2", width=32, k=16)
-    cfg = TrainConfig(epochs=a.epochs, batch_size=16, bd_rounds=0)
-    cache = RESULTS / "cache" / f"bd_trunk_{a.mode}_s{a.seed}_e{a.epochs}_b{a.branch}.pt"
-    if cache.exists():
-        state, res = torch.load(cache, weights_only=False)
-    else:
-        kept = {}
-        torch.manual_seed(a.seed)
-        model = build_student(student, space.num_slots, space.num_categories)
-        fd = distil(
-            model, samples, space, cfg, seed=a.seed,
-            on_epoch_end=lambda st: kept.update(state=st.state_dict()) if st.epoch == a.branch else None,
-        )  # fmt: skip
-        state, res = kept["state"], {"fd": evaluate(fd.model, test, "cpu", space=space).category_mean()}
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save((state, res), cache)
-    print(f"vote {plain.category_mean():.1f}  vote+nearest {near.category_mean():.1f}  FD {res['fd']:.1f}", flush=True)
-    snapshot = build_student(student, space.num_slots, space.num_categories)
-    snapshot.load_state_dict(state["model"])
-    truth = {s.shape_id: s.labels for s in train}
-    stats = unit_stats(samples, snapshot_predictions(snapshot, samples, space), space, truth)
-    if a.diagnose:
-        c, agree, prec = ([float(x) for st in stats.values() for x in st[key]] for key in ("c", "a", "precision"))
-        prec_a = np.array(prec)
-        right = prec_a >= 0.3
-        res.update(
-            auc_teacher=auc(right, np.array(c)),
-            auc_agreement=auc(right, np.array(agree)),
-            corr_teacher=float(np.corrcoef(c, prec_a)[0, 1]),
-            corr_agreement=float(np.corrcoef(agree, prec_a)[0, 1]),
-        )
-    for rule in [] if a.diagnose else a.variants:
-        start = time.perf_counter()
-        scores = new_scores(rule, stats, a.rescale)
-        branched = copy.deepcopy(state)
-        branched.update(scores=scores, round=1, round_start=len(branched["losses"]))
-        torch.manual_seed(a.seed)
-        model = build_student(student, space.num_slots, space.num_categories)
-        after = TrainConfig(epochs=a.epochs, batch_size=16, bd_rounds=1, bd_trigger="epoch", bd_epoch=10**6)
-        result = distil(model, samples, space, after, seed=a.seed, resume=branched)
-        res[rule] = evaluate(result.model, test, "cpu", space=space).category_mean()
-        mean = float(np.mean(np.concatenate(list(scores.values()))))
-        print(f"{rule}@{a.branch}: {res[rule]:.1f}  (mean score {mean:.3f}, {time.perf_counter() - start:.0f}s)")
-    print(json.dumps({"args": vars(a), "vote": plain.category_mean(), "vote_nearest": near.category_mean(), **res}))
+    torch.set_num_threads(a.threads)
+    path = RESULTS / "bd_variants.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    start = time.perf_counter()
+    if a.votes:
+        for mode in a.modes:
+            for seed in a.seeds:
+                vote_check(a, mode, seed, results)
+        print(json.dumps({k: v for k, v in results.items() if k.endswith("/votes")}))
+        return
+    for mode in a.modes:
+        for seed in a.seeds:
+            run(a, mode, seed, results)
+    out = summary(a, results)
+    print(json.dumps({"args": vars(a), "minutes": round((time.perf_counter() - start) / 60, 1), **out}))
 
 
 if __name__ == "__main__":

@@ -65,11 +65,10 @@ DEFAULTS = [
     "cluster.backend=local",
     # PSB meshes of a category are not consistently posed: co-align them (distill/pose.py).
     "student.align=cube",
-    # Re-score once, after epoch 15 of 25 (the loss has flattened by then: its 5-epoch
-    # average moves < 0.01 an epoch on PSB). The paper's plateau rule fires at epoch 5-6
-    # here, and branching the FD-only student there would double the training time.
-    "train.bd_trigger=epoch",
-    "train.bd_epoch=15",
+    # No re-scoring trigger of its own: the shipped defaults (train.bd_rounds=0, so FD+BD
+    # is FD). To measure backward distillation pass e.g. train.bd_rounds=1
+    # train.bd_trigger=epoch train.bd_epoch=15 train.rescore=...; bench/bd_variants.py
+    # compares the rules branched from one FD trunk.
 ]
 
 

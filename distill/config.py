@@ -241,6 +241,10 @@ class StudentConfig:
         _choice("student.align", self.align, ("none", "cube"))
 
 
+RESCORE_RULES = ("agreement", "crossfit", "point", "crossfit_point", "agreement_balanced", "crossfit_balanced")
+"""Backward distillation's re-scoring rules (``train.rescore``), see ``distill.rescore``."""
+
+
 @dataclass
 class TrainConfig:
     """Forward then backward distillation (DESIGN §3)."""
@@ -250,13 +254,27 @@ class TrainConfig:
     lr: float = 3e-3
     lr_min: float = 3e-5
     weight_decay: float = 0.0
-    bd_rounds: int = 1
-    """Backward-distillation rounds (0: forward distillation only)."""
+    bd_rounds: int = 0
+    """Backward-distillation rounds (0: forward distillation only, the default: on the
+    Labeled PSB sample no re-scoring rule made the student better, README "Backward
+    distillation"; the paper uses 1)."""
     bd_trigger: str = "plateau"
     """plateau (5-epoch moving average of the loss changes by < bd_plateau_delta) | epoch."""
     bd_epoch: int = 10
     """Epoch of the first re-scoring when bd_trigger=epoch."""
     bd_plateau_delta: float = 0.01
+    rescore: str = "agreement"
+    """Backward distillation's re-scoring rule (``RESCORE_RULES``, ``distill.rescore``):
+    agreement (the paper: the fraction of a unit's points the student labels with the
+    unit's label) | crossfit (the same, from a snapshot that never trained on the unit) |
+    point (each (point, unit) pair weighted by the student's probability of the unit's
+    label there) | crossfit_point (that, from the cross-fitted snapshots) |
+    agreement_balanced, crossfit_balanced (the unit rule, then rescaled per part so each
+    part keeps the score mass Σ score·|unit| it had: ``distill.rescore.balance_part_mass``)."""
+    crossfit_folds: int = 2
+    """crossfit rules: K snapshots, each trained on the units outside its fold."""
+    crossfit_by: str = "view"
+    """crossfit rules: folds of units by view (each (shape, view) in one fold) | shape."""
     select: str = "last"
     """Which checkpoint is reported: last (fixed schedule) | val (best on a validation
     split of the distillation shapes, scored against teacher knowledge, never test labels)."""
@@ -278,6 +296,10 @@ class TrainConfig:
         _positive("train.lr", self.lr)
         _positive("train.bd_rounds", self.bd_rounds, allow_zero=True)
         _choice("train.bd_trigger", self.bd_trigger, ("plateau", "epoch"))
+        _choice("train.rescore", self.rescore, RESCORE_RULES)
+        _choice("train.crossfit_by", self.crossfit_by, ("view", "shape"))
+        if self.crossfit_folds < 2:
+            raise ConfigError(f"train.crossfit_folds={self.crossfit_folds} must be >= 2")
         _choice("train.select", self.select, ("last", "val"))
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"train.val_fraction={self.val_fraction} not in [0, 1)")

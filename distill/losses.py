@@ -29,6 +29,11 @@ slots (``slot_group``), which reduces exactly to the above for one category.
 Units arrive as flat arrays with offsets, as ``KnowledgeUnits`` stores them: unit k
 covers ``point_idx[offsets[k]:offsets[k+1]]``, with point indices into the flattened batch
 (element b's point i is ``b·N + i``).
+
+Per-pair weights (``pair_weight``, optional, (M,) aligned with ``point_idx``): a point-level
+re-scoring rule (``distill.rescore``) may weight each (point, unit) pair on its own; the
+term of pair (i, k) is then multiplied by m_ik. Like the scores, they only multiply the
+loss: class weights and |U_i| still count every pair.
 """
 
 from __future__ import annotations
@@ -88,14 +93,16 @@ def distillation_loss(
     unit_score: Tensor,
     class_weight: Tensor | None = None,
     slot_group: Tensor | None = None,
+    pair_weight: Tensor | None = None,
 ) -> Tensor:
     """The forward-distillation loss of one batch (vectorised).
 
     logits: (B, N, S) or (T, S) float · point_idx: (M,) int64 into the T = B·N flattened
     points · offsets: (K + 1,) int64 · unit_label: (K,) int64 in [0, S) · unit_score: (K,)
     float · class_weight: (S,) (None: ``class_weights`` of this batch) · slot_group: (S,),
-    see ``class_weights`` → scalar. Logits of slots a point may not take (other
-    categories') should already be masked to a large negative value.
+    see ``class_weights`` · pair_weight: (M,) float per (point, unit) pair, or None (all 1)
+    → scalar. Logits of slots a point may not take (other categories') should already be
+    masked to a large negative value.
     """
     if logits.dim() == 3:
         logits = logits.reshape(-1, logits.shape[-1])
@@ -105,6 +112,8 @@ def distillation_loss(
     _check_units(t, point_idx, offsets, unit_label, unit_score)
     if unit_label.numel() and (int(unit_label.min()) < 0 or int(unit_label.max()) >= s):
         raise ValueError(f"unit_label outside [0, {s}) (the logit slots)")
+    if pair_weight is not None and pair_weight.shape != point_idx.shape:
+        raise ValueError(f"pair_weight {tuple(pair_weight.shape)} must be (M,) = {tuple(point_idx.shape)}")
     sizes = offsets[1:] - offsets[:-1]
     if class_weight is None:
         class_weight = class_weights(unit_label, sizes, s, slot_group)
@@ -117,6 +126,8 @@ def distillation_loss(
     # (M,) CE of each (point, unit) pair; index_select keeps the backward deterministic.
     nll = -logp.reshape(-1).index_select(0, point_idx * s + label)
     weight = unit_score[unit_of_pair].float() * class_weight[label] / covering[point_idx]
+    if pair_weight is not None:
+        weight = weight * pair_weight.float()
     return (nll * weight).sum() / t
 
 
@@ -128,6 +139,7 @@ def distillation_loss_reference(
     unit_score: Tensor,
     class_weight: Tensor | None = None,
     slot_group: Tensor | None = None,
+    pair_weight: Tensor | None = None,
 ) -> Tensor:
     """Slow reference of ``distillation_loss``: explicit loops over points and units.
 
@@ -140,6 +152,8 @@ def distillation_loss_reference(
     offs = [int(o) for o in offsets]
     labels = [int(y) for y in unit_label]
     members = [pts[offs[k] : offs[k + 1]] for k in range(len(labels))]
+    pw = [1.0] * len(pts) if pair_weight is None else [float(x) for x in pair_weight]
+    pair_w = [pw[offs[k] : offs[k + 1]] for k in range(len(labels))]
     if class_weight is None:
         group = [0] * s if slot_group is None else [int(g) for g in slot_group]
         n = [0] * s
@@ -157,13 +171,13 @@ def distillation_loss_reference(
         class_weight = torch.tensor(w)
     total_loss = logits.new_zeros(())
     for i in range(t):
-        covering = [k for k in range(len(labels)) for p in members[k] if p == i]
+        covering = [(k, j) for k in range(len(labels)) for j, p in enumerate(members[k]) if p == i]
         if not covering:
             continue  # uncovered: adds 0 but counts in T
         z = logits[i]
         li = logits.new_zeros(())
-        for k in covering:
+        for k, j in covering:
             ce = -(z[labels[k]] - torch.logsumexp(z, 0))
-            li = li + float(unit_score[k]) * float(class_weight[labels[k]]) * ce
+            li = li + float(unit_score[k]) * float(class_weight[labels[k]]) * pair_w[k][j] * ce
         total_loss = total_loss + li / len(covering)
     return total_loss / t

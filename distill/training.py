@@ -73,6 +73,7 @@ __all__ = [
     "recalibrate_batchnorm",
     "resample_units",
     "rescore_samples",
+    "rescore_samples_with_rule",
     "split_validation",
     "steps_per_epoch",
     "train_epoch",
@@ -134,7 +135,13 @@ def train_epoch(
             batch.points, batch.normals = augment(batch.points, generator, batch.normals)
         logits = forward_logits(model, batch, space)
         loss = distillation_loss(
-            logits, batch.point_idx, batch.unit_offsets, batch.unit_slot, batch.unit_score, slot_group=slot_group
+            logits,
+            batch.point_idx,
+            batch.unit_offsets,
+            batch.unit_slot,
+            batch.unit_score,
+            slot_group=slot_group,
+            pair_weight=batch.pair_weight,
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -282,7 +289,9 @@ class DistilState:
     last re-scoring · losses: mean loss per epoch · history: one dict per epoch (loss, lr,
     round, val, seconds) · scores: current unit scores per shape id, for in-memory sources
     only (a streaming run keeps them in its round's score table, so a checkpoint's size
-    does not grow with the corpus) · best_*: the validation-selected snapshot.
+    does not grow with the corpus) · pair_weights: relative (point, unit) weights per
+    shape id, set by a point-level re-scoring rule (in-memory sources; empty otherwise) ·
+    best_*: the validation-selected snapshot.
     """
 
     model: nn.Module
@@ -295,6 +304,7 @@ class DistilState:
     losses: list[float] = field(default_factory=list)
     history: list[dict[str, float]] = field(default_factory=list)
     scores: dict[str, np.ndarray] = field(default_factory=dict)
+    pair_weights: dict[str, np.ndarray] = field(default_factory=dict)
     best_score: float = -math.inf
     best_epoch: int = 0
     best_model: dict[str, torch.Tensor] | None = None
@@ -311,6 +321,7 @@ class DistilState:
             "losses": list(self.losses),
             "history": copy.deepcopy(self.history),
             "scores": {k: v.copy() for k, v in self.scores.items()},
+            "pair_weights": {k: v.copy() for k, v in self.pair_weights.items()},
             "model": {k: v.detach().cpu().clone() for k, v in _unwrap(self.model).state_dict().items()},
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "scheduler": self.scheduler.state_dict(),
@@ -341,6 +352,7 @@ class DistilState:
         self.losses = list(state["losses"])
         self.history = copy.deepcopy(state["history"])
         self.scores = {k: np.asarray(v, np.float32).copy() for k, v in state["scores"].items()}
+        self.pair_weights = {k: np.asarray(v, np.float32).copy() for k, v in state.get("pair_weights", {}).items()}
 
 
 @dataclass
@@ -409,6 +421,47 @@ def rescore_samples(
         current = s.unit_score.numpy() if scores is None else scores[s.shape_id]
         out[s.shape_id] = rescore(_sample_units(s, space, current), pred).score
     return out
+
+
+def rescore_samples_with_rule(
+    model: nn.Module,
+    samples: Sequence[ShapeSample],
+    space: LabelSpace,
+    cfg: TrainConfig,
+    device: torch.device | str,
+    seed: int,
+    epoch: int,
+    template: nn.Module | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Backward distillation with ``cfg.rescore`` (``distill.crossfit``): new unit scores
+    and relative pair weights by shape id (empty for unit rules). ``samples`` carry the
+    current scores (the ``_balanced`` rules keep each part's mass of them). ``model``: the
+    run's own snapshot (BatchNorm recalibrated); the crossfit rules instead train
+    ``cfg.crossfit_folds`` snapshots from ``template`` (the untrained model) up to ``epoch``
+    on the units outside each fold, and score each unit with the one that never saw it.
+    """
+    from distill.crossfit import rescore_with_rule, train_fold_snapshots, unit_folds
+    from distill.rescore import balance_part_mass
+
+    rule = cfg.rescore.removesuffix("_balanced")
+    if cfg.rescore.startswith("crossfit"):
+        if template is None:
+            raise ValueError(f"train.rescore={cfg.rescore} needs the untrained model as template")
+        folds = unit_folds(samples, space, cfg, seed)
+        snapshots = train_fold_snapshots(template, samples, space, cfg, epoch, device, seed, folds)
+    else:
+        folds, snapshots = None, [model]
+    scores, pairs = rescore_with_rule(rule, snapshots, samples, space, folds, device, cfg.batch_size)
+    if cfg.rescore.endswith("_balanced"):  # every part (logit slot) keeps its score mass
+        ids = [s.shape_id for s in samples]
+        balanced = balance_part_mass(
+            [s.unit_slot.numpy() for s in samples],
+            [np.diff(s.unit_offsets.numpy()) for s in samples],
+            [s.unit_score.numpy() for s in samples],
+            [scores[i] for i in ids],
+        )
+        scores = dict(zip(ids, balanced))
+    return scores, pairs or {}
 
 
 def _sample_units(s: ShapeSample, space: LabelSpace, score: np.ndarray) -> KnowledgeUnits:
@@ -521,6 +574,10 @@ def distil(
             raise ValueError("resume state's shapes differ from the samples given")
     else:
         PoseReferences.fit(model, source.reference_samples())
+    if source.in_memory:
+        source.pair_weights = state.pair_weights  # type: ignore[attr-defined]
+    # Cross-fitted re-scoring trains K snapshots from scratch: keep the untrained model.
+    template = copy.deepcopy(_unwrap(model)) if cfg.bd_rounds and cfg.rescore.startswith("crossfit") else None
 
     cuda = [device.index or 0] if device.type == "cuda" else []
     recalibrated = state.epoch
@@ -568,7 +625,13 @@ def distil(
             return DistilResult(model, state.epoch, state.history, {}, state.state_dict(), pending_rescore=True)
         if rescore_now:
             every = source.all_samples(state.scores)
-            state.scores = rescore_samples(model, every, space, state.scores, device, cfg.batch_size)
+            if cfg.rescore == "agreement":
+                state.scores = rescore_samples(model, every, space, state.scores, device, cfg.batch_size)
+            else:
+                state.scores, state.pair_weights = rescore_samples_with_rule(
+                    model, every, space, cfg, device, seed, state.epoch, template
+                )
+                source.pair_weights = state.pair_weights  # type: ignore[attr-defined]
             state.round += 1
             state.round_start = len(state.losses)
             record["rescored"] = 1.0

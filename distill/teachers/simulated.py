@@ -56,7 +56,11 @@ class GlipLikeErrors:
     false_positive_area: tuple[float, float] = (0.10, 0.40)
     """... covering this fraction of the shape's box."""
     whole_object: float = 0.1
-    """Per view: one box around the whole shape with a random part label."""
+    """Per view: one box around most of the shape with a random part label ..."""
+    whole_object_cover: tuple[float, float] = (0.85, 0.97)
+    """... covering this fraction of the shape's pixels (uniform), so that it survives the
+    98 % whole-object filter as a VLM's near-whole-object box does: the tight shape box
+    shrunk about its centre until it covers that fraction."""
     score_correct: tuple[float, float] = (0.5, 0.95)
     score_wrong: tuple[float, float] = (0.5, 0.8)
 
@@ -103,6 +107,38 @@ def _box_mask(box: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     xs = np.arange(w) + 0.5
     ys = np.arange(h) + 0.5
     return ((ys >= box[1]) & (ys < box[3]))[:, None] & ((xs >= box[0]) & (xs < box[2]))[None, :]
+
+
+def shrink_box_to_cover(box: np.ndarray, shape_mask: np.ndarray, cover: float) -> np.ndarray:
+    """The box (x0, y0, x1, y1) shrunk about its centre, by the same fraction of its width
+    and height, until the shape pixels whose centres lie inside are at most ``cover`` of
+    ``shape_mask``'s pixels (the largest such shrink on a 1/256 grid, found by bisection:
+    the covered count only falls as the box shrinks).
+
+    box: (4,) float · shape_mask: (H, W) bool · cover in (0, 1] → (4,) float32.
+    """
+    if not 0.0 < cover <= 1.0:
+        raise ValueError(f"cover={cover} must be in (0, 1]")
+    total = int(shape_mask.sum())
+    box = np.asarray(box, np.float64)
+    centre = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2] * 2)
+
+    def shrunk(t: float) -> np.ndarray:  # t = 0: the box; t = 1: its centre
+        return centre + (box - centre) * (1.0 - t)
+
+    def covered(t: float) -> int:
+        return int((shape_mask & _box_mask(shrunk(t), shape_mask.shape)).sum())
+
+    if total == 0 or covered(0.0) <= cover * total:
+        return box.astype(np.float32)
+    lo, hi = 0.0, 1.0  # covered(lo) > cover · total >= covered(hi)
+    for _ in range(8):
+        mid = (lo + hi) / 2
+        if covered(mid) > cover * total:
+            lo = mid
+        else:
+            hi = mid
+    return shrunk(hi).astype(np.float32)
 
 
 class SimulatedTeacher:
@@ -230,9 +266,14 @@ class SimulatedTeacher:
                 scores.append(lo + (hi - lo) * s_fp)
                 regions.append(region)
         if u_whole < e.whole_object:
+            # The cover fraction from a child stream of this view's draws, so the other
+            # rows' draws stay what they were before the box had a cover fraction.
+            u_cover = np.random.default_rng(int(s_whole * 2**32)).random()
+            cover = e.whole_object_cover[0] + (e.whole_object_cover[1] - e.whole_object_cover[0]) * u_cover
+            box = shrink_box_to_cover(shape_box, shape_mask, cover)
             labels.append(whole_label)
             scores.append(lo + (hi - lo) * s_whole)
-            regions.append(shape_mask.copy() if self.output == "mask" else shape_box)
+            regions.append((shape_mask & _box_mask(box, (h, w))) if self.output == "mask" else box)
         return labels, scores, regions
 
     def _finish(self, labels: list, scores: list, regions: list, shape_mask: np.ndarray) -> ViewPrediction:

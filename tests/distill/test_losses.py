@@ -124,6 +124,34 @@ def test_loss_matches_reference_with_category_groups():
     assert fast.item() == pytest.approx(ref.item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pair_weights_match_reference(seed):
+    rng = np.random.default_rng(seed)
+    logits = torch.tensor(rng.normal(size=(2, 15, 4)), dtype=torch.float64, requires_grad=True)
+    idx, off, lab, sc = _random_units(rng, 30, 4, 10)
+    pw = torch.tensor(rng.uniform(0, 2, size=idx.shape[0]))
+    fast = distillation_loss(logits, idx, off, lab, sc, pair_weight=pw)
+    ref_logits = logits.detach().clone().requires_grad_(True)
+    ref = distillation_loss_reference(ref_logits, idx, off, lab, sc, pair_weight=pw)
+    assert fast.item() == pytest.approx(ref.item(), rel=1e-5)
+    fast.backward()
+    ref.backward()
+    torch.testing.assert_close(logits.grad, ref_logits.grad, rtol=1e-5, atol=1e-7)
+    # All-ones pair weights are no pair weights; a wrong length is refused.
+    ones = distillation_loss(logits, idx, off, lab, sc, pair_weight=torch.ones(idx.shape[0]))
+    assert ones.item() == pytest.approx(distillation_loss(logits, idx, off, lab, sc).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="pair_weight"):
+        distillation_loss(logits, idx, off, lab, sc, pair_weight=torch.ones(idx.shape[0] + 1))
+
+
+def test_pair_weight_zero_removes_only_that_pair():
+    # Point 0 covered by A (label 0) and B (label 1); B's pair weighted 0: ℓ = CE(z, 0) / 2.
+    logits = torch.tensor([[1.0, -1.0]])
+    idx, off, lab, sc = _units([[0], [0]], [0, 1], [1.0, 1.0])
+    got = distillation_loss(logits, idx, off, lab, sc, class_weight=torch.ones(2), pair_weight=torch.tensor([1.0, 0.0]))
+    assert got.item() == pytest.approx(-F.log_softmax(logits, -1)[0, 0].item() / 2, rel=1e-6)
+
+
 def test_loss_no_units_keeps_graph():
     logits = torch.randn(2, 5, 3, requires_grad=True)
     empty = torch.zeros(0, dtype=torch.long)

@@ -8,11 +8,20 @@ import pytest
 from distill.config import TrainConfig
 from distill.records import KnowledgeUnits
 from distill.rescore import (
+    balance_part_mass,
+    balance_part_mass_reference,
+    crossfit_folds,
+    crossfit_select,
     knowledge_agreement,
+    pair_probability,
+    pair_probability_reference,
     plateau_reached,
     rescore,
     rescore_reference,
+    rescore_rule,
+    rescore_rule_reference,
     should_rescore,
+    unit_precision,
 )
 
 
@@ -116,3 +125,112 @@ def test_should_rescore_plateau_trigger_and_limits():
     assert not should_rescore(6, flat, TrainConfig(epochs=20, bd_rounds=0), rounds_done=0)
     with pytest.raises(ValueError, match="epoch=0"):
         should_rescore(0, flat, cfg, 0)
+
+
+# ---------------------------------------------------------------- re-scoring rules
+
+
+def _random_case(seed: int, n: int = 120, parts: int = 4, k: int = 18):
+    rng = np.random.default_rng(seed)
+    sets = [rng.choice(n, rng.integers(0, 40), replace=False) for _ in range(k)]
+    u = KnowledgeUnits.from_lists(
+        "shape", rng.integers(0, 10, k).tolist(), rng.integers(0, parts, k).tolist(),
+        rng.uniform(0.5, 1, k).tolist(), [np.asarray(p, np.int64) for p in sets], teacher="t",
+    )  # fmt: skip
+    probs = [rng.dirichlet(np.ones(parts), size=n).astype(np.float32) for _ in range(2)]
+    return u, probs
+
+
+@pytest.mark.parametrize("rule", ["agreement", "crossfit", "point", "crossfit_point"])
+@pytest.mark.parametrize("seed", range(3))
+def test_rescore_rule_matches_reference(rule, seed):
+    u, probs = _random_case(seed)
+    fold = crossfit_folds(u, 2, "view", seed)
+    probs = probs if rule.startswith("crossfit") else probs[:1]
+    score, rel = rescore_rule(rule, u, probs, fold)
+    ref_score, ref_rel = rescore_rule_reference(rule, u, probs, fold)
+    np.testing.assert_allclose(score, ref_score, rtol=1e-5, atol=1e-7)
+    if rule in ("agreement", "crossfit"):
+        assert rel is None and ref_rel is None
+    else:
+        np.testing.assert_allclose(rel, ref_rel, rtol=1e-5, atol=1e-6)
+        # score × relative weight gives back each pair's probability of its unit's label
+        pair = crossfit_select(u, [pair_probability(u, p) for p in probs], fold) if len(probs) > 1 else None
+        pair = pair if pair is not None else pair_probability(u, probs[0])
+        np.testing.assert_allclose(np.repeat(score, np.diff(u.offsets)) * rel, pair, rtol=1e-5, atol=1e-6)
+
+
+def test_agreement_rule_is_the_papers_rescore():
+    u, probs = _random_case(5)
+    score, _ = rescore_rule("agreement", u, probs[:1])
+    np.testing.assert_allclose(score, rescore(u, probs[0].argmax(1)).score, rtol=1e-6)
+
+
+def test_crossfit_scores_each_unit_by_the_other_folds_snapshot():
+    # Two units of label 0 on the same points; snapshot 0 says 0 everywhere, snapshot 1 says 1.
+    u = KnowledgeUnits.from_lists("s", [0, 1], [0, 0], [0.9, 0.9], [np.arange(4), np.arange(4)], teacher="t")
+    says0 = np.tile([[1.0, 0.0]], (4, 1))
+    says1 = np.tile([[0.0, 1.0]], (4, 1))
+    score, _ = rescore_rule("crossfit", u, [says0, says1], np.array([0, 1]))
+    np.testing.assert_allclose(score, [1.0, 0.0])
+
+
+def test_pair_probability_matches_reference():
+    u, probs = _random_case(7)
+    np.testing.assert_allclose(pair_probability(u, probs[0]), pair_probability_reference(u, probs[0]))
+    with pytest.raises(ValueError, match=r"\(N, P\)"):
+        pair_probability(u, probs[0][:, 0])
+
+
+def test_unit_precision_is_agreement_with_the_truth():
+    u, _ = _random_case(3)
+    truth = np.random.default_rng(0).integers(0, 4, 120)
+    np.testing.assert_allclose(unit_precision(u, truth), rescore(u, truth).score)
+
+
+@pytest.mark.parametrize("by", ["view", "shape"])
+def test_crossfit_folds_are_deterministic_and_balanced(by):
+    u, _ = _random_case(1, k=60)
+    a, b = crossfit_folds(u, 2, by, seed=3), crossfit_folds(u, 2, by, seed=3)
+    np.testing.assert_array_equal(a, b)
+    assert set(a.tolist()) <= {0, 1}
+    for v in np.unique(u.view):  # a view is never split between folds
+        assert len(set(a[u.view == v].tolist())) == 1
+    if by == "shape":
+        assert len(set(a.tolist())) == 1
+    else:
+        per_view = {int(v): int(a[u.view == v][0]) for v in np.unique(u.view)}
+        counts = np.bincount(list(per_view.values()), minlength=2)
+        assert abs(int(counts[0]) - int(counts[1])) <= 1  # views dealt round-robin
+    with pytest.raises(ValueError, match="folds"):
+        crossfit_folds(u, 1, by)
+
+
+def test_rescore_rule_refuses_bad_inputs():
+    u, probs = _random_case(2)
+    with pytest.raises(ValueError, match="unknown"):
+        rescore_rule("nope", u, probs[:1])
+    with pytest.raises(ValueError, match="snapshots"):
+        rescore_rule("crossfit", u, probs[:1], np.zeros(len(u), np.int64))
+    with pytest.raises(ValueError, match="one snapshot"):
+        rescore_rule("agreement", u, probs)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_balance_part_mass_matches_reference_and_keeps_mass(seed):
+    rng = np.random.default_rng(seed)
+    shapes = [int(rng.integers(1, 12)) for _ in range(5)]
+    labels = [rng.integers(0, 4, k) for k in shapes]
+    sizes = [rng.integers(0, 50, k) for k in shapes]
+    old = [rng.uniform(0.1, 0.3, k) for k in shapes]
+    new = [rng.uniform(0.3, 0.9, k) for k in shapes]  # factors < 1: no clipping at 1
+    got = balance_part_mass(labels, sizes, old, new)
+    ref = balance_part_mass_reference(labels, sizes, old, new)
+    for g, r in zip(got, ref):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-6)
+    lab, size = np.concatenate(labels), np.concatenate(sizes)
+    o, g = np.concatenate(old), np.concatenate(got)
+    for y in np.unique(lab):
+        m = lab == y
+        if (size[m] * np.concatenate(new)[m]).sum() > 0:
+            assert (size[m] * g[m]).sum() == pytest.approx((size[m] * o[m]).sum(), rel=1e-4)

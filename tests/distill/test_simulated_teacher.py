@@ -13,7 +13,7 @@ from distill.config import TeacherConfig
 from distill.records import Shape
 from distill.teachers import build_teacher
 from distill.teachers.base import box_of_mask
-from distill.teachers.simulated import GLIP_LIKE, SimulatedTeacher, confusers
+from distill.teachers.simulated import GLIP_LIKE, SimulatedTeacher, _box_mask, confusers, shrink_box_to_cover
 from distill.views import RenderedViews
 
 S = 100
@@ -181,9 +181,13 @@ def test_false_positive_rate_and_whole_object_boxes_are_filtered():
     assert extra / len(fp) == pytest.approx(0.2, abs=0.03)  # 2000 views: σ ≈ 0.009
     shape_mask = label_image() >= 0
     shape_mask[45:47, 40:44] = True
-    whole = _collect(teacher(**{**NO_ERRORS, "whole_object": 1.0}))
-    assert all(len(p) == 3 for p in whole)  # the whole-object box never survives the filter
     total = shape_mask.sum()
+    for output in ("box", "mask"):
+        whole = _collect(teacher(output=output, **{**NO_ERRORS, "whole_object": 1.0}))
+        assert all(len(p) == 4 for p in whole)  # the near-whole-object box survives the filter
+        for p in whole:
+            region = p.masks[3] if output == "mask" else _box_mask(p.boxes[3], shape_mask.shape)
+            assert 0.84 * total <= (region & shape_mask).sum() <= 0.97 * total
     for output in ("box", "mask"):
         for p in _collect(teacher(output=output), n_shapes=20):
             if output == "mask":
@@ -193,6 +197,25 @@ def test_false_positive_rate_and_whole_object_boxes_are_filtered():
                 covered = [shape_mask[y0:y1, x0:x1].sum() for x0, y0, x1, y1 in b]
             assert all(c < 0.98 * total for c in covered)
             assert (p.scores >= 0.5).all()
+
+
+def test_shrink_box_to_cover_matches_a_brute_force_search():
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        mask = np.zeros((64, 64), bool)
+        mask[rng.integers(0, 20) : rng.integers(40, 64), rng.integers(0, 20) : rng.integers(40, 64)] = True
+        mask &= rng.random(mask.shape) < 0.9
+        box = np.array(box_of_mask(mask), np.float64)
+        cover = rng.uniform(0.85, 0.97)
+        got = shrink_box_to_cover(box, mask, cover)
+        assert (mask & _box_mask(got, mask.shape)).sum() <= cover * mask.sum()
+        # The slow reference: the smallest shrink on the same 1/256 grid that fits.
+        centre = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2] * 2)
+        for t in np.arange(257) / 256:
+            ref = centre + (box - centre) * (1 - t)
+            if (mask & _box_mask(ref, mask.shape)).sum() <= cover * mask.sum():
+                break
+        np.testing.assert_allclose(got, ref, atol=1e-4)
 
 
 def test_score_threshold_is_applied():

@@ -335,3 +335,67 @@ def test_external_rescoring_matches_the_in_loop_one(corpus):
         apply_rescore(state, {k: v for k, v in scores.items() if k != "stack0"})
     with pytest.raises(ValueError, match="new scores"):
         apply_rescore(state, {**scores, "stack0": scores["stack0"][:-1]})
+
+
+@pytest.mark.parametrize("rule", ["crossfit", "point", "crossfit_point", "agreement_balanced"])
+def test_rescoring_rules_in_the_loop(corpus, rule):
+    """train.rescore rules: the in-loop re-scoring equals the rule run by hand on the same
+    snapshots (cross-fitted ones trained from the untrained model), and point rules' pair
+    weights reach the state (and so the loss and checkpoints)."""
+    from distill.crossfit import rescore_with_rule, train_fold_snapshots, unit_folds
+    from distill.rescore import balance_part_mass
+
+    shapes, units = corpus
+    space = LabelSpace.from_shapes(shapes)
+    samples = prepare_samples(shapes, units, space)
+    cfg = TrainConfig(epochs=3, batch_size=3, bd_rounds=1, bd_trigger="epoch", bd_epoch=2, rescore=rule)
+    calls, kept = [], {}
+
+    def keep(st):
+        if st.epoch == 2:
+            kept["state"] = st.state_dict()
+
+    result = distil(
+        _model(space), samples, space, cfg, seed=0, on_rescore=lambda r, u: calls.append(u), on_epoch_end=keep
+    )
+    assert len(calls) == 1
+    if rule.startswith("crossfit"):
+        folds = unit_folds(samples, space, cfg, 0)
+        snaps = train_fold_snapshots(_model(space), samples, space, cfg, 2, "cpu", 0, folds)
+    else:
+        folds, snaps = None, [_model(space)]
+        snaps[0].load_state_dict(kept["state"]["model"])
+    scores, pairs = rescore_with_rule(rule.removesuffix("_balanced"), snaps, samples, space, folds)
+    if rule.endswith("_balanced"):
+        ids = [s.shape_id for s in samples]
+        slots, sizes = [s.unit_slot.numpy() for s in samples], [np.diff(s.unit_offsets.numpy()) for s in samples]
+        old = [s.unit_score.numpy() for s in samples]
+        scores = dict(zip(ids, balance_part_mass(slots, sizes, old, [scores[i] for i in ids])))
+    for s in samples:
+        np.testing.assert_allclose(calls[0][s.shape_id].score, scores[s.shape_id], rtol=1e-5, atol=1e-6)
+    state = result.state
+    if rule.endswith("point"):
+        assert set(state["pair_weights"]) == {s.shape_id for s in samples}
+        for s in samples:
+            assert state["pair_weights"][s.shape_id].shape == (len(s.point_idx),)
+            np.testing.assert_allclose(state["pair_weights"][s.shape_id], pairs[s.shape_id], rtol=1e-5, atol=1e-6)
+    else:
+        assert pairs is None and state["pair_weights"] == {}
+
+
+def test_crossfit_folds_drop_units(corpus):
+    from distill.crossfit import drop_fold, unit_folds
+
+    shapes, units = corpus
+    space = LabelSpace.from_shapes(shapes)
+    samples = prepare_samples(shapes, units, space)
+    folds = unit_folds(samples, space, TrainConfig(rescore="crossfit"), 0)
+    s = samples[0]
+    kept = drop_fold(s, folds[s.shape_id], 0)
+    keep = folds[s.shape_id] != 0
+    assert kept.num_units == int(keep.sum()) and len(kept.units) == kept.num_units
+    for j, k in enumerate(np.flatnonzero(keep)):
+        a = kept.point_idx[kept.unit_offsets[j] : kept.unit_offsets[j + 1]]
+        b = s.point_idx[s.unit_offsets[k] : s.unit_offsets[k + 1]]
+        torch.testing.assert_close(a, b)
+        assert int(kept.unit_slot[j]) == int(s.unit_slot[k])

@@ -1,0 +1,180 @@
+"""Backward distillation with re-scoring rules beyond the paper's (``train.rescore``).
+
+The pure per-shape rules live in ``distill.rescore`` (``rescore_rule``); this module runs
+them over samples with models:
+
+* ``predict_probs``: each sample's per-point distribution over its category's parts;
+* ``drop_fold``: a sample without the units of one cross-fitting fold;
+* ``train_fold_snapshots``: the K cross-fitted snapshots, snapshot f trained from scratch
+  with the run's own schedule on every unit outside fold f, up to the epoch at which the
+  main run re-scores;
+* ``rescore_with_rule``: new unit scores (and, for the point rules, relative per-pair
+  weights aligned with each sample's ``point_idx``) of every sample.
+
+Cost of the crossfit rules: K more trainings up to the re-scoring epoch; by view each
+sees every shape (K × the trunk's epochs), by shape each sees (K−1)/K of the shapes.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from distill.config import TrainConfig
+from distill.records import KnowledgeUnits
+from distill.rescore import crossfit_folds, rescore_rule
+
+
+def _training():  # distill.training imports this module inside ``distil``
+    from distill import training
+
+    return training
+
+
+@torch.no_grad()
+def predict_probs(
+    model: nn.Module, samples: Sequence, device: torch.device | str, space, batch_size: int = 8
+) -> list[np.ndarray]:
+    """Per sample, (N, P) float32: the softmax over the sample's category's P parts of
+    every point (eval mode, no augmentation; the caller recalibrates BatchNorm)."""
+    t = _training()
+    bare = t._unwrap(model)
+    was_training = bare.training
+    bare.eval()
+    out: list[np.ndarray | None] = [None] * len(samples)
+    off = space.offsets
+    by_n: dict[int, list[int]] = {}
+    for i, s in enumerate(samples):
+        by_n.setdefault(s.num_points, []).append(i)
+    for idx in by_n.values():
+        for start in range(0, len(idx), batch_size):
+            chunk = idx[start : start + batch_size]
+            batch = t.collate([samples[i] for i in chunk]).to(device)
+            prob = torch.softmax(t.forward_logits(bare, batch, space).float(), -1).cpu().numpy()
+            for row, i in enumerate(chunk):
+                c = samples[i].category
+                out[i] = prob[row, :, off[c] : off[c + 1]].astype(np.float32)
+    bare.train(was_training)
+    return out  # type: ignore[return-value]
+
+
+def unit_folds(samples: Sequence, space, cfg: TrainConfig, seed: int) -> dict[str, np.ndarray]:
+    """Each sample's unit folds (``crossfit_folds`` with ``train.crossfit_folds/by``)."""
+    return {s.shape_id: crossfit_folds(units_of(s, space), cfg.crossfit_folds, cfg.crossfit_by, seed) for s in samples}
+
+
+def units_of(s, space) -> KnowledgeUnits:
+    """The sample's units in its own point indexing, labels in the category's part
+    indices, views from the source units (ShapeSample keeps them in ``units``)."""
+    view = s.units.view if s.units is not None and len(s.units) == s.num_units else np.zeros(s.num_units, np.int64)
+    return KnowledgeUnits(
+        s.shape_id, np.asarray(view, np.int64), s.unit_slot.numpy() - space.offsets[s.category],
+        s.unit_score.numpy(), s.point_idx.numpy(), s.unit_offsets.numpy(),
+    )  # fmt: skip
+
+
+def _subset(units: KnowledgeUnits, keep: np.ndarray) -> KnowledgeUnits:
+    sizes = np.diff(units.offsets)
+    return KnowledgeUnits(
+        units.shape_id, units.view[keep], units.label[keep], units.score[keep],
+        units.point_idx[np.repeat(keep, sizes)], np.concatenate([[0], np.cumsum(sizes[keep])]).astype(np.int64),
+        units.teacher, units.round,
+    )  # fmt: skip
+
+
+def drop_fold(sample, fold: np.ndarray, f: int):
+    """The sample without the units of fold ``f`` (fold: (K,) int64 per unit)."""
+    keep = np.asarray(fold) != f
+    off = sample.unit_offsets.numpy()
+    sizes = np.diff(off)
+    pair_keep = np.repeat(keep, sizes)
+    new_off = np.concatenate([[0], np.cumsum(sizes[keep])]).astype(np.int64)
+    units = sample.units
+    if units is not None:
+        units = _subset(units, keep) if len(units) == len(keep) else None
+    return replace(
+        sample,
+        point_idx=sample.point_idx[torch.from_numpy(pair_keep)],
+        unit_offsets=torch.from_numpy(new_off),
+        unit_slot=sample.unit_slot[torch.from_numpy(keep)],
+        unit_score=sample.unit_score[torch.from_numpy(keep)],
+        units=units,
+        pair_weight=None if sample.pair_weight is None else sample.pair_weight[torch.from_numpy(pair_keep)],
+    )
+
+
+def fresh_copy(template: nn.Module, seed: int) -> nn.Module:
+    """A copy of ``template`` with every parameter re-initialised (seeded)."""
+    model = copy.deepcopy(template)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for m in model.modules():
+            if hasattr(m, "reset_parameters") and m is not model:
+                m.reset_parameters()
+    return model
+
+
+def train_fold_snapshots(
+    template: nn.Module,
+    samples: Sequence,
+    space,
+    cfg: TrainConfig,
+    epochs: int,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    folds: dict[str, np.ndarray] | None = None,
+    on_fold_epoch=None,
+) -> list[nn.Module]:
+    """The K cross-fitted snapshots: snapshot f is ``template`` re-initialised and trained
+    (forward distillation, the run's schedule over ``cfg.epochs``, stopped after ``epochs``)
+    on every unit whose fold is not f; its BatchNorm statistics come from those samples."""
+    t = _training()
+    folds = folds if folds is not None else unit_folds(samples, space, cfg, seed)
+    fold_cfg = replace(cfg, bd_rounds=0, select="last", rescore="agreement")
+    out = []
+    for f in range(cfg.crossfit_folds):
+        fold_samples = [drop_fold(s, folds[s.shape_id], f) for s in samples]
+        model = fresh_copy(template, t._seed(seed, f, 41)).to(device)
+
+        def stop(state, f=f) -> bool:
+            if on_fold_epoch is not None:
+                on_fold_epoch(f, state)
+            return state.epoch >= epochs
+
+        t.distil(model, fold_samples, space, fold_cfg, device, t._seed(seed, f, 43), on_epoch_end=stop)
+        out.append(model)
+    return out
+
+
+def rescore_with_rule(
+    rule: str,
+    snapshots: Sequence[nn.Module],
+    samples: Sequence,
+    space,
+    folds: dict[str, np.ndarray] | None = None,
+    device: torch.device | str = "cpu",
+    batch_size: int = 8,
+    probs: list[list[np.ndarray]] | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """New scores of every sample's units under ``rule`` (``distill.rescore.rescore_rule``).
+
+    snapshots: one model (agreement, point: the run's own) or the K cross-fitted ones
+    (crossfit rules) · folds: each sample's (K_units,) unit folds (crossfit rules) ·
+    probs: precomputed ``predict_probs`` per snapshot (skips the predictions) →
+    (scores by shape id, relative pair weights by shape id or None for unit rules).
+    """
+    if probs is None:
+        probs = [predict_probs(m, samples, device, space, batch_size) for m in snapshots]
+    scores, pairs = {}, {}
+    for i, s in enumerate(samples):
+        fold = None if folds is None else folds[s.shape_id]
+        score, rel = rescore_rule(rule, units_of(s, space), [p[i] for p in probs], fold)
+        scores[s.shape_id] = score
+        if rel is not None:
+            pairs[s.shape_id] = rel
+    return scores, (pairs if rule in ("point", "crossfit_point") else None)
