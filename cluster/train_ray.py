@@ -73,12 +73,16 @@ def training_dataset(cfg: Config, plan: StudentPlan, round: int) -> Any:
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items))).randomize_block_order()
     # num_cpus=0: the map reads a part and prepares its samples, a small fraction of a
     # training step's work; asking for a CPU would wait on the ones the workers hold.
+    # With no CPU to bound it, the pool is capped explicitly: one part in flight per
+    # worker (plus one), or every part would start at once and the first batch would wait
+    # for all of them — a start-up that grows with the corpus.
     return ds.map_batches(
         sample_rows,
         fn_kwargs={"config": to_dict(cfg), "plan": plan.to_dict(), "round": round},
         batch_size=1,
         batch_format="numpy",
         num_cpus=0,
+        compute=ray.data.TaskPoolStrategy(size=cfg.cluster.train_workers + 1),
     )
 
 

@@ -29,7 +29,9 @@ class ShapeSample:
     ``LabelSpace`` · point_idx: (M,) int64 covered points of all units back to back ·
     unit_offsets: (K + 1,) int64 · unit_slot: (K,) int64 logit slot of each unit's label ·
     unit_score: (K,) float32 current scores · units: the source ``KnowledgeUnits`` (point
-    indices in the shape's original indexing; re-scored copies are made from it).
+    indices in the shape's original indexing; re-scored copies are made from it) ·
+    pair_weight: (M,) float32 relative weight of each (point, unit) pair, set by a
+    point-level re-scoring rule (``train.rescore=point``), or None (all 1).
     """
 
     shape_id: str
@@ -42,6 +44,7 @@ class ShapeSample:
     unit_slot: Tensor
     unit_score: Tensor
     units: KnowledgeUnits | None = None
+    pair_weight: Tensor | None = None
 
     @property
     def num_points(self) -> int:
@@ -136,7 +139,7 @@ def prepare_samples(
 class Batch:
     """Samples collated: points (B, N, 3) · normals (B, N, 3) or None · category (B,) ·
     point_idx (M,) into the B·N flattened points · unit_offsets (K + 1,) · unit_slot,
-    unit_score (K,)."""
+    unit_score (K,) · pair_weight (M,) or None."""
 
     shape_ids: list[str]
     points: Tensor
@@ -146,6 +149,7 @@ class Batch:
     unit_offsets: Tensor
     unit_slot: Tensor
     unit_score: Tensor
+    pair_weight: Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         move = {k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v) for k, v in self.__dict__.items()}
@@ -176,6 +180,11 @@ def collate(samples: Sequence[ShapeSample]) -> Batch:
         unit_offsets=torch.cat(offsets),
         unit_slot=torch.cat([s.unit_slot for s in samples]),
         unit_score=torch.cat([s.unit_score for s in samples]),
+        pair_weight=(
+            torch.cat([torch.ones(len(s.point_idx)) if s.pair_weight is None else s.pair_weight for s in samples])
+            if any(s.pair_weight is not None for s in samples)
+            else None
+        ),
     )
 
 

@@ -121,9 +121,15 @@ class InMemorySource(SampleSource):
     def initial_scores(self) -> dict[str, np.ndarray]:
         return {s.shape_id: s.unit_score.numpy().copy() for s in self.samples}
 
+    pair_weights: dict[str, np.ndarray] = {}
+    """Relative (point, unit) weights by shape id, set by a point-level re-scoring rule."""
+
     def _current(self, i: int, scores: dict[str, np.ndarray]) -> ShapeSample:
         s = self.samples[i]
-        return replace(s, unit_score=torch.from_numpy(scores[s.shape_id])) if s.shape_id in scores else s
+        if s.shape_id in scores:
+            s = replace(s, unit_score=torch.from_numpy(scores[s.shape_id]))
+        pw = self.pair_weights.get(s.shape_id)
+        return s if pw is None else replace(s, pair_weight=torch.from_numpy(pw))
 
     def train_batches(self, epoch: int, scores: dict[str, np.ndarray]) -> list[Batch]:
         train = [self._current(i, scores) for i in self.train_idx]
