@@ -48,17 +48,12 @@ def predict_probs(
     bare.eval()
     out: list[np.ndarray | None] = [None] * len(samples)
     off = space.offsets
-    by_n: dict[int, list[int]] = {}
-    for i, s in enumerate(samples):
-        by_n.setdefault(s.num_points, []).append(i)
-    for idx in by_n.values():
-        for start in range(0, len(idx), batch_size):
-            chunk = idx[start : start + batch_size]
-            batch = t.collate([samples[i] for i in chunk]).to(device)
-            prob = torch.softmax(t.forward_logits(bare, batch, space).float(), -1).cpu().numpy()
-            for row, i in enumerate(chunk):
-                c = samples[i].category
-                out[i] = prob[row, :, off[c] : off[c + 1]].astype(np.float32)
+    for chunk in t.size_batches(samples, batch_size):
+        batch = t.collate([samples[i] for i in chunk]).to(device)
+        prob = torch.softmax(t.forward_logits(bare, batch, space).float(), -1).cpu().numpy()
+        for row, i in enumerate(chunk):
+            c = samples[i].category
+            out[i] = prob[row, :, off[c] : off[c + 1]].astype(np.float32)
     bare.train(was_training)
     return out  # type: ignore[return-value]
 

@@ -223,6 +223,15 @@ def epoch_batches(
     return [collate([samples[i] for i in order[s : s + batch_size]]) for s in range(0, len(order), batch_size)]
 
 
+def size_batches(samples: Sequence[ShapeSample], batch_size: int) -> list[list[int]]:
+    """Indices of ``samples`` in batches of at most ``batch_size`` with equal point counts
+    (``collate`` stacks clouds), in order within each count."""
+    by_n: dict[int, list[int]] = {}
+    for i, s in enumerate(samples):
+        by_n.setdefault(s.num_points, []).append(i)
+    return [idx[k : k + batch_size] for idx in by_n.values() for k in range(0, len(idx), batch_size)]
+
+
 def steps_per_epoch(num_samples: int, batch_size: int, world_size: int = 1) -> int:
     return math.ceil(math.ceil(num_samples / world_size) / batch_size)
 

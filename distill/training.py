@@ -47,6 +47,7 @@ from distill.samples import (
     prepare_sample,
     prepare_samples,
     resample_units,
+    size_batches,
     split_validation,
     steps_per_epoch,
 )
@@ -220,16 +221,11 @@ def predict_samples(
     model.eval()
     out: list[np.ndarray | None] = [None] * len(samples)
     off = space.offsets
-    by_n: dict[int, list[int]] = {}
-    for i, s in enumerate(samples):
-        by_n.setdefault(s.num_points, []).append(i)
-    for idx in by_n.values():
-        for start in range(0, len(idx), batch_size):
-            chunk = idx[start : start + batch_size]
-            batch = collate([samples[i] for i in chunk]).to(device)
-            pred = forward_logits(model, batch, space).argmax(-1).cpu().numpy()
-            for row, i in enumerate(chunk):
-                out[i] = pred[row] - off[samples[i].category]
+    for chunk in size_batches(samples, batch_size):
+        batch = collate([samples[i] for i in chunk]).to(device)
+        pred = forward_logits(model, batch, space).argmax(-1).cpu().numpy()
+        for row, i in enumerate(chunk):
+            out[i] = pred[row] - off[samples[i].category]
     model.train(was_training)
     return out  # type: ignore[return-value]
 
