@@ -22,7 +22,7 @@ teacher score c, label y):
 * ``oracle``          k's true precision (reads the truth: the bound of any unit rule)
 * ``oracle_point``    each pair weighted 1 if the point's true label is y, else 0 (reads the
                       truth: the bound of any pair rule; it removes box bleed entirely)
-* ``<rule>_balanced`` a unit rule, then rescaled per part so that every part keeps the
+* ``<rule>_balanced`` a rule, then rescaled per part so that every part keeps the
                       score mass Σ c·|k| it had (``distill.rescore.balance_part_mass``)
 
 ``--output mask`` runs everything on the simulated teacher's masks (little box bleed).
@@ -63,7 +63,7 @@ from distill.training import LabelSpace, distil, evaluate, prepare_samples, reca
 
 RULES = (
     "control", "agreement", "crossfit", "point", "crossfit_point", "oracle", "oracle_point",
-    "agreement_balanced", "crossfit_balanced", "oracle_balanced",
+    "agreement_balanced", "crossfit_balanced", "point_balanced", "oracle_balanced",
 )  # fmt: skip
 RESULTS = ROOT / "bench" / "results"
 CACHE = RESULTS / "cache"
@@ -134,13 +134,13 @@ def rule_scores(
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     samples, space = d["samples"], d["space"]
     if rule.endswith("_balanced"):  # the unit rule, then every part keeps its score mass
-        scores, _ = rule_scores(rule.removesuffix("_balanced"), d, state, probs, folds)
+        scores, pairs = rule_scores(rule.removesuffix("_balanced"), d, state, probs, folds)
         ids = [s.shape_id for s in samples]
         balanced = balance_part_mass(
             [s.unit_slot.numpy() for s in samples], [np.diff(s.unit_offsets.numpy()) for s in samples],
             [state["scores"][i] for i in ids], [scores[i] for i in ids],
         )  # fmt: skip
-        return dict(zip(ids, balanced)), {}
+        return dict(zip(ids, balanced)), pairs  # a pair rule keeps its relative pair weights
     if rule == "control":
         return {k: v.copy() for k, v in state["scores"].items()}, {}
     if rule in ("oracle", "oracle_point"):

@@ -241,7 +241,9 @@ class StudentConfig:
         _choice("student.align", self.align, ("none", "cube"))
 
 
-RESCORE_RULES = ("agreement", "crossfit", "point", "crossfit_point", "agreement_balanced", "crossfit_balanced")
+RESCORE_RULES = (
+    "agreement", "crossfit", "point", "crossfit_point", "agreement_balanced", "crossfit_balanced", "point_balanced",
+)  # fmt: skip
 """Backward distillation's re-scoring rules (``train.rescore``), see ``distill.rescore``."""
 
 
@@ -269,7 +271,7 @@ class TrainConfig:
     unit's label) | crossfit (the same, from a snapshot that never trained on the unit) |
     point (each (point, unit) pair weighted by the student's probability of the unit's
     label there) | crossfit_point (that, from the cross-fitted snapshots) |
-    agreement_balanced, crossfit_balanced (the unit rule, then rescaled per part so each
+    agreement_balanced, crossfit_balanced, point_balanced (the rule, then rescaled per part so each
     part keeps the score mass Σ score·|unit| it had: ``distill.rescore.balance_part_mass``)."""
     crossfit_folds: int = 2
     """crossfit rules: K snapshots, each trained on the units outside its fold."""
