@@ -87,7 +87,7 @@ class PartEvaluator:
     def __call__(self, item: PartItem) -> tuple[dict[str, MIoUSums], set[str]]:
         table = self.storage.read_part(self.tables.shapes_dir, item.shape_part, EVAL_COLUMNS)
         shapes = [row_to_shape(r) for r in table.to_pylist()]
-        units = load_units(self.storage, self.tables, item)
+        units, _ = load_units(self.storage, self.tables, item)
         sums = voting_tables(shapes, units)
         sums["student"] = MIoUSums()
         rows: dict[str, list[Any]] = {name: [] for name in PREDICTION_SCHEMA.names}

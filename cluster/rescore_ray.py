@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from cluster.checkpoints import load_torch
 from cluster.extract_ray import ACTOR_MAX_RESTARTS, ACTOR_MAX_TASK_RETRIES
-from cluster.rescoring import ItemRescorer, summarise, todo_items
+from cluster.rescoring import ItemRescorer, finish_round, summarise, todo_items
 from cluster.runtime import configure_data_context, rescore_actor_options
 from cluster.storage import Storage
 from distill.config import Config, config_from_dict, to_dict
@@ -104,6 +104,7 @@ def rescore_on_ray(cfg: Config, storage: Storage, plan: Any, checkpoint: str) ->
         raise RuntimeError(
             f"re-scoring of {plan.name} left {len(missing)} parts without scores: {[i.shape_part for i in missing[:5]]}"
         )
+    finish_round(cfg, storage, plan.tables(new_round).scores_dir)
     summary = summarise(new_round, done, len(plan.items) - len(todo), time.perf_counter() - start)
     log.info("student %s: backward distillation round %d re-scored on Ray: %s", plan.name, new_round, summary)
     return summary

@@ -5,6 +5,11 @@ A fit that reaches its re-scoring saves ``last.pt`` awaiting it (``distil`` with
 (a shape part and its knowledge parts) prepares the samples exactly as training does,
 predicts them and re-scores each unit (``distill.training.rescore_samples``), writing the
 new scores — only the scores — as ``{run}/knowledge/round_{k}/{student}/<knowledge part>``.
+The rule is ``train.rescore`` (``distill.rescore``): a unit rule writes scores; a point
+rule writes scores and relative (point, unit) pair weights in round 0's pair order; a
+``_balanced`` rule also records each part's score mass, old and new, in the score part's
+summary, and once every part is written the pass turns the summed masses into one factor
+per (category, part) (``BALANCE_FILE``), applied when the round's samples are loaded.
 A written score part is never redone, so a stopped pass resumes where it was. The
 snapshot is kept as ``checkpoints/{student}/round_{k}.pt`` (``cluster.train.prepare_fit``),
 so a score part lost later is rebuilt from the same weights; once every part is written,
@@ -20,17 +25,19 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from cluster.checkpoints import load_torch
 from cluster.layout import PartItem
-from cluster.samples import Tables, load_item, scores_table
+from cluster.samples import BALANCE_FILE, Tables, load_item, scores_table
 from cluster.storage import Storage
 from distill.config import Config
+from distill.crossfit import rescore_with_rule
 from distill.labels import LabelSpace
+from distill.samples import ShapeSample, pairs_to_source
 from distill.student import build_student
-from distill.training import rescore_samples
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +83,14 @@ class ItemRescorer:
             for s in load_item(self.storage, self.tables, item, self.space, cfg.data.num_points, cfg.seed)
             if s.num_units
         ]
-        new = rescore_samples(self.model, samples, self.space, None, self.device, cfg.train.batch_size)
+        rule = cfg.train.rescore.removesuffix("_balanced")
+        new, rel = rescore_with_rule(rule, [self.model], samples, self.space, None, self.device, cfg.train.batch_size)
+        by_id = {s.shape_id: s for s in samples}
+        # relative pair weights follow round 0's pairs, not this resampling's
+        pairs = {
+            sid: pairs_to_source(w, _source(by_id[sid]), len(by_id[sid].units.point_idx))
+            for sid, w in (rel or {}).items()
+        }  # type: ignore[union-attr]
         written = set(self.storage.list_parts(self.out_dir))
         units = scores = 0
         total = 0.0
@@ -86,12 +100,64 @@ class ItemRescorer:
             # the shapes whose units this knowledge part holds (one column read)
             ids = set(self.storage.read_part(self.tables.units_dir, part, ["shape_id"]).column(0).to_pylist())
             mine = {sid: sc for sid, sc in new.items() if sid in ids}
-            summary = {"shapes": len(mine), "round": self.round}
-            self.storage.write_part(self.out_dir, scores_table(mine), done_ids=sorted(mine), name=part, summary=summary)
+            summary: dict[str, Any] = {"shapes": len(mine), "round": self.round, "rule": cfg.train.rescore}
+            if cfg.train.rescore.endswith("_balanced"):
+                summary["mass"] = part_mass([by_id[sid] for sid in mine], mine, self.space)
+            table = scores_table(mine, {sid: pairs[sid] for sid in mine if sid in pairs})
+            self.storage.write_part(self.out_dir, table, done_ids=sorted(mine), name=part, summary=summary)
             scores += len(mine)
             units += sum(len(v) for v in mine.values())
             total += float(sum(v.sum() for v in mine.values()))
         return {"part": item.shape_part, "shapes": scores, "units": units, "score_sum": total}
+
+
+def _source(s: ShapeSample) -> np.ndarray | None:
+    return None if s.pair_source is None else s.pair_source.numpy()
+
+
+def part_mass(
+    samples: list[ShapeSample], new: dict[str, np.ndarray], space: LabelSpace
+) -> dict[str, dict[str, list[float]]]:
+    """Per category of the samples, each part's score mass Σ score·|unit| under the scores
+    the samples trained with ("old") and under the rule's ``new`` ones (JSON-ready lists)."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for s in samples:
+        name = space.categories[s.category]
+        parts = len(space.part_names[s.category])
+        acc = out.setdefault(name, {"old": np.zeros(parts), "new": np.zeros(parts)})
+        label = s.unit_slot.numpy() - space.offsets[s.category]
+        size = np.diff(s.unit_offsets.numpy()).astype(np.float64)
+        acc["old"] += np.bincount(label, weights=s.unit_score.numpy() * size, minlength=parts)
+        acc["new"] += np.bincount(label, weights=np.asarray(new[s.shape_id], np.float64) * size, minlength=parts)
+    return {c: {k: v.tolist() for k, v in m.items()} for c, m in out.items()}
+
+
+def balance_factors(summaries: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """The per-part masses of every score part of a round → per (category, part) the factor
+    old mass / new mass (1 where the new mass is 0), ``distill.rescore.balance_part_mass``."""
+    old: dict[str, np.ndarray] = {}
+    new: dict[str, np.ndarray] = {}
+    for summary in summaries:
+        for c, m in summary.get("mass", {}).items():
+            old[c] = old.get(c, 0.0) + np.asarray(m["old"], np.float64)
+            new[c] = new.get(c, 0.0) + np.asarray(m["new"], np.float64)
+    return {c: np.where(new[c] > 0, old[c] / np.where(new[c] > 0, new[c], 1.0), 1.0).tolist() for c in sorted(old)}
+
+
+def finish_round(cfg: Config, storage: Storage, out_dir: str) -> None:
+    """After every score part of a round is written: a ``_balanced`` rule's factor table,
+    from the parts' summaries (the manifest: no row is read)."""
+    if not cfg.train.rescore.endswith("_balanced"):
+        return
+    summaries = list(storage.manifest(out_dir).values())
+    missing = [s for s in summaries if "mass" not in s]
+    if missing:
+        raise ValueError(
+            f"{storage.uri(out_dir)}: {len(missing)} score parts were written by another rule than "
+            f"train.rescore={cfg.train.rescore}; delete the folder to re-score the round"
+        )
+    factors = balance_factors(summaries)
+    storage.write_json(f"{out_dir}/{BALANCE_FILE}", {"rule": cfg.train.rescore, "factors": factors})
 
 
 def summarise(new_round: int, done: list[dict[str, Any]], skipped: int, seconds: float) -> dict[str, Any]:
@@ -114,10 +180,13 @@ def rescore_local(cfg: Config, storage: Storage, plan: Any, snapshot: str, devic
     new_round = int(load_torch(storage, snapshot)["round"]) + 1
     out_dir = plan.tables(new_round).scores_dir
     todo = todo_items(storage, plan.items, out_dir)
-    rescorer = ItemRescorer(cfg, storage, plan.tables(new_round - 1), plan.space, snapshot, out_dir, device) if todo else None
+    rescorer = (
+        ItemRescorer(cfg, storage, plan.tables(new_round - 1), plan.space, snapshot, out_dir, device) if todo else None
+    )
     done = []
     for item in tqdm(todo, desc=f"re-score {plan.name}", unit="part", disable=not cfg.progress):
         done.append(rescorer(item))  # type: ignore[misc]
+    finish_round(cfg, storage, out_dir)
     summary = summarise(new_round, done, len(plan.items) - len(todo), time.perf_counter() - start)
     log.info("student %s: backward distillation round %d re-scored: %s", plan.name, new_round, summary)
     return summary

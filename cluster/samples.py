@@ -33,8 +33,17 @@ SHAPE_COLUMNS = ["shape_id", "category", "part_names", "num_points", "points", "
 pictures; labels for evaluation only)."""
 EVAL_COLUMNS = [*SHAPE_COLUMNS, "labels"]
 
-SCORE_SCHEMA = pa.schema([("shape_id", pa.string()), ("score", pa.list_(pa.float32()))])
-"""A round ≥ 1 score part: per shape, one score per unit in round 0's unit order."""
+SCORE_SCHEMA = pa.schema(
+    [("shape_id", pa.string()), ("score", pa.list_(pa.float32())), ("pair_weight", pa.list_(pa.float32()))]
+)
+"""A round ≥ 1 score part: per shape, one score per unit in round 0's unit order and, for a
+point-level rule (``train.rescore=point*``), one relative weight per (point, unit) pair in
+round 0's pair order (null for unit rules)."""
+
+BALANCE_FILE = "_balance.json"
+"""A ``_balanced`` rule's round: ``{"rule", "factors": {category: [factor per part]}}``; the
+score parts hold the rule's own scores and a unit's score in training is
+min(1, score · factor of its (category, part)) (``distill.rescore.balance_part_mass``)."""
 
 SAMPLE_SCHEMA = pa.schema(
     [
@@ -47,9 +56,11 @@ SAMPLE_SCHEMA = pa.schema(
         ("unit_offsets", pa.list_(pa.int32())),
         ("unit_slot", pa.list_(pa.int32())),
         ("unit_score", pa.list_(pa.float32())),
+        ("pair_weight", pa.list_(pa.float32())),
     ]
 )
-"""A prepared sample as one Arrow row (Ray Data's training ingest)."""
+"""A prepared sample as one Arrow row (Ray Data's training ingest); pair_weight is null
+unless a point-level re-scoring set it."""
 
 
 @dataclass(frozen=True)
@@ -69,35 +80,90 @@ def scores_dir(units_dir: str, student: str, round: int) -> str:
     return posixpath.join(posixpath.dirname(units_dir.rstrip("/")), f"round_{round}", student)
 
 
-def read_scores(storage: Storage, scores_dir_: str, knowledge_part: str) -> dict[str, np.ndarray]:
-    """A score part (same name as its knowledge part) → ``{shape id: (K,) float32}``."""
+def read_score_part(
+    storage: Storage, scores_dir_: str, knowledge_part: str
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """A score part (same name as its knowledge part) → (``{shape id: (K,) float32}``,
+    ``{shape id: (M,) float32}`` relative pair weights of the shapes that have them)."""
     table = storage.read_part(scores_dir_, knowledge_part)
     ids = table.column("shape_id").to_pylist()
-    return {sid: np.asarray(sc, np.float32) for sid, sc in zip(ids, table.column("score").to_pylist())}
+    scores = {sid: np.asarray(sc, np.float32) for sid, sc in zip(ids, table.column("score").to_pylist())}
+    pairs: dict[str, np.ndarray] = {}
+    if "pair_weight" in table.column_names:  # score parts of older releases lack it
+        for sid, pw in zip(ids, table.column("pair_weight").to_pylist()):
+            if pw is not None:
+                pairs[sid] = np.asarray(pw, np.float32)
+    return scores, pairs
 
 
-def scores_table(scores: dict[str, np.ndarray]) -> pa.Table:
+def read_scores(storage: Storage, scores_dir_: str, knowledge_part: str) -> dict[str, np.ndarray]:
+    """A score part → ``{shape id: (K,) float32}`` (the rule's own scores)."""
+    return read_score_part(storage, scores_dir_, knowledge_part)[0]
+
+
+def scores_table(scores: dict[str, np.ndarray], pairs: dict[str, np.ndarray] | None = None) -> pa.Table:
+    """``SCORE_SCHEMA`` rows, sorted by shape id (pairs: relative pair weights, if any)."""
     ids = sorted(scores)
-    return pa.table({"shape_id": ids, "score": [np.asarray(scores[i], np.float32) for i in ids]}, schema=SCORE_SCHEMA)
+    pairs = pairs or {}
+    return pa.table(
+        {
+            "shape_id": ids,
+            "score": [np.asarray(scores[i], np.float32) for i in ids],
+            "pair_weight": [np.asarray(pairs[i], np.float32) if i in pairs else None for i in ids],
+        },
+        schema=SCORE_SCHEMA,
+    )
 
 
-def load_units(storage: Storage, tables: Tables, item: PartItem) -> dict[str, KnowledgeUnits]:
-    """The units of an item's shapes, with the current round's scores when past round 0."""
+_BALANCE: dict[str, dict[str, np.ndarray] | None] = {}
+
+
+def read_balance(storage: Storage, scores_dir_: str) -> dict[str, np.ndarray] | None:
+    """A round's per-part factors (``BALANCE_FILE``) or None (not a ``_balanced`` rule).
+
+    Read once per process and folder: written once at the end of its pass, and a rebuilt
+    pass writes the same factors (same snapshot, same scores)."""
+    key = storage.uri(scores_dir_, BALANCE_FILE)
+    if key not in _BALANCE:
+        path = posixpath.join(scores_dir_, BALANCE_FILE)
+        found = storage.read_json(path) if storage.exists(path) else None
+        _BALANCE[key] = None if found is None else {c: np.asarray(f, np.float64) for c, f in found["factors"].items()}
+    return _BALANCE[key]
+
+
+def balanced_score(units: KnowledgeUnits, category: str, factors: dict[str, np.ndarray]) -> np.ndarray:
+    """A unit's training score under a ``_balanced`` round: min(1, score · its part's factor)."""
+    factor = factors.get(category)
+    if factor is None or (len(units) and int(units.label.max()) >= len(factor)):
+        raise ValueError(f"the round's balance factors have no entry for the parts of {category} ({units.shape_id})")
+    return np.clip(units.score * factor[units.label], 0.0, 1.0).astype(np.float32)
+
+
+def load_units(
+    storage: Storage, tables: Tables, item: PartItem
+) -> tuple[dict[str, KnowledgeUnits], dict[str, np.ndarray]]:
+    """The units of an item's shapes, with the current round's scores when past round 0,
+    and the round's relative pair weights by shape id (a point-level rule; else empty)."""
     units: dict[str, KnowledgeUnits] = {}
+    pair_weights: dict[str, np.ndarray] = {}
     for part in item.knowledge_parts:
         mine = table_to_units(storage.read_part(tables.units_dir, part))
         if tables.scores_dir:
-            scores = read_scores(storage, tables.scores_dir, part)
+            scores, pairs = read_score_part(storage, tables.scores_dir, part)
             for sid, u in mine.items():
                 new = scores.get(sid)
-                if new is None or len(new) != len(u):
+                pw = pairs.get(sid)
+                if new is None or len(new) != len(u) or (pw is not None and len(pw) != len(u.point_idx)):
+                    got = "missing" if new is None else f"{len(new)} scores, {'no' if pw is None else len(pw)} pairs"
                     raise ValueError(
                         f"{storage.uri(tables.scores_dir, part)}: scores of {sid} do not match its {len(u)} units "
-                        f"({'missing' if new is None else len(new)}); delete this part: the next run rebuilds it"
+                        f"and {len(u.point_idx)} pairs ({got}); delete this part: the next run rebuilds it"
                     )
                 mine[sid] = u.with_scores(new, u.round + 1)
+                if pw is not None:
+                    pair_weights[sid] = pw
         units.update(mine)
-    return units
+    return units, pair_weights
 
 
 def load_item(
@@ -114,13 +180,17 @@ def load_item(
     labels: read the ground truth too (evaluation only; training never does)."""
     columns = EVAL_COLUMNS if labels else SHAPE_COLUMNS
     table = storage.read_part(tables.shapes_dir, item.shape_part, columns)
-    units = load_units(storage, tables, item)
+    units, pairs = load_units(storage, tables, item)
+    factors = read_balance(storage, tables.scores_dir) if tables.scores_dir else None
     out = []
     for row in table.to_pylist():
         if row["category"] not in space.categories:
             continue
         shape = row_to_shape(row)
-        out.append(prepare_sample(shape, units.get(shape.shape_id), space, num_points, seed))
+        u = units.get(shape.shape_id)
+        if u is not None and factors is not None:
+            u = u.with_scores(balanced_score(u, shape.category, factors), u.round)
+        out.append(prepare_sample(shape, u, space, num_points, seed, pairs.get(shape.shape_id)))
     return out
 
 
@@ -137,6 +207,7 @@ def samples_to_table(samples: Sequence[ShapeSample]) -> pa.Table:
         cols["unit_offsets"].append(s.unit_offsets.numpy().astype(np.int32))
         cols["unit_slot"].append(s.unit_slot.numpy().astype(np.int32))
         cols["unit_score"].append(s.unit_score.numpy().astype(np.float32))
+        cols["pair_weight"].append(None if s.pair_weight is None else s.pair_weight.numpy().astype(np.float32))
     return pa.Table.from_pydict(cols, schema=SAMPLE_SCHEMA)
 
 
@@ -151,6 +222,7 @@ def table_to_samples(table: pa.Table) -> list[ShapeSample]:
     for i in range(table.num_rows):
         n = int(table["num_points"][i].as_py())
         normals = table["normals"][i]
+        pair_weight = table["pair_weight"][i]
         out.append(
             ShapeSample(
                 shape_id=str(table["shape_id"][i].as_py()),
@@ -164,6 +236,9 @@ def table_to_samples(table: pa.Table) -> list[ShapeSample]:
                 unit_offsets=torch.from_numpy(_flat(table["unit_offsets"], i, np.int64)),
                 unit_slot=torch.from_numpy(_flat(table["unit_slot"], i, np.int64)),
                 unit_score=torch.from_numpy(_flat(table["unit_score"], i, np.float32)),
+                pair_weight=None
+                if not pair_weight.is_valid
+                else torch.from_numpy(_flat(table["pair_weight"], i, np.float32)),
             )
         )
     return out

@@ -100,6 +100,7 @@ def drop_fold(sample, fold: np.ndarray, f: int):
         unit_score=sample.unit_score[torch.from_numpy(keep)],
         units=units,
         pair_weight=None if sample.pair_weight is None else sample.pair_weight[torch.from_numpy(pair_keep)],
+        pair_source=None if sample.pair_source is None else sample.pair_source[torch.from_numpy(pair_keep)],
     )
 
 

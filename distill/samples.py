@@ -31,7 +31,9 @@ class ShapeSample:
     unit_score: (K,) float32 current scores · units: the source ``KnowledgeUnits`` (point
     indices in the shape's original indexing; re-scored copies are made from it) ·
     pair_weight: (M,) float32 relative weight of each (point, unit) pair, set by a
-    point-level re-scoring rule (``train.rescore=point``), or None (all 1).
+    point-level re-scoring rule (``train.rescore=point``), or None (all 1) · pair_source:
+    (M,) int64 the pair of ``units`` (index into its ``point_idx``) each pair was copied
+    from by resampling, or None when the points were not resampled (pair m is source m).
     """
 
     shape_id: str
@@ -45,6 +47,7 @@ class ShapeSample:
     unit_score: Tensor
     units: KnowledgeUnits | None = None
     pair_weight: Tensor | None = None
+    pair_source: Tensor | None = None
 
     @property
     def num_points(self) -> int:
@@ -62,6 +65,18 @@ def resample_units(point_idx: np.ndarray, offsets: np.ndarray, choice: np.ndarra
     unit k now covers every new position whose source point it covered (a duplicated
     source point is covered twice; a dropped one not at all).
     """
+    new_idx, new_offsets, _ = resample_pairs(point_idx, offsets, choice)
+    return new_idx, new_offsets
+
+
+def resample_pairs(
+    point_idx: np.ndarray, offsets: np.ndarray, choice: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``resample_units`` and, for each new (point, unit) pair, the old pair it copies.
+
+    → (point_idx' (M',), offsets' (K + 1,), source (M',) int64 index into ``point_idx``),
+    so per-pair values (re-scoring's pair weights) follow the pairs through resampling.
+    """
     order = np.argsort(choice, kind="stable")
     sorted_src = choice[order]
     lo = np.searchsorted(sorted_src, point_idx, "left")
@@ -72,7 +87,26 @@ def resample_units(point_idx: np.ndarray, offsets: np.ndarray, choice: np.ndarra
     new_idx = order[lo[pair] + within]
     unit_of_pair = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
     sizes = np.bincount(unit_of_pair[pair], minlength=len(offsets) - 1)
-    return new_idx.astype(np.int64), np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    return new_idx.astype(np.int64), np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64), pair.astype(np.int64)
+
+
+def pairs_to_source(values: np.ndarray, source: np.ndarray | None, num_source: int) -> np.ndarray:
+    """Per-pair values of a resampled sample → per pair of its source units.
+
+    values: (M',) float · source: (M',) int64 (``ShapeSample.pair_source``; None: identity)
+    · num_source: M, the source units' pairs → (M,) float32: the mean over each source
+    pair's copies; 1.0 for a pair whose point the resampling dropped (it never trains).
+    """
+    values = np.asarray(values, np.float64)
+    if source is None:
+        if len(values) != num_source:
+            raise ValueError(f"{len(values)} pair values for {num_source} pairs and no pair_source")
+        return values.astype(np.float32)
+    if len(values) != len(source):
+        raise ValueError(f"{len(values)} pair values for a pair_source of {len(source)}")
+    count = np.bincount(source, minlength=num_source)
+    total = np.bincount(source, weights=values, minlength=num_source)
+    return np.where(count > 0, total / np.maximum(count, 1), 1.0).astype(np.float32)
 
 
 def prepare_sample(
@@ -81,12 +115,15 @@ def prepare_sample(
     space: LabelSpace,
     num_points: int | None = None,
     seed: int = 0,
+    pair_weight: np.ndarray | None = None,
 ) -> ShapeSample:
     """A ``Shape`` and its units (None: none) → a ``ShapeSample`` in ``space``'s slots.
 
     num_points: resample the shape to exactly this many points (without replacement when
     it has enough, else all of them plus random repeats; seeded by ``seed`` and the shape
-    id), re-indexing the units; None keeps the shape's own points.
+    id), re-indexing the units; None keeps the shape's own points · pair_weight: (M,)
+    relative weights of the units' pairs (a point-level re-scoring), carried through the
+    resampling; None: all 1.
     """
     c = space.category_index(shape.category, shape.part_names)
     if units is None:
@@ -98,7 +135,12 @@ def prepare_sample(
     if len(units.point_idx) and (units.point_idx.min() < 0 or units.point_idx.max() >= shape.num_points):
         raise ValueError(f"units of {shape.shape_id}: point indices outside [0, {shape.num_points})")
     points, normals, labels = shape.points, shape.normals, shape.labels
+    if pair_weight is not None and len(pair_weight) != len(units.point_idx):
+        raise ValueError(
+            f"units of {shape.shape_id}: {len(pair_weight)} pair weights for {len(units.point_idx)} (point, unit) pairs"
+        )
     point_idx, offsets = units.point_idx.astype(np.int64), units.offsets.astype(np.int64)
+    source = None
     if num_points is not None and num_points != shape.num_points:
         rng = np.random.default_rng([seed, *shape.shape_id.encode()])
         n = shape.num_points
@@ -109,7 +151,10 @@ def prepare_sample(
         points = points[choice]
         normals = None if normals is None else normals[choice]
         labels = None if labels is None else labels[choice]
-        point_idx, offsets = resample_units(point_idx, offsets, choice)
+        point_idx, offsets, source = resample_pairs(point_idx, offsets, choice)
+    if pair_weight is not None:
+        pair_weight = np.asarray(pair_weight, np.float32)
+        pair_weight = pair_weight if source is None else pair_weight[source]
     return ShapeSample(
         shape_id=shape.shape_id,
         category=c,
@@ -121,6 +166,8 @@ def prepare_sample(
         unit_slot=torch.from_numpy(units.label.astype(np.int64) + int(space.offsets[c])),
         unit_score=torch.from_numpy(units.score.astype(np.float32)),
         units=units,
+        pair_weight=None if pair_weight is None else torch.from_numpy(np.ascontiguousarray(pair_weight)),
+        pair_source=None if source is None else torch.from_numpy(source),
     )
 
 

@@ -132,7 +132,7 @@ def test_rescoring_pass_matches_in_process_and_training_resumes(pending, ray_loc
 
     # The next fit reads round 1: round-0 units with the new scores.
     item = plan.items[0]
-    units = load_units(storage, plan.tables(1), item)
+    units, _ = load_units(storage, plan.tables(1), item)
     for sid, s in expected[item.knowledge_parts[0]].items():
         assert units[sid].round == 1
         np.testing.assert_array_equal(units[sid].score, s)

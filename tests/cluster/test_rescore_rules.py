@@ -1,0 +1,128 @@
+"""The pipeline's re-scoring pass under every snapshot rule (``train.rescore``), in process:
+its score parts, pair weights and balance factors give exactly the scores that ``distil``'s
+in-memory rule (``rescore_samples_with_rule``) gives over the same samples."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from cluster.checkpoints import load_torch
+from cluster.pipeline import extract_stage
+from cluster.rescoring import balance_factors, load_snapshot, rescore_local
+from cluster.samples import BALANCE_FILE, SCORE_SCHEMA, load_item, read_score_part
+from cluster.storage import Storage
+from cluster.train import check_rescore_rule, fit_student, knowledge_dir, plan_students, prepare_fit
+from distill.config import load_config
+from distill.samples import pairs_to_source
+from distill.training import rescore_samples_with_rule
+
+RUN = "rules"
+ARGS = [
+    "--config",
+    "smoke",
+    "data.per_category=3",
+    "train.epochs=4",
+    f"run={RUN}",
+    "cluster.backend=local",
+    "cluster.part_shapes=2",
+]
+CPU = torch.device("cpu")
+CKPT_DIR = f"{RUN}/checkpoints/all"
+
+
+@pytest.fixture(scope="module")
+def extracted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("extracted")
+    cfg = load_config([*ARGS, f"storage.root={root}"])
+    extract_stage(cfg, Storage.from_config(cfg.storage))
+    return root
+
+
+def _pending(tmp_path, extracted, rule):
+    shutil.copytree(extracted / RUN, tmp_path / RUN)
+    cfg = load_config([*ARGS, f"storage.root={tmp_path}", f"train.rescore={rule}"])
+    storage = Storage.from_config(cfg.storage)
+    (plan,) = plan_students(cfg, storage, f"{RUN}/shapes", knowledge_dir(RUN, 0))
+    assert fit_student(cfg, storage, plan, CPU)["pending_rescore"]
+    return cfg, storage, plan
+
+
+def _samples(cfg, storage, plan, round):
+    return [
+        s
+        for item in plan.items
+        for s in load_item(storage, plan.tables(round), item, plan.space, cfg.data.num_points, cfg.seed)
+        if s.num_units
+    ]
+
+
+def _source(s):
+    return None if s.pair_source is None else s.pair_source.numpy()
+
+
+@pytest.mark.parametrize("rule", ["point", "agreement_balanced", "point_balanced"])
+def test_pass_gives_the_in_memory_rule_and_training_resumes(tmp_path, extracted, rule):
+    cfg, storage, plan = _pending(tmp_path, extracted, rule)
+    check_rescore_rule(cfg)  # the pipeline runs this rule
+    model, state = load_snapshot(cfg, storage, f"{CKPT_DIR}/last.pt", plan.space, CPU)
+    before = _samples(cfg, storage, plan, 0)
+    want, want_pairs = rescore_samples_with_rule(
+        model, before, plan.space, cfg.train, CPU, cfg.seed, int(state["epoch"])
+    )
+
+    summary = prepare_fit(storage, plan, CKPT_DIR, lambda snap: rescore_local(cfg, storage, plan, snap, CPU))
+    assert summary["round"] == 1 and summary["parts"] == len(plan.items)
+    out_dir = plan.tables(1).scores_dir
+    point = rule.startswith("point")
+    for part in storage.list_parts(out_dir):
+        table = storage.read_part(out_dir, part)
+        assert table.schema.equals(SCORE_SCHEMA)
+        _, pairs = read_score_part(storage, out_dir, part)
+        assert bool(pairs) == point  # unit rules store no pair weights
+        assert storage.part_footer(out_dir, part)[1]["rule"] == rule
+    assert storage.exists(out_dir, BALANCE_FILE) == rule.endswith("_balanced")
+
+    # Round 1 as the next fit loads it: the in-memory rule's scores (balanced over the
+    # whole student, as distil balances) and, for point rules, its pair weights.
+    after = {s.shape_id: s for s in _samples(cfg, storage, plan, 1)}
+    assert set(after) == set(want)
+    for s in before:
+        got = after[s.shape_id]
+        np.testing.assert_allclose(got.unit_score.numpy(), want[s.shape_id], rtol=1e-5, atol=1e-6)
+        if point:
+            # a resampled pair takes the mean weight of its source pair's copies
+            src = pairs_to_source(want_pairs[s.shape_id], _source(s), len(s.units.point_idx))
+            copied = src if got.pair_source is None else src[got.pair_source.numpy()]
+            np.testing.assert_allclose(got.pair_weight.numpy(), copied, rtol=1e-5, atol=1e-6)
+        else:
+            assert got.pair_weight is None
+
+    info = fit_student(cfg, storage, plan, CPU)
+    assert not info.get("pending_rescore") and info["rounds"] == 1
+    assert storage.exists(CKPT_DIR, "final.pt") and load_torch(storage, f"{CKPT_DIR}/last.pt")["round"] == 1
+
+
+def test_balance_factors_keep_each_parts_mass():
+    a = {"mass": {"Chair": {"old": [2.0, 1.0, 0.0], "new": [1.0, 0.0, 0.0]}}}
+    b = {"mass": {"Chair": {"old": [2.0, 1.0, 3.0], "new": [3.0, 0.0, 1.5]}, "Cup": {"old": [1.0], "new": [4.0]}}}
+    # per part: Σ old / Σ new, 1 where the new mass is 0 (the part keeps its zeros)
+    assert balance_factors([a, b]) == {"Chair": [1.0, 1.0, 2.0], "Cup": [0.25]}
+
+
+def test_a_round_written_by_another_rule_is_refused(tmp_path, extracted):
+    cfg, storage, plan = _pending(tmp_path, extracted, "agreement")
+    prepare_fit(storage, plan, CKPT_DIR, lambda snap: rescore_local(cfg, storage, plan, snap, CPU))
+    from cluster.rescoring import finish_round
+
+    balanced = load_config([*ARGS, f"storage.root={tmp_path}", "train.rescore=agreement_balanced"])
+    with pytest.raises(ValueError, match="another rule"):
+        finish_round(balanced, storage, plan.tables(1).scores_dir)
+
+
+def test_crossfit_rules_are_refused_by_the_pipeline(tmp_path):
+    cfg = load_config([*ARGS, f"storage.root={tmp_path}", "train.rescore=crossfit", "train.bd_rounds=1"])
+    with pytest.raises(NotImplementedError, match="bd_variants"):
+        check_rescore_rule(cfg)
+    check_rescore_rule(load_config([*ARGS, "train.rescore=crossfit", "train.bd_rounds=0"]))  # no round: no pass
