@@ -36,7 +36,7 @@ run rendering with one torch thread per process (Ray CPU tasks already do).
 """
 
 from distill.render.raycast import embree_available, raycast_mesh_embree
-from distill.render.renderer import Fragments, rasterize, render_shape, resolve_backend
+from distill.render.renderer import Fragments, mesh_rasterizer, rasterize, render_shape, resolve_backend
 from distill.render.splat import MIN_SPLAT_PX, splat_points
 from distill.render.visibility import HPR_GAMMA, hidden_point_removal, mesh_point_visibility, point_visibility
 from distill.render.zbuffer import rasterize_mesh_torch
@@ -48,6 +48,7 @@ __all__ = [
     "embree_available",
     "hidden_point_removal",
     "mesh_point_visibility",
+    "mesh_rasterizer",
     "point_visibility",
     "rasterize",
     "rasterize_mesh_torch",
