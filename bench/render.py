@@ -48,6 +48,7 @@ from distill.render import (  # noqa: E402
     embree_available,
     hidden_point_removal,
     mesh_point_visibility,
+    mesh_rasterizer,
     render_shape,
 )
 from distill.teachers.simulated import SimulatedTeacher  # noqa: E402
@@ -94,11 +95,8 @@ def speed_one(shape: Shape, size: int, backend: str, repeats: int) -> dict[str, 
     row = {"render_cpu_s": r_cpu, "render_wall_s": r_wall}
     if shape.mesh is not None:
         # Rasterise once more to time the visibility test on its own.
-        from distill.render import rasterize_mesh_torch, raycast_mesh_embree
-
-        raster = raycast_mesh_embree if backend == "embree" else rasterize_mesh_torch
         v, f = shape.mesh.vertices, shape.mesh.faces.astype(np.int64)
-        depth, face = raster(v, f, views.cameras)
+        depth, face = mesh_rasterizer(backend)(v, f, views.cameras)
         _, row["visibility_cpu_s"], _ = timed(
             lambda: mesh_point_visibility(shape.points, views.cameras, depth, face, v, f, cfg.depth_tolerance), repeats
         )

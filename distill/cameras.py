@@ -162,6 +162,38 @@ def project(points: np.ndarray, cams: Cameras) -> tuple[np.ndarray, np.ndarray]:
     return uv, depth.astype(np.float32)
 
 
+def camera_basis(eye: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Right, up and forward unit vectors of a camera at ``eye`` looking at the origin, y up."""
+    forward = -np.asarray(eye, np.float64)
+    forward /= np.linalg.norm(forward)
+    up = np.array([0.0, 1.0, 0.0])
+    if abs(forward @ up) > 1.0 - 1e-6:
+        up = np.array([0.0, 0.0, 1.0])
+    right = np.cross(forward, up)
+    right /= np.linalg.norm(right)
+    return right, np.cross(right, forward), forward
+
+
+def project_reference(points: np.ndarray, cams: Cameras) -> tuple[np.ndarray, np.ndarray]:
+    """``project``'s slow reference (DESIGN §5.3, for tests): per point and view, (x, y,
+    depth) on the camera's own basis, then the pinhole.
+
+    points: (N, 3) → uv: (V, N, 2) float64 · depth: (V, N) float64.
+    """
+    uv = np.zeros((len(cams), len(points), 2))
+    depth = np.zeros((len(cams), len(points)))
+    for v in range(len(cams)):
+        eye = cams.eye[v].astype(np.float64)
+        right, up, forward = camera_basis(eye)
+        f = float(cams.focal[v])
+        for n, p in enumerate(np.asarray(points, np.float64)):
+            rel = p - eye
+            z = rel @ forward
+            uv[v, n] = (f * (rel @ right) / z + cams.image_size / 2, -f * (rel @ up) / z + cams.image_size / 2)
+            depth[v, n] = z
+    return uv, depth
+
+
 def pixel_rays(cams: Cameras) -> tuple[np.ndarray, np.ndarray]:
     """One ray through the centre of every pixel.
 

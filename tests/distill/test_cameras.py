@@ -14,10 +14,10 @@ from distill.cameras import (
     make_cameras,
     pixel_rays,
     project,
+    project_reference,
     view_angles,
 )
 from distill.config import RenderConfig
-from distill.render_reference import project_reference
 
 
 def _is_rotation(m: np.ndarray) -> bool:
