@@ -24,10 +24,10 @@ import torch
 from tqdm import tqdm
 
 from cluster.checkpoints import load_torch
+from cluster.config import Config
 from cluster.layout import PartItem
 from cluster.samples import Tables, load_item, scores_table
 from cluster.storage import Storage
-from distill.config import Config
 from distill.labels import LabelSpace
 from distill.student import build_student
 from distill.training import rescore_samples

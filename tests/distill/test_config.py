@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from distill.config import CONFIG_DIR, Config, ConfigError, load_config, to_dict
+from cluster.config import CONFIG_DIR, Config, load_config, to_dict
+from distill.config import ConfigError
 
 
 def test_defaults_and_overrides():
