@@ -52,10 +52,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from quality import DEFAULTS, load  # noqa: E402
 
+from cluster.config import load_config  # noqa: E402
 from cluster.evaluate import voting_tables  # noqa: E402
 from cluster.pipeline import dirs, extract_stage  # noqa: E402
 from cluster.storage import Storage  # noqa: E402
-from distill.config import load_config  # noqa: E402
 from distill.crossfit import predict_probs, rescore_with_rule, train_fold_snapshots, unit_folds, units_of  # noqa: E402
 from distill.rescore import balance_part_mass, split_pair_weights, unit_precision  # noqa: E402
 from distill.student import build_student  # noqa: E402

@@ -195,10 +195,10 @@ def run_ray(args: argparse.Namespace) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
+    from cluster.config import load_config
     from cluster.generate_ray import generate_on_ray, part_shapes
     from cluster.runtime import connect
     from cluster.storage import Storage
-    from distill.config import load_config
     from generation.procedural import CATEGORIES
 
     per_category = -(-args.count // len(CATEGORIES))

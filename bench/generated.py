@@ -41,10 +41,11 @@ sys.path.insert(0, str(ROOT))
 
 from bench.quality import PSB, load  # noqa: E402
 from bench.student import truth_units  # noqa: E402
+from cluster.config import Config, load_config  # noqa: E402
 from cluster.evaluate import voting_tables  # noqa: E402
 from cluster.pipeline import dirs, extract_stage  # noqa: E402
 from cluster.storage import Storage  # noqa: E402
-from distill.config import Config, DataConfig, load_config  # noqa: E402
+from distill.config import DataConfig  # noqa: E402
 from distill.metrics import MIoUTable  # noqa: E402
 from distill.records import KnowledgeUnits, Shape  # noqa: E402
 from distill.student import build_student  # noqa: E402

@@ -40,10 +40,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from cluster.config import Config, load_config  # noqa: E402
 from cluster.evaluate import voting_tables  # noqa: E402
 from cluster.pipeline import dirs, extract_stage  # noqa: E402
 from cluster.storage import Storage  # noqa: E402
-from distill.config import Config, load_config  # noqa: E402
 from distill.metrics import MIoUTable  # noqa: E402
 from distill.records import SHAPE_SCHEMA, UNIT_SCHEMA, KnowledgeUnits, Shape, table_to_shapes, table_to_units  # noqa: E402
 from distill.student import build_student  # noqa: E402

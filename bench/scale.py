@@ -46,9 +46,9 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from cluster.config import load_config  # noqa: E402
 from cluster.layout import knowledge_part_name, shape_summary  # noqa: E402
 from cluster.storage import Storage  # noqa: E402
-from distill.config import load_config  # noqa: E402
 from distill.records import KnowledgeUnits, Shape, shapes_to_table, units_to_table  # noqa: E402
 
 CATEGORIES = {"Mug": ["body", "handle"], "Lamp": ["base", "pole", "shade"]}

@@ -63,10 +63,10 @@ import ray  # noqa: E402
 import torch  # noqa: E402
 
 from cluster.checkpoints import checkpoint_dir, load_torch  # noqa: E402
+from cluster.config import Config, load_config  # noqa: E402
 from cluster.extract_ray import extract_local, extract_on_ray  # noqa: E402
 from cluster.ingest import ingest  # noqa: E402
 from cluster.storage import DONE_KEY, Storage  # noqa: E402
-from distill.config import Config, load_config  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 RESULTS_FILE = RESULTS / "scaling.json"

@@ -26,8 +26,8 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from cluster.config import Config
 from cluster.runtime import fits
-from distill.config import Config
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,10 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from cluster.checkpoints import list_students, load_student
+from cluster.config import Config
 from cluster.layout import PartItem, plan_parts, shapes_manifest
 from cluster.samples import EVAL_COLUMNS, Tables, load_units
 from cluster.storage import Storage
-from distill.config import Config
 from distill.metrics import MIoUSums
 from distill.records import KnowledgeUnits, Shape, row_to_shape
 from distill.training import predict
@@ -121,7 +121,7 @@ class EvaluateStage:
     ``PartEvaluator`` sums as ``SUMS_SCHEMA`` rows."""
 
     def __init__(self, config: dict[str, Any], tables: Tables, with_students: bool, predictions_dir: str) -> None:
-        from distill.config import config_from_dict
+        from cluster.config import config_from_dict
 
         cfg = config_from_dict(config)
         storage = Storage.from_config(cfg.storage)
@@ -153,8 +153,8 @@ def evaluate_parts(
         import ray
         import ray.data
 
+        from cluster.config import to_dict
         from cluster.pipeline import _connect
-        from distill.config import to_dict
 
         _connect(cfg)
         size = cfg.cluster.eval_actors or max(1, int(ray.cluster_resources().get("CPU", 1) // 2))

@@ -23,7 +23,8 @@ from cluster.storage import Storage
 from distill.config import RenderConfig, TeacherConfig
 from distill.extract import render, teach, to_units
 from distill.records import KnowledgeUnits, Shape, row_to_shape, units_to_table
-from distill.teachers import Teacher, build_teacher
+from distill.teachers import build_teacher
+from distill.teachers.base import Teacher
 
 log = logging.getLogger(__name__)
 

@@ -43,6 +43,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
+from cluster.config import Config
 from cluster.extract_parts import (
     PIECE_SCHEMA,
     PartExtractor,
@@ -62,7 +63,7 @@ from cluster.runtime import (
     teacher_actor_options,
 )
 from cluster.storage import Storage
-from distill.config import Config, RenderConfig, TeacherConfig
+from distill.config import RenderConfig, TeacherConfig
 from distill.extract import render, teach, to_units
 from distill.records import Shape, row_to_shape
 from distill.views import Cameras, RenderedViews

@@ -45,13 +45,14 @@ import pyarrow as pa
 import trimesh
 from tqdm import tqdm
 
+from cluster.config import Config
 from cluster.layout import shape_summary
 from cluster.rejects import write_rejects
 from cluster.storage import Storage
 from distill.categories import PSB_PARTS, SHAPENETPART_PARTS, canonical_name, part_names_for
-from distill.config import Config, GenerationConfig
 from distill.records import Shape, shapes_to_table
 from distill.sampling import derive_seed
+from generation.config import GenerationConfig
 from generation.filters import check_mesh, reason_kind
 from generation.procedural import ALL_CATEGORIES as PROCEDURAL_ALL
 from generation.procedural import CATEGORIES as PROCEDURAL_CATEGORIES

@@ -15,10 +15,11 @@ from typing import Any
 
 from tqdm import tqdm
 
+from cluster.config import Config
 from cluster.layout import shape_summary, shapes_manifest
 from cluster.rejects import read_rejects, write_rejects
 from cluster.storage import Storage
-from distill.config import Config, DataConfig
+from distill.config import DataConfig
 from distill.readers import iter_items
 from distill.records import Shape, shapes_to_table
 

@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from cluster.config import Config, load_config, to_dict
 from cluster.storage import Storage, StorageError
-from distill.config import Config, ConfigError, load_config, to_dict
+from distill.config import ConfigError
 
 log = logging.getLogger("partdistill")
 

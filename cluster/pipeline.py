@@ -17,9 +17,10 @@ import logging
 import os
 from typing import Any
 
+from cluster.config import Config
 from cluster.ingest import ingest
 from cluster.storage import Storage
-from distill.config import Config, DataConfig
+from distill.config import DataConfig
 
 log = logging.getLogger(__name__)
 

@@ -30,10 +30,10 @@ import torch
 from tqdm import tqdm
 
 from cluster.checkpoints import load_torch
+from cluster.config import Config
 from cluster.layout import PartItem
 from cluster.samples import BALANCE_FILE, Tables, load_item, scores_table
 from cluster.storage import Storage
-from distill.config import Config
 from distill.crossfit import rescore_with_rule
 from distill.labels import LabelSpace
 from distill.samples import ShapeSample, pairs_to_source

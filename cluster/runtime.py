@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from distill.config import ClusterConfig, Config
+from cluster.config import ClusterConfig, Config
 
 log = logging.getLogger(__name__)
 

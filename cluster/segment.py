@@ -19,11 +19,11 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from cluster.checkpoints import list_students, load_student
+from cluster.config import Config
 from cluster.layout import shapes_manifest
 from cluster.pipeline import ensure_shapes
 from cluster.rejects import write_rejects
 from cluster.storage import Storage
-from distill.config import Config
 from distill.metrics import MIoUSums
 from distill.records import Shape, row_to_shape
 from distill.training import predict

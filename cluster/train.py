@@ -25,10 +25,10 @@ import torch
 from tqdm import tqdm
 
 from cluster.checkpoints import checkpoint_dir, final_bundle, load_torch, save_torch, student_name
+from cluster.config import Config
 from cluster.layout import PartItem, category_parts, plan_parts, shapes_manifest
 from cluster.samples import PartSource, Tables, scores_dir
 from cluster.storage import Storage
-from distill.config import Config
 from distill.labels import LabelSpace
 from distill.sources import SampleSource
 from distill.student import build_student

@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 
 from cluster.checkpoints import checkpoint_dir
+from cluster.config import Config, to_dict
 from cluster.storage import Storage
 from cluster.train import StudentPlan, fit_student, plan_students, prepare_fit
-from distill.config import Config, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,9 @@ block order of every epoch."""
 def sample_rows(batch: dict[str, np.ndarray], config: dict[str, Any], plan: dict[str, Any], round: int) -> Any:
     """``map_batches`` function of the training ingest: one item in, its training samples
     out as ``SAMPLE_SCHEMA`` rows (shapes with units, validation shapes held out)."""
+    from cluster.config import config_from_dict
     from cluster.layout import PartItem
     from cluster.samples import load_item, samples_to_table
-    from distill.config import config_from_dict
     from distill.sources import in_validation
 
     cfg = config_from_dict(config)
@@ -109,8 +109,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
     import torch
     import torch.distributed as dist
 
+    from cluster.config import config_from_dict
     from cluster.train import part_source
-    from distill.config import config_from_dict
 
     torch.set_num_threads(int(config["threads"]))
     cfg = config_from_dict(config["config"])

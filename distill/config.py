@@ -1,22 +1,19 @@
-"""The one typed configuration schema of every job.
+"""The method's configuration: one typed dataclass per stage of the method.
 
-Layers, later wins: the dataclass defaults below → a YAML preset (``--config FILE``)
-→ ``key=value`` command-line overrides (omegaconf dotlist syntax, lists as ``[a,b]``).
-A misspelled key or a value of the wrong type fails at load with the key's full name;
-the ``__post_init__`` checks then validate values (ranges, choices).
+Data, evaluation, rendering, teacher, student, training and segmentation sections live
+here; the generation section is ``generation/config.py``, storage and cluster sections
+and the composed ``Config`` with its loader (``load_config``) are ``cluster/config.py``.
+Each ``__post_init__`` validates values (ranges, choices) and raises ``ConfigError``
+naming the key; ``_choice`` and ``_positive`` are shared by every package's sections.
 
-Each stage owns one dataclass. Pure data: no IO beyond reading the YAML file.
+Pure data: no IO.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from typing import Any
 
-import yaml
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from distill.teachers import TEACHERS
 
 
 class ConfigError(ValueError):
@@ -62,19 +59,6 @@ class MixEntry:
         _positive("data.mix[].per_category", self.per_category, allow_zero=True)
         if self.source in ("psb", "shapenetpart", "files") and not self.path:
             raise ConfigError(f"data.mix[] with source={self.source} needs a path")
-
-
-@dataclass
-class StorageConfig:
-    """Where every artifact of a run lives: ``{root}/{run}/...``."""
-
-    root: str = "runs"
-    """A local folder or a URI such as ``s3://bucket/prefix``."""
-    endpoint_url: str = ""
-    """S3-compatible endpoint (e.g. ``http://127.0.0.1:5000``); empty: the AWS default,
-    or ``AWS_ENDPOINT_URL`` from the environment."""
-    region: str = ""
-    """S3 region; empty: ``AWS_DEFAULT_REGION`` or us-east-1."""
 
 
 @dataclass
@@ -174,7 +158,7 @@ class TeacherConfig:
     """The 2D teacher whose predictions become knowledge units."""
 
     name: str = "simulated"
-    """simulated | grounding_dino | owlv2 | clipseg | grounded_sam."""
+    """simulated | grounding_dino | owlv2 | clipseg | grounded_sam (``distill.teachers.TEACHERS``)."""
     model: str = ""
     """Hub id or local directory of the model (real teachers)."""
     sam_model: str = ""
@@ -196,11 +180,7 @@ class TeacherConfig:
     """auto (CUDA when present) | cpu | cuda."""
 
     def __post_init__(self) -> None:
-        _choice(
-            "teacher.name",
-            self.name,
-            ("simulated", "grounding_dino", "owlv2", "clipseg", "grounded_sam"),
-        )
+        _choice("teacher.name", self.name, tuple(TEACHERS))
         _choice("teacher.preset", self.preset, ("glip_like", "clean"))
         _choice("teacher.output", self.output, ("box", "mask"))
         _choice("teacher.device", self.device, ("auto", "cpu", "cuda"))
@@ -309,55 +289,6 @@ class TrainConfig:
 
 
 @dataclass
-class GenerationConfig:
-    """Shape generators (procedural or text-to-3D)."""
-
-    name: str = "procedural"
-    """procedural | shap_e."""
-    model: str = ""
-    """Hub id or local directory of the text-to-3D model (empty: ``openai/shap-e``)."""
-    count: int = 0
-    """Shapes per category (0: data.per_category, else 24)."""
-    categories: list[str] = field(default_factory=list)
-    num_inference_steps: int = 64
-    guidance_scale: float = 15.0
-    start: int = 0
-    """First instance index: instances ``start .. start + count - 1`` of each category."""
-    templates: list[str] = field(default_factory=lambda: ["a {style} {category}", "a 3d model of a {style} {category}"])
-    """shap_e prompt templates over ``{category}`` and ``{style}`` (generation/prompts.py)."""
-    styles: list[str] = field(
-        default_factory=lambda: ["modern", "wooden", "metal", "simple", "vintage", "futuristic", "minimalist", "sturdy"]
-    )
-    part_names: dict[str, list[str]] = field(default_factory=dict)
-    """Part names of categories that no known table has (``{category: [part, ...]}``)."""
-    batch_size: int = 4
-    """shap_e: prompts per actor call (one batched diffusion run)."""
-    actors: int = 0
-    """shap_e: generator actors (0: cluster.teacher_actors)."""
-    gpus: float = -1.0
-    """shap_e: GPUs per actor (< 0: cluster.teacher_gpus)."""
-    device: str = "auto"
-    """shap_e: auto (CUDA when present) | cpu | cuda."""
-    grid_size: int = 128
-    """shap_e: SDF grid cells a side for marching cubes (the pipeline's own is 128)."""
-    filter: bool = True
-    """Apply the mesh quality filters (generation/filters.py); rejects go to rejects/."""
-    output: str = "shapes"
-    """Shape-table folder under ``{storage.root}/{run}/`` that jobs/generate.py writes."""
-
-    def __post_init__(self) -> None:
-        _choice("generation.name", self.name, ("procedural", "shap_e"))
-        _positive("generation.count", self.count, allow_zero=True)
-        _positive("generation.start", self.start, allow_zero=True)
-        _positive("generation.batch_size", self.batch_size)
-        _positive("generation.num_inference_steps", self.num_inference_steps)
-        _positive("generation.actors", self.actors, allow_zero=True)
-        _choice("generation.device", self.device, ("auto", "cpu", "cuda"))
-        if self.grid_size < 8:
-            raise ConfigError(f"generation.grid_size={self.grid_size} is too small (>= 8)")
-
-
-@dataclass
 class SegmentConfig:
     """Segmenting new shapes with trained students (``jobs/segment.py``)."""
 
@@ -369,152 +300,3 @@ class SegmentConfig:
 
     def __post_init__(self) -> None:
         _positive("segment.pictures", self.pictures, allow_zero=True)
-
-
-@dataclass
-class ClusterConfig:
-    """Ray resources per stage. ``address`` empty: ``RAY_ADDRESS`` or a local Ray."""
-
-    backend: str = "auto"
-    """auto (Ray when an address is set — ``cluster.address``, ``RAY_ADDRESS`` as under
-    ``ray job submit`` — else this process) | ray (start a local Ray if none) | local."""
-    address: str = ""
-    num_cpus: int = 0
-    """CPUs of a local Ray (0: all of this machine's)."""
-    render_cpus: float = 1.0
-    teacher_actors: int = 1
-    extract_layout: str = "auto"
-    """split (render tasks → teacher actor pool) | fused (each actor renders, teaches and
-    back-projects; the pool grows to every CPU) | auto (fused when teacher_gpus is 0)."""
-    teacher_gpus: float = 0.0
-    train_workers: int = 1
-    min_train_workers: int = 0
-    """Elastic training when between 1 and ``train_workers`` - 1: Ray Train runs on as many
-    workers as fit (at least this many) and resizes the group when nodes go or come. The
-    global batch stays ``train.batch_size × train_workers`` (each of W workers takes 1/W of
-    it) and the learning rate is unchanged. 0: always ``train_workers``."""
-    gpus_per_worker: float = 0.0
-    train_resource: str = ""
-    """A custom resource each training worker also asks one unit of (empty: none).
-    ray_cluster.yaml's training nodes offer ``train_slot`` (one per GPU) and no other type
-    does, so the workers land on, and make the autoscaler start, training nodes — without
-    it a 1-GPU worker fits a teacher node too, and the autoscaler would pick those."""
-    rescore_actors: int = 1
-    """Actors of backward distillation's re-scoring pass (Ray Data batch inference)."""
-    rescore_gpus: float = 0.0
-    """GPUs per re-scoring actor (0: CPU)."""
-    part_shapes: int = 64
-    """Most shapes a shape part holds (ingest and generation write one category a part):
-    the unit of work of extraction, training reads, re-scoring and evaluation."""
-    eval_actors: int = 0
-    """Actors of the evaluation and segmentation passes on Ray (0: one per 2 CPUs)."""
-    concurrent_students: int = 0
-    """With train.per_category: students whose fits run at once on Ray (0: as many as the
-    cluster's CPUs (or GPUs) hold worker groups of cluster.train_workers)."""
-
-    def __post_init__(self) -> None:
-        _choice("cluster.backend", self.backend, ("auto", "ray", "local"))
-        if not 1 <= self.part_shapes <= 4096:
-            raise ConfigError(f"cluster.part_shapes={self.part_shapes} must be in [1, 4096]")
-        if self.eval_actors < 0 or self.concurrent_students < 0:
-            raise ConfigError("cluster.eval_actors and cluster.concurrent_students must be >= 0 (0: automatic)")
-        _choice("cluster.extract_layout", self.extract_layout, ("auto", "split", "fused"))
-
-
-@dataclass
-class Config:
-    """Every job's configuration."""
-
-    run: str = "default"
-    """Run name: artifacts go to ``{storage.root}/{run}/``."""
-    seed: int = 0
-    mode: str = "pre"
-    """pre: distil on ``data`` and evaluate on ``eval.data`` | tta: distil on the shapes to
-    be segmented."""
-    storage: StorageConfig = field(default_factory=StorageConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    render: RenderConfig = field(default_factory=RenderConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    student: StudentConfig = field(default_factory=StudentConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
-    segment: SegmentConfig = field(default_factory=SegmentConfig)
-    cluster: ClusterConfig = field(default_factory=ClusterConfig)
-    progress: bool = True
-    """Show progress bars."""
-
-    def __post_init__(self) -> None:
-        _choice("mode", self.mode, ("pre", "tta"))
-        if not self.run or "/" in self.run:
-            raise ConfigError(f"run={self.run!r} must be a non-empty name without '/'")
-
-
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-
-
-def _resolve_preset(path: str) -> str:
-    """``smoke`` or ``configs/smoke.yaml`` or any path → an existing YAML file."""
-    candidates = [path, os.path.join(CONFIG_DIR, path), os.path.join(CONFIG_DIR, f"{path}.yaml")]
-    for candidate in candidates:
-        if os.path.isfile(candidate):
-            return candidate
-    presets = sorted(f[:-5] for f in os.listdir(CONFIG_DIR) if f.endswith(".yaml"))
-    raise ConfigError(f"--config {path!r}: no such file; presets: {', '.join(presets)}")
-
-
-def load_config(argv: list[str] | None = None, **overrides: Any) -> Config:
-    """Build the typed config from ``[--config FILE] [key=value ...]``.
-
-    ``overrides`` (keyword form, dotted keys written with ``__``: ``data__path=...``) are
-    applied last; tests use them.
-    """
-    argv = list(argv or [])
-    preset: str | None = None
-    dotlist: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg in ("--config", "-c"):
-            if i + 1 >= len(argv):
-                raise ConfigError("--config needs a file name or preset name")
-            preset = argv[i + 1]
-            i += 2
-            continue
-        if arg.startswith("--config="):
-            preset = arg.split("=", 1)[1]
-        elif "=" in arg and not arg.startswith("-"):
-            dotlist.append(arg)
-        else:
-            raise ConfigError(f"argument {arg!r}: expected --config FILE or key=value")
-        i += 1
-    dotlist += [f"{k.replace('__', '.')}={v}" for k, v in overrides.items()]
-
-    schema = OmegaConf.structured(Config)
-    layers = [schema]
-    try:
-        if preset is not None:
-            layers.append(OmegaConf.load(_resolve_preset(preset)))
-        layers.append(OmegaConf.from_dotlist(dotlist))
-        merged = OmegaConf.merge(*layers)
-        return OmegaConf.to_object(merged)  # type: ignore[return-value]
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config {preset or 'overrides'}: not valid YAML ({e})") from None
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or ""
-        first = str(e).splitlines()[0]
-        where = f" (from {preset})" if preset else ""
-        raise ConfigError(f"config key {key!r}{where}: {first}") from None
-
-
-def config_from_dict(d: dict[str, Any]) -> Config:
-    """The inverse of ``to_dict`` (validated like a loaded config)."""
-    try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), d))  # type: ignore[return-value]
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"config key {getattr(e, 'full_key', '')!r}: {str(e).splitlines()[0]}") from None
-
-
-def to_dict(cfg: Config) -> dict[str, Any]:
-    """Plain-dict view of a config (for JSON summaries and checkpoints)."""
-    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]

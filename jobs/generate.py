@@ -11,10 +11,10 @@ re-run makes only the shapes still missing.
 
 from typing import Any
 
+from cluster.config import Config
 from cluster.generate_ray import generate_shapes
 from cluster.job import run_job
 from cluster.storage import Storage
-from distill.config import Config
 
 
 def stage(cfg: Config, storage: Storage) -> dict[str, Any]:

@@ -1,14 +1,18 @@
 """Teacher registry: ``teacher.name`` → a class with ``predict(views, shape)``.
 
-Imports are lazy so that choosing the simulated teacher never loads transformers.
+Imports are lazy so that choosing the simulated teacher never loads transformers, and
+``distill.config`` takes its list of names from ``TEACHERS`` at no cost. The teacher
+protocol and prediction type are ``distill.teachers.base``.
 """
 
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from distill.config import TeacherConfig
-from distill.teachers.base import Teacher, ViewPrediction, filter_predictions
+if TYPE_CHECKING:  # no run-time imports: distill.config reads TEACHERS, and loading a config stays cheap
+    from distill.config import TeacherConfig
+    from distill.teachers.base import Teacher
 
 # name → (module, class). Each class is built as ``cls(cfg, seed=seed)``.
 TEACHERS: dict[str, tuple[str, str]] = {
@@ -28,4 +32,4 @@ def build_teacher(cfg: TeacherConfig, seed: int = 0) -> Teacher:
     return getattr(importlib.import_module(module), cls)(cfg, seed=seed)
 
 
-__all__ = ["TEACHERS", "Teacher", "ViewPrediction", "build_teacher", "filter_predictions"]
+__all__ = ["TEACHERS", "build_teacher"]

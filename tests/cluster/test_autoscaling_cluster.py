@@ -109,8 +109,8 @@ def _wait(what: str, cond, timeout_s: float = WAIT_S, every_s: float = 0.5):
 
 
 def _config(tmp_path, cluster, run: str):
+    from cluster.config import load_config
     from cluster.storage import Storage
-    from distill.config import load_config
 
     cfg = load_config([*ARGS, f"run={run}", f"storage.root={tmp_path}", f"cluster.address={cluster.address}"])
     return cfg, Storage.from_config(cfg.storage)
@@ -274,7 +274,7 @@ def test_child_held_capacity_outlives_the_idle_timeout(fake_cluster):
     )
 
     from cluster.autoscaling import held_bundles, hold_capacity
-    from distill.config import load_config
+    from cluster.config import load_config
 
     cluster, rec = fake_cluster
     cfg = load_config(ARGS)

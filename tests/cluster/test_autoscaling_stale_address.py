@@ -19,7 +19,7 @@ from tests.conftest import REPO, _free_port
 CHILD = """
 import json, ray
 from cluster.runtime import connect
-from distill.config import ClusterConfig
+from cluster.config import ClusterConfig
 
 out = {}
 try:

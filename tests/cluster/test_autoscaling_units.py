@@ -22,8 +22,8 @@ from cluster.autoscaling import (
     training_bundles,
     worker_node_types,
 )
+from cluster.config import load_config
 from cluster.runtime import fits, resource_requests
-from distill.config import load_config
 from tests.conftest import REPO
 
 # What tests/cluster/test_autoscaling_cluster.py runs: a GPU teacher, training workers pinned
@@ -135,8 +135,8 @@ def test_train_slot_makes_the_autoscaler_start_a_training_node(cluster_yaml):
 def local_ray():
     import ray
 
+    from cluster.config import ClusterConfig
     from cluster.runtime import connect
-    from distill.config import ClusterConfig
 
     if ray.is_initialized():
         ray.shutdown()

@@ -9,8 +9,8 @@ import pytest
 import ray.autoscaler
 import yaml
 
+from cluster.config import load_config
 from cluster.runtime import fits, resource_requests, teacher_actor_options, train_scaling
-from distill.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_YAML = REPO / "ray_cluster.yaml"

@@ -19,9 +19,9 @@ import sys
 
 import pytest
 
+from cluster.config import load_config
 from cluster.pipeline import pretrain
 from cluster.storage import ReadCounter, Storage
-from distill.config import load_config
 from tests.conftest import REPO
 
 PART = 4
@@ -59,7 +59,7 @@ DRIVER = """
 import json, sys
 from cluster.pipeline import pretrain
 from cluster.storage import Storage
-from distill.config import load_config
+from cluster.config import load_config
 from tests.cluster.test_driver_reads import MaxReads
 
 cfg = load_config(sys.argv[1:])

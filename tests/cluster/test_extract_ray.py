@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from cluster.config import ClusterConfig, load_config
 from cluster.extract_parts import PIECE_SCHEMA, PartExtractor, done_in_part, extract_shape, write_piece
 from cluster.extract_ray import (
     TeachStage,
@@ -25,7 +26,6 @@ from cluster.layout import knowledge_part_name, shape_part_of, shape_summary
 from cluster.rejects import read_rejects
 from cluster.runtime import connect, extract_fused, fused_actor_options, teacher_actor_options
 from cluster.storage import MANIFEST, PartError, Storage
-from distill.config import ClusterConfig, load_config
 from distill.extract import render
 from distill.records import UNIT_SCHEMA, KnowledgeUnits, Mesh, shapes_to_table, table_to_units
 from distill.teachers import build_teacher

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from cluster.config import ClusterConfig, load_config
 from cluster.generate_ray import (
     MAX_PART_SHAPES,
     RESULT_SCHEMA,
@@ -24,7 +25,6 @@ from cluster.generate_ray import (
 from cluster.rejects import read_rejects
 from cluster.runtime import connect
 from cluster.storage import Storage
-from distill.config import ClusterConfig, load_config
 from distill.records import SHAPE_SCHEMA, table_to_shapes
 from distill.sampling import derive_seed
 from generation.procedural import make_shape

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from cluster.checkpoints import load_student, load_torch
+from cluster.config import ClusterConfig, load_config
 from cluster.pipeline import extract_stage
 from cluster.rescore_ray import rescore_on_ray
 from cluster.rescoring import load_snapshot, rescore_local, todo_items
@@ -15,7 +16,6 @@ from cluster.runtime import connect
 from cluster.samples import SCORE_SCHEMA, load_item, load_units, read_scores, scores_dir
 from cluster.storage import Storage
 from cluster.train import fit_student, knowledge_dir, plan_students, prepare_fit, train_student_local
-from distill.config import ClusterConfig, load_config
 from distill.records import table_to_units
 from distill.training import rescore_samples
 

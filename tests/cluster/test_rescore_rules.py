@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from cluster.checkpoints import load_torch
+from cluster.config import load_config
 from cluster.pipeline import extract_stage
 from cluster.rescoring import balance_factors, load_snapshot, rescore_local
 from cluster.samples import BALANCE_FILE, SCORE_SCHEMA, load_item, read_score_part
 from cluster.storage import Storage
 from cluster.train import check_rescore_rule, fit_student, knowledge_dir, plan_students, prepare_fit
-from distill.config import load_config
 from distill.samples import pairs_to_source
 from distill.training import rescore_samples_with_rule
 

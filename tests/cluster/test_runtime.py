@@ -2,6 +2,7 @@
 
 import pytest
 
+from cluster.config import ClusterConfig, load_config
 from cluster.runtime import (
     cluster_address,
     configure_data_context,
@@ -15,7 +16,6 @@ from cluster.runtime import (
     teacher_actor_options,
     train_scaling,
 )
-from distill.config import ClusterConfig, load_config
 
 
 def test_local_num_cpus(monkeypatch):

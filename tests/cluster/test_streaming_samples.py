@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cluster.config import load_config
 from cluster.layout import knowledge_part_name, shape_summary
 from cluster.samples import PartSource, Tables, samples_to_table, scores_table, table_to_samples
 from cluster.storage import Storage
 from cluster.train import StudentPlan, plan_students
 from cluster.train_ray import concurrent_students
-from distill.config import load_config
 from distill.metrics import MIoUSums, MIoUTable
 from distill.records import KnowledgeUnits, Shape, shapes_to_table, units_to_table
 from distill.sources import in_validation

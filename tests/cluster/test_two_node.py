@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from cluster.checkpoints import load_torch
+from cluster.config import load_config
 from cluster.extract_ray import extract_local, extract_on_ray
 from cluster.ingest import ingest
 from cluster.rescore_ray import rescore_on_ray
@@ -21,7 +22,6 @@ from cluster.runtime import _loopback_only
 from cluster.samples import read_scores
 from cluster.storage import Storage
 from cluster.train import fit_student, knowledge_dir, plan_students, prepare_fit
-from distill.config import load_config
 from distill.records import UNIT_SCHEMA, table_to_units
 from tests.conftest import REPO
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cluster.config import load_config
 from distill.categories import PROCEDURAL_PARTS, PSB_PARTS, part_names_for
-from distill.config import ConfigError, DataConfig, MixEntry, load_config
+from distill.config import ConfigError, DataConfig, MixEntry
 from distill.readers import SourceItem, interleave, iter_items
 from distill.records import Mesh, Shape
 from distill.vocab import (

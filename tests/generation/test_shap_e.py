@@ -13,8 +13,8 @@ import torch
 import trimesh
 
 import generation
-from distill.config import GenerationConfig
 from distill.records import ShapeError, shapes_to_table, table_to_shapes
+from generation.config import GenerationConfig
 from generation.prompts import DEFAULT_STYLES, DEFAULT_TEMPLATES, check_templates, make_prompt
 from generation.shap_e import (
     SOURCE,

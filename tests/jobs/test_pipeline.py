@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import trimesh
 
+from cluster.config import load_config
 from cluster.ingest import ingest
 from cluster.job import run_job
 from cluster.pipeline import extract_stage, pretrain
 from cluster.rejects import read_rejects
 from cluster.segment import segment
 from cluster.storage import Storage
-from distill.config import load_config
 from tests.conftest import REPO, shared_data
 
 
