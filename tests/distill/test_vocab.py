@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import generation  # noqa: F401 - registers the procedural reader the mixtures below read
 from distill.categories import PROCEDURAL_PARTS, PSB_PARTS, part_names_for
 from distill.config import ConfigError, DataConfig, MixEntry, load_config
-from distill.readers import SourceItem, interleave, iter_items
+from distill.readers import SourceItem, iter_items
+from distill.readers.mix import interleave
 from distill.records import Mesh, Shape
 from distill.vocab import (
     common_vocabulary,
