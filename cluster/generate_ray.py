@@ -42,7 +42,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import trimesh
 from tqdm import tqdm
 
 from cluster.config import Config
@@ -52,8 +51,9 @@ from cluster.storage import Storage
 from distill.categories import PSB_PARTS, SHAPENETPART_PARTS, canonical_name, part_names_for
 from distill.records import Shape, shapes_to_table
 from distill.sampling import derive_seed
+from generation import procedural
 from generation.config import GenerationConfig
-from generation.filters import check_mesh, reason_kind
+from generation.filters import check_mesh, check_shape, reason_kind
 from generation.procedural import ALL_CATEGORIES as PROCEDURAL_ALL
 from generation.procedural import CATEGORIES as PROCEDURAL_CATEGORIES
 from generation.procedural import PROCEDURAL_PARTS
@@ -123,8 +123,9 @@ def category_parts(cfg: Config, categories: list[str]) -> dict[str, list[str]]:
 
 def shape_id_of(name: str, category: str, index: int) -> str:
     """The id generator ``name`` gives instance ``index`` of ``category`` (canonical spelling)."""
-    prefix = "procedural" if name == "procedural" else "generated"
-    return f"{prefix}/{category}/{index:05d}"
+    if name == "procedural":
+        return procedural.shape_id(category, index)
+    return f"generated/{category}/{index:05d}"
 
 
 def plan_rows(cfg: Config, done: set[str]) -> tuple[list[dict[str, Any]], int, int]:
@@ -140,8 +141,12 @@ def plan_rows(cfg: Config, done: set[str]) -> tuple[list[dict[str, Any]], int, i
     category_parts(cfg, categories)  # unknown part names fail here, not in a worker
     count = count_per_category(cfg)
     rows, asked, skipped = [], 0, 0
+    if gen.name == "procedural":  # data.split's index range, as data.source=procedural reads it
+        indices = procedural.split_indices(cfg.data.split, count, gen.start)
+    else:
+        indices = range(gen.start, gen.start + count)
     for category in categories:
-        for index in range(gen.start, gen.start + count):
+        for index in indices:
             asked += 1
             shape_id = shape_id_of(gen.name, category, index)
             if shape_id in done:
@@ -207,11 +212,6 @@ def _reason(e: BaseException) -> str:
     return f"error: {type(e).__name__}: {e}"
 
 
-def _trimesh(shape: Shape) -> trimesh.Trimesh:
-    assert shape.mesh is not None
-    return trimesh.Trimesh(shape.mesh.vertices, shape.mesh.faces, process=False)
-
-
 # -- procedural: one CPU task per block ------------------------------------------------
 def procedural_rows(
     rows: list[dict[str, Any]], num_points: int, check: bool
@@ -226,7 +226,7 @@ def procedural_rows(
             shape = make_shape(str(row["category"]), int(row["index"]), int(row["seed"]), num_points)
             if shape.shape_id != sid:  # the plan and the generator must agree on ids
                 raise ValueError(f"generator made {shape.shape_id}, plan expected {sid}")
-            reason = check_mesh(_trimesh(shape), shape.category) if check else None
+            reason = check_shape(shape) if check else None
         except Exception as e:  # noqa: BLE001 - one shape's failure rejects that shape only
             rejects.append((sid, _reason(e)))
             continue

@@ -15,6 +15,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+import generation  # noqa: F401 - registers the data.source=procedural reader with distill.readers
 from cluster.config import Config
 from cluster.layout import shape_summary, shapes_manifest
 from cluster.rejects import read_rejects, write_rejects

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from distill.readers.registry import MIX_SOURCES
+from distill.readers.registry import SOURCES as READER_SOURCES
 from distill.teachers import TEACHERS
 
 
@@ -30,9 +32,8 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
         raise ConfigError(f"{key}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
 
 
-DATA_SOURCES = ("procedural", "psb", "shapenetpart", "files", "generated", "table", "mix")
-MIX_SOURCES = ("procedural", "psb", "shapenetpart", "files")
-"""What a ``data.mix`` entry may read: the file readers of ``distill.readers``."""
+DATA_SOURCES = (*READER_SOURCES, "generated", "table")
+"""The sources ``distill.readers`` serves, and shape tables (generated, table), read by ``cluster``."""
 VOCABULARIES = ("psb", "shapenetpart", "procedural")
 """Datasets with a part table (``distill.categories.TABLES``), for ``data.vocabulary``."""
 

@@ -3,6 +3,10 @@
 ``procedural`` (the embedded corpus) is always there; heavier generators (``shap_e``,
 text-to-3D with diffusers) register themselves from their own module, imported only by
 the code that needs them, so importing ``generation`` stays cheap.
+
+Importing ``generation`` also registers the ``data.source=procedural`` reader with
+``distill.readers`` (``generation.procedural.reader``): distill never imports generation,
+so the layer that lists items (``cluster.ingest``) imports this package.
 """
 
 from __future__ import annotations
@@ -10,13 +14,16 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
+from distill.readers import register_reader
 from distill.records import Shape
 from generation import procedural
+from generation.procedural import reader as procedural_reader
 
 Generator = Callable[[str, int, int, int], Shape]
 """``(category, index, seed, num_points) -> Shape``; deterministic in its arguments."""
 
 GENERATORS: dict[str, Generator] = {"procedural": procedural.make_shape}
+register_reader("procedural", procedural_reader.read)
 
 # Generators that register themselves when their (heavy) module is imported.
 LAZY_GENERATORS: dict[str, str] = {"shap_e": "generation.shap_e"}

@@ -33,10 +33,14 @@ Pure numpy/scipy on ``trimesh.Trimesh``; no model, no IO. Deterministic (samplin
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import trimesh
 from scipy import ndimage
+
+if TYPE_CHECKING:
+    from distill.records import Shape
 
 
 @dataclass(frozen=True)
@@ -222,6 +226,13 @@ def check_mesh(mesh: trimesh.Trimesh, category: str, checks: MeshChecks = DEFAUL
                 f"expected of a {category}"
             )
     return None
+
+
+def check_shape(shape: Shape, checks: MeshChecks = DEFAULT_CHECKS) -> str | None:
+    """``check_mesh`` on a generated shape's mesh and category (``ValueError`` when it has no mesh)."""
+    if shape.mesh is None:
+        raise ValueError(f"{shape.shape_id}: no mesh to check")
+    return check_mesh(trimesh.Trimesh(shape.mesh.vertices, shape.mesh.faces, process=False), shape.category, checks)
 
 
 def reason_kind(reason: str) -> str:

@@ -18,6 +18,10 @@ Categories (vocabularies in ``distill.categories.PROCEDURAL_PARTS``):
 
 ``ALL_CATEGORIES`` is both; ``distill.vocab.part_mapping`` maps one vocabulary onto another
 (e.g. procedural Chair's back/seat/leg/armrest onto PSB's backsupport/support/leg/arm).
+
+One procedural path: the generation stage (``generation.name=procedural``) and the data
+source (``data.source=procedural``, ``reader.py``) make the same shapes under the same ids
+(``shape_id``), splits (``SPLIT_START``) and quality filters (``generation.filters``).
 """
 
 from __future__ import annotations
@@ -48,6 +52,12 @@ CATEGORIES = PROCEDURAL_SNP_CATEGORIES
 PSB_CATEGORIES = PROCEDURAL_PSB_CATEGORIES
 """Categories made for Labeled PSB categories, in PSB's part names."""
 ALL_CATEGORIES = (*CATEGORIES, *PSB_CATEGORIES)
+DEFAULT_COUNT = 24
+"""Instances per category when no count is given."""
+SPLIT_START = {"all": 0, "train": 0, "val": 500_000, "test": 1_000_000}
+"""The corpus is unbounded, so its splits are disjoint ranges of instance indices rather
+than halves of one list: ``all``/``train`` make instances 0..n−1, ``val`` and ``test``
+held-out instances (other indices, hence other seeds and proportions)."""
 
 _BUILDERS: dict[str, Callable[[np.random.Generator], tuple[Mesh, dict[str, Any]]]] = {
     "Airplane": _airplane,
@@ -68,14 +78,31 @@ _BUILDERS: dict[str, Callable[[np.random.Generator], tuple[Mesh, dict[str, Any]]
 __all__ = [
     "ALL_CATEGORIES",
     "CATEGORIES",
+    "DEFAULT_COUNT",
     "PROCEDURAL_PARTS",
     "PSB_CATEGORIES",
+    "SPLIT_START",
     "_Builder",
     "_box",
     "instance_rng",
     "make_mesh",
     "make_shape",
+    "shape_id",
+    "split_indices",
 ]
+
+
+def shape_id(category: str, index: int) -> str:
+    """The id of instance ``index`` of ``category`` (canonical spelling): ``procedural/<Category>/<index:05d>``."""
+    return f"procedural/{category}/{index:05d}"
+
+
+def split_indices(split: str, count: int, start: int = 0) -> range:
+    """The instance indices of ``split``: ``count`` of them from ``SPLIT_START[split] + start``."""
+    if split not in SPLIT_START:
+        raise ValueError(f"split={split!r} is not one of {', '.join(SPLIT_START)}")
+    first = SPLIT_START[split] + start
+    return range(first, first + count)
 
 
 def instance_rng(seed: int, category: str, index: int) -> np.random.Generator:
@@ -98,12 +125,13 @@ def make_shape(category: str, index: int, seed: int, num_points: int = 2048) -> 
 
     category: one of ``ALL_CATEGORIES`` (case-insensitive) → a Shape with ``num_points``
     surface samples, per-point labels, the mesh, source ``procedural`` and shape id
-    ``procedural/<Category>/<index:05d>``; meta holds seed, index and the instance's
+    ``shape_id(category, index)``; meta holds seed, index and the instance's
     parameters.
     """
     name = canonical_name(category, list(_BUILDERS), "procedural category")
     mesh, params = make_mesh(name, index, seed)
-    shape_id = f"procedural/{name}/{index:05d}"
+    sid = shape_id(name, index)
     meta = {"seed": int(seed), "index": int(index), "params": params}
-    sample_seed = derive_seed(seed, shape_id)
-    return shape_from_mesh(shape_id, name, PROCEDURAL_PARTS[name], mesh, num_points, sample_seed, "procedural", meta)
+    return shape_from_mesh(
+        sid, name, PROCEDURAL_PARTS[name], mesh, num_points, derive_seed(seed, sid), "procedural", meta
+    )

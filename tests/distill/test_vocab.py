@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import generation  # noqa: F401 - registers the procedural reader the mixtures below read
 from cluster.config import load_config
 from distill.categories import PROCEDURAL_PARTS, PSB_PARTS, part_names_for
 from distill.config import ConfigError, DataConfig, MixEntry
-from distill.readers import SourceItem, interleave, iter_items
+from distill.readers import SourceItem, iter_items
+from distill.readers.mix import interleave
 from distill.records import Mesh, Shape
 from distill.vocab import (
     common_vocabulary,

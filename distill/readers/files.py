@@ -1,0 +1,127 @@
+"""``data.source=files``: every mesh or point cloud trimesh reads under ``data.path``, unlabelled.
+
+Ids ``files/<path relative to data.path, without extension>``; category from
+``data.category`` or the file's folder name; splits by sorted id (``common.split_ids``).
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from distill.categories import part_names_for
+from distill.readers.common import cap, naming, select_categories, split_ids
+from distill.readers.registry import SourceItem
+from distill.records import Mesh, Shape, ShapeError
+from distill.sampling import derive_seed, shape_from_mesh, shape_from_points
+
+if TYPE_CHECKING:
+    from distill.config import DataConfig
+
+MESH_EXTENSIONS = (".obj", ".off", ".ply", ".glb", ".gltf", ".stl")
+"""What the ``files`` source picks up (anything trimesh reads as a mesh or point cloud)."""
+
+
+def load_any_file(
+    path: str, shape_id: str, category: str, part_names: list[str] | None, num_points: int, seed: int
+) -> Shape:
+    """A mesh / point cloud / scene file → an unlabelled Shape (meshes keep their mesh).
+
+    part_names None: looked up from ``category`` now (``ValueError`` when unknown), so one
+    odd folder rejects its own files and not the run.
+    """
+    import trimesh  # local: trimesh's import is slow and only this source needs it here
+
+    if part_names is None:
+        try:
+            part_names = _part_names_lazy(category)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+    if os.path.getsize(path) == 0:
+        raise ShapeError(f"{path}: empty file")
+    try:
+        loaded = trimesh.load(path, process=False)
+    except Exception as e:  # noqa: BLE001 - trimesh raises many types for bad files
+        raise ShapeError(f"{path}: trimesh cannot read it ({type(e).__name__}: {e})") from None
+    meshes, clouds = [], []
+    # A scene (glb, multi-object obj): every geometry with its node transform applied.
+    geoms = list(loaded.dump()) if isinstance(loaded, trimesh.Scene) else [loaded]
+    for g in geoms:
+        if isinstance(g, trimesh.Trimesh) and len(g.faces):
+            meshes.append(g)
+        elif isinstance(g, trimesh.PointCloud) and len(g.vertices):
+            clouds.append(np.asarray(g.vertices))
+        elif isinstance(g, trimesh.Trimesh) and len(g.vertices):
+            clouds.append(np.asarray(g.vertices))  # a PLY of vertices only reads as a faceless mesh
+    meta = {"file": path}
+    with naming(path):
+        return _shape_from_geometry(shape_id, category, part_names, meshes, clouds, num_points, seed, meta)
+
+
+def _shape_from_geometry(
+    shape_id: str,
+    category: str,
+    part_names: list[str],
+    meshes: list,
+    clouds: list[np.ndarray],
+    num_points: int,
+    seed: int,
+    meta: dict,
+) -> Shape:
+    if meshes:
+        offsets = np.cumsum([0] + [len(m.vertices) for m in meshes])
+        vertices = np.concatenate([np.asarray(m.vertices, np.float64) for m in meshes])
+        faces = np.concatenate([np.asarray(m.faces, np.int64) + o for m, o in zip(meshes, offsets)])
+        return shape_from_mesh(shape_id, category, part_names, Mesh(vertices, faces), num_points, seed, "files", meta)
+    if clouds:
+        points = np.concatenate(clouds)
+        return shape_from_points(shape_id, category, part_names, points, None, None, num_points, seed, "files", meta)
+    raise ShapeError("no faces and no points in it")
+
+
+def _part_names_lazy(category: str) -> list[str]:
+    """Known tables: ShapeNetPart, Labeled PSB, then the procedural one."""
+    return part_names_for(category)
+
+
+# Shape ids double as storage keys: anything outside this set becomes "_".
+_SAFE = re.compile(r"[^A-Za-z0-9._/\-]")
+
+
+def read(data: DataConfig, seed: int) -> Iterator[SourceItem]:
+    given = Path(data.path).expanduser()
+    if given.is_file():
+        root, files = given.parent, [given]
+    elif given.is_dir():
+        root = given
+        files = sorted(p for p in given.rglob("*") if p.is_file() and p.suffix.lower() in MESH_EXTENSIONS)
+    else:
+        raise FileNotFoundError(f"data.path={data.path!r} is neither a file nor a folder (data.source=files)")
+    # Ids drop the extension; two files differing only by extension keep theirs, to stay unique.
+    keys = [_SAFE.sub("_", p.relative_to(root).with_suffix("").as_posix()) for p in files]
+    counts = collections.Counter(keys)
+    by_category: dict[str, list[tuple[str, Path]]] = {}
+    for key, p in zip(keys, files):
+        if counts[key] > 1:
+            key = f"{key}_{p.suffix.lstrip('.').lower()}"
+        category = data.category or (p.parent.name if p.parent != root else root.resolve().name)
+        by_category.setdefault(category, []).append((f"files/{key}", p))
+    # data.part_names, when given, name the parts of every file (normally with data.category).
+    names = list(data.part_names) if data.part_names else None
+    for category in select_categories(list(by_category), data.categories, "files"):
+        entries = sorted(by_category[category], key=lambda e: e[0])
+        selected = set(cap(split_ids([e[0] for e in entries], data.split), data.per_category))
+        for shape_id, p in entries:
+            if shape_id not in selected:
+                continue
+            load = functools.partial(
+                load_any_file, str(p), shape_id, category, names, data.num_points, derive_seed(seed, shape_id)
+            )
+            yield SourceItem(shape_id, category, str(p), load)
