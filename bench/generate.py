@@ -195,7 +195,8 @@ def run_ray(args: argparse.Namespace) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
-    from cluster.generate_ray import generate_on_ray, part_shapes
+    from cluster.generate_plan import part_shapes
+    from cluster.generate_ray import generate_on_ray
     from cluster.runtime import connect
     from cluster.storage import Storage
     from distill.config import load_config
