@@ -4,8 +4,8 @@ Streams the shape table one part at a time (with its co-partitioned knowledge): 
 part, ``PartEvaluator`` computes the voting baselines — ``voting`` (teacher votes,
 uncovered points unlabelled) and ``voting_nearest`` (uncovered points take their nearest
 covered point's label) — and every finished student's predictions of the shapes of its
-categories, writes those predictions as ``{run}/predictions/<shape part>`` (shape_id,
-category, student, labels) and returns per-category sums of shape mIoU (``MIoUSums``),
+categories, writes those predictions as ``{run}/predictions/<shape part>``
+(``distill.records.PREDICTION_SCHEMA``) and returns per-category sums of shape mIoU (``MIoUSums``),
 never the predictions, to the driver. On Ray the parts go through an actor pool that
 loads the students once per actor. Test labels are only *read here*, never by training
 or checkpoint selection.
@@ -14,32 +14,35 @@ or checkpoint selection.
 from __future__ import annotations
 
 import logging
-import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
+from cluster.actors import map_batches
 from cluster.checkpoints import list_students, load_student
 from cluster.config import Config
 from cluster.layout import PartItem, plan_parts, shapes_manifest
 from cluster.samples import EVAL_COLUMNS, Tables, load_units
 from cluster.storage import Storage
 from distill.metrics import MIoUSums
-from distill.records import KnowledgeUnits, Shape, row_to_shape
+from distill.records import (
+    KnowledgeUnits,
+    Prediction,
+    Shape,
+    add_sums,
+    predictions_to_table,
+    row_to_shape,
+    sums_to_table,
+)
 from distill.training import predict
 from distill.voting import vote, vote_nearest
 
 log = logging.getLogger(__name__)
 
 METHODS = ("voting", "voting_nearest", "student")
-PREDICTION_SCHEMA = pa.schema(
-    [("shape_id", pa.string()), ("category", pa.string()), ("student", pa.string()), ("labels", pa.list_(pa.int32()))]
-)
-SUMS_SCHEMA = pa.schema(
-    [("method", pa.string()), ("category", pa.string()), ("sum", pa.float64()), ("count", pa.float64())]
-)
 
 
 def voting_tables(shapes: list[Shape], units: dict[str, KnowledgeUnits], tables: dict[str, Any] | None = None) -> Any:
@@ -90,35 +93,22 @@ class PartEvaluator:
         units, _ = load_units(self.storage, self.tables, item)
         sums = voting_tables(shapes, units)
         sums["student"] = MIoUSums()
-        rows: dict[str, list[Any]] = {name: [] for name in PREDICTION_SCHEMA.names}
-        for name, model, space in self.students:
-            mine = [s for s in shapes if s.category in space.categories]
-            if not mine:
-                continue
-            for s, pred in zip(mine, predict(model, mine, "cpu", self.batch_size, space)):
-                rows["shape_id"].append(s.shape_id)
-                rows["category"].append(s.category)
-                rows["student"].append(name)
-                rows["labels"].append(pred.astype(np.int32))
-                if s.labels is not None:
-                    sums["student"].add(s.shape_id, s.category, pred, s.labels, s.num_parts)
+        preds: list[Prediction] = []
+        for name, s, pred in student_predictions(self.students, shapes, self.batch_size):
+            preds.append(Prediction(s.shape_id, s.category, name, pred))
+            if s.labels is not None:
+                sums["student"].add(s.shape_id, s.category, pred, s.labels, s.num_parts)
         if self.predictions_dir:
-            table = pa.table(rows, schema=PREDICTION_SCHEMA)
-            self.storage.write_part(self.predictions_dir, table, done_ids=rows["shape_id"], name=item.shape_part)
+            done = [p.shape_id for p in preds]
+            self.storage.write_part(
+                self.predictions_dir, predictions_to_table(preds), done_ids=done, name=item.shape_part
+            )
         return sums, {s.category for s in shapes}
-
-
-def sums_to_table(sums: dict[str, MIoUSums], categories: set[str]) -> pa.Table:
-    rows = [
-        {"method": m, "category": c, "sum": s, "count": n} for m, t in sums.items() for c, (s, n) in t.sums.items()
-    ]
-    rows += [{"method": "", "category": c, "sum": 0.0, "count": 0.0} for c in sorted(categories)]
-    return pa.Table.from_pylist(rows, schema=SUMS_SCHEMA)
 
 
 class EvaluateStage:
     """Ray Data callable class: the run's students loaded once per actor; per item, its
-    ``PartEvaluator`` sums as ``SUMS_SCHEMA`` rows."""
+    ``PartEvaluator`` sums as ``distill.records.SUMS_SCHEMA`` rows."""
 
     def __init__(self, config: dict[str, Any], tables: Tables, with_students: bool, predictions_dir: str) -> None:
         from cluster.config import config_from_dict
@@ -136,7 +126,20 @@ class EvaluateStage:
 
 
 def load_students(storage: Storage, run: str) -> list[Any]:
-    return [(name, *load_student(storage, run, name)[:2]) for name in list_students(storage, run)]
+    """The finished students of ``run`` as ``(name, model, space)``, named ``<run>/<student>``
+    (the ``student`` column of the predictions tables)."""
+    return [(f"{run}/{name}", *load_student(storage, run, name)[:2]) for name in list_students(storage, run)]
+
+
+def student_predictions(
+    students: list[Any], shapes: list[Shape], batch_size: int
+) -> Iterator[tuple[str, Shape, np.ndarray]]:
+    """Each student's predictions of the ``shapes`` of its categories → ``(student name,
+    shape, labels (N,) int64)``, student by student (``students``: ``(name, model, space)``)."""
+    for name, model, space in students:
+        mine = [s for s in shapes if s.category in space.categories]
+        if mine:
+            yield from ((name, s, pred) for s, pred in zip(mine, predict(model, mine, "cpu", batch_size, space)))
 
 
 def evaluate_parts(
@@ -145,7 +148,9 @@ def evaluate_parts(
     """Stream every shape part through ``PartEvaluator`` (Ray actor pool or this process)."""
     from cluster.pipeline import use_ray
 
-    items = plan_parts(shapes_manifest(storage, shapes_dir), storage.manifest(units_dir), None, f"{storage.uri(units_dir)}: ")
+    items = plan_parts(
+        shapes_manifest(storage, shapes_dir), storage.manifest(units_dir), None, f"{storage.uri(units_dir)}: "
+    )
     tables = Tables(shapes_dir, units_dir)
     total: dict[str, MIoUSums] = {m: MIoUSums() for m in METHODS}
     categories: set[str] = set()
@@ -159,26 +164,22 @@ def evaluate_parts(
         _connect(cfg)
         size = cfg.cluster.eval_actors or max(1, int(ray.cluster_resources().get("CPU", 1) // 2))
         ds = ray.data.from_items([i.to_row() for i in items.items], override_num_blocks=len(items.items))
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-            ds = ds.map_batches(
-                EvaluateStage,
-                fn_constructor_kwargs={
-                    "config": to_dict(cfg),
-                    "tables": tables,
-                    "with_students": with_students,
-                    "predictions_dir": predictions_dir,
-                },
-                batch_size=1,
-                batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=min(size, len(items.items))),
-                num_cpus=1,
-            )
+        ds = map_batches(
+            ds,
+            EvaluateStage,
+            fn_constructor_kwargs={
+                "config": to_dict(cfg),
+                "tables": tables,
+                "with_students": with_students,
+                "predictions_dir": predictions_dir,
+            },
+            batch_size=1,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=min(size, len(items.items))),
+            num_cpus=1,
+        )
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-            for r in batch.to_pylist():
-                if r["method"]:
-                    total[r["method"]].merge(MIoUSums({r["category"]: [r["sum"], r["count"]]}))
-                categories.add(r["category"])
+            add_sums(batch.to_pylist(), total, categories)
         return total, categories
     students = load_students(storage, cfg.run) if with_students else []
     evaluator = PartEvaluator(storage, tables, students, predictions_dir, cfg.train.batch_size)

@@ -15,8 +15,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import pyarrow as pa
-
 from cluster.layout import knowledge_part_name, shape_part_of
 from cluster.rejects import write_rejects
 from cluster.storage import Storage
@@ -31,11 +29,6 @@ log = logging.getLogger(__name__)
 STAGE = "extract"
 PIECE_SHAPES = 32
 """Most shapes per knowledge piece: a stopped extraction redoes at most this many."""
-
-PIECE_SCHEMA = pa.schema(
-    [("piece", pa.string()), ("new", pa.int64()), ("rejected", pa.int64()), ("units", pa.int64())]
-)
-"""What an extraction worker hands the driver: one row per knowledge piece written."""
 
 TeacherFactory = Callable[[TeacherConfig, int], Teacher]
 """``(teacher config, seed) → teacher``; ``build_teacher`` unless a test injects one."""

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from cluster.actors import ACTOR_MAX_RESTARTS, ACTOR_MAX_TASK_RETRIES
 from cluster.checkpoints import load_torch
 from cluster.config import Config, config_from_dict, to_dict
-from cluster.extract_ray import ACTOR_MAX_RESTARTS, ACTOR_MAX_TASK_RETRIES
 from cluster.rescoring import ItemRescorer, finish_round, summarise, todo_items
 from cluster.runtime import configure_data_context, rescore_actor_options
 from cluster.storage import Storage

@@ -1,8 +1,8 @@
 """Segmenting new shapes: trained students + any shapes → labels, coloured PLYs, pictures.
 
-Outputs under ``{run}/segment/``: ``shapes/`` (the ingested shapes), ``labels/`` (Parquet:
-shape_id, category, student, labels per point, the points themselves so the labels can
-be used without the shape table), ``ply/<name>.ply`` (points coloured by part, with a
+Outputs under ``{run}/segment/``: ``shapes/`` (the ingested shapes), ``labels/`` (a
+predictions table, ``distill.records.PREDICTION_SCHEMA``, with the points themselves so
+the labels can be used without the shape table), ``ply/<name>.ply`` (points coloured by part, with a
 ``label`` property) and ``png/<name>.png`` (several views coloured by predicted part with
 a legend; a ground-truth row below when the shape has labels). A shape of a category no
 student knows goes to ``rejects/`` with the categories that are known.
@@ -14,19 +14,17 @@ import logging
 import re
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
 from tqdm import tqdm
 
-from cluster.checkpoints import list_students, load_student
+from cluster.checkpoints import list_students
 from cluster.config import Config
+from cluster.evaluate import load_students, student_predictions
 from cluster.layout import shapes_manifest
 from cluster.pipeline import ensure_shapes
 from cluster.rejects import write_rejects
 from cluster.storage import Storage
 from distill.metrics import MIoUSums
-from distill.records import Shape, row_to_shape
-from distill.training import predict
+from distill.records import Prediction, Shape, predictions_to_table, row_to_shape
 from distill.visualize import colored_ply, png_bytes, segmentation_figure
 
 log = logging.getLogger(__name__)
@@ -48,7 +46,7 @@ def segment(cfg: Config, storage: Storage) -> dict[str, Any]:
             f"{storage.uri(source_run, 'checkpoints')}: no trained student; train one (jobs/pretrain.py) "
             "or point segment.students_from at a run that has one"
         )
-    loaded = [(name, *load_student(storage, source_run, name)[:2]) for name in students]
+    loaded = load_students(storage, source_run)
     known = [c for _, _, space in loaded for c in space.categories]
     # A user's files name their category freely ("chair", "CHAIR"): match case-insensitively.
     canonical = {c.lower(): c for c in known}
@@ -65,28 +63,20 @@ def segment(cfg: Config, storage: Storage) -> dict[str, Any]:
         for s in shapes:
             s.category = canonical.get(s.category.lower(), s.category)
         unknown += [s for s in shapes if s.category not in known]
-        rows: dict[str, list[Any]] = {"shape_id": [], "category": [], "student": [], "points": [], "labels": []}
-        for name, model, space in loaded:
-            mine = [s for s in shapes if s.category in space.categories]
-            if not mine:
-                continue
-            preds = predict(model, mine, "cpu", cfg.train.batch_size, space)
-            for s, pred in zip(mine, preds):
-                rows["shape_id"].append(s.shape_id)
-                rows["category"].append(s.category)
-                rows["student"].append(f"{source_run}/{name}")
-                rows["points"].append(s.points.reshape(-1))
-                rows["labels"].append(pred.astype(np.int32))
-                storage.write_bytes(f"{out}/ply/{file_name(s.shape_id)}.ply", colored_ply(s.points, pred))
-                if s.labels is not None:
-                    table.add(s.shape_id, s.category, pred, s.labels, s.num_parts)
-                if pictures < cfg.segment.pictures:
-                    title = f"{s.shape_id} ({s.category}), student {source_run}/{name}"
-                    fig = segmentation_figure(s.points, pred, s.part_names, s.labels, title, cfg.segment.picture_size)
-                    storage.write_bytes(f"{out}/png/{file_name(s.shape_id)}.png", png_bytes(fig))
-                    pictures += 1
-        segmented += len(rows["shape_id"])
-        storage.write_part(f"{out}/labels", pa.table(rows), done_ids=rows["shape_id"], name=part)
+        preds: list[Prediction] = []
+        for name, s, pred in student_predictions(loaded, shapes, cfg.train.batch_size):
+            preds.append(Prediction(s.shape_id, s.category, name, pred, s.points))
+            storage.write_bytes(f"{out}/ply/{file_name(s.shape_id)}.ply", colored_ply(s.points, pred))
+            if s.labels is not None:
+                table.add(s.shape_id, s.category, pred, s.labels, s.num_parts)
+            if pictures < cfg.segment.pictures:
+                title = f"{s.shape_id} ({s.category}), student {name}"
+                fig = segmentation_figure(s.points, pred, s.part_names, s.labels, title, cfg.segment.picture_size)
+                storage.write_bytes(f"{out}/png/{file_name(s.shape_id)}.png", png_bytes(fig))
+                pictures += 1
+        segmented += len(preds)
+        done = [p.shape_id for p in preds]
+        storage.write_part(f"{out}/labels", predictions_to_table(preds), done_ids=done, name=part)
     write_rejects(
         storage,
         cfg.run,

@@ -100,6 +100,21 @@ def _sample_faces(
     seed: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """``sample_surface`` with the per-face areas (any common scale) and normals given."""
+    face, points = sample_faces(vertices, faces, areas, n, seed)
+    labels = None if face_labels is None else face_labels[face].astype(np.int64)
+    return points.astype(np.float32), normals[face].astype(np.float32), labels
+
+
+def sample_faces(
+    vertices: np.ndarray, faces: np.ndarray, areas: np.ndarray, n: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` area-weighted points on the surface: the area-weighted sampler of the project.
+
+    vertices: (V, 3) float64 · faces: (F, 3) int · areas: (F,) the faces' areas (any common
+    scale) · seed: seeds a numpy Generator → (face (n,) int64 the face of each point,
+    points (n, 3) float64). A face is chosen with probability proportional to its area;
+    the point is uniform inside it (reflected barycentric coordinates).
+    """
     if not areas.sum() > 0.0:
         raise ValueError("mesh has zero total area: nothing to sample")
     rng = np.random.default_rng(seed)
@@ -110,9 +125,7 @@ def _sample_faces(
     flip = u + w > 1.0
     u[flip], w[flip] = 1.0 - u[flip], 1.0 - w[flip]
     tri = vertices[faces[face]]
-    points = tri[:, 0] + u[:, None] * (tri[:, 1] - tri[:, 0]) + w[:, None] * (tri[:, 2] - tri[:, 0])
-    labels = None if face_labels is None else face_labels[face].astype(np.int64)
-    return points.astype(np.float32), normals[face].astype(np.float32), labels
+    return face, tri[:, 0] + u[:, None] * (tri[:, 1] - tri[:, 0]) + w[:, None] * (tri[:, 2] - tri[:, 0])
 
 
 def _check_part_labels(shape_id: str, labels: np.ndarray, part_names: list[str], what: str) -> None:

@@ -27,7 +27,8 @@ extent
     chair, a ball is no rocket. Bounds were set at about half the smallest ratio seen in
     the procedural corpus (30 instances per category) and in typical ShapeNet objects.
 
-Pure numpy/scipy on ``trimesh.Trimesh``; no model, no IO. Deterministic (sampling is seeded).
+Pure numpy/scipy on ``trimesh.Trimesh``; no model, no IO. Deterministic (sampling is
+seeded; ``distill.sampling.sample_faces``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import trimesh
 from scipy import ndimage
+
+from distill.sampling import face_areas_normals, sample_faces
 
 if TYPE_CHECKING:
     from distill.records import Shape
@@ -110,24 +113,6 @@ def _arrays(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int64)
 
 
-def face_areas(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """vertices (V, 3) · faces (F, 3) → areas (F,) float64."""
-    tri = vertices[faces]
-    return 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
-
-
-def _sample(vertices: np.ndarray, faces: np.ndarray, areas: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """n area-weighted points on the surface → (n, 3) float64."""
-    rng = np.random.default_rng(seed)
-    cdf = np.cumsum(areas)
-    face = np.minimum(np.searchsorted(cdf, rng.random(n) * cdf[-1], side="right"), len(faces) - 1)
-    u, w = rng.random(n), rng.random(n)
-    flip = u + w > 1.0
-    u[flip], w[flip] = 1.0 - u[flip], 1.0 - w[flip]
-    tri = vertices[faces[face]]
-    return tri[:, 0] + u[:, None] * (tri[:, 1] - tri[:, 0]) + w[:, None] * (tri[:, 2] - tri[:, 0])
-
-
 def principal_extents(vertices: np.ndarray, samples: np.ndarray) -> np.ndarray:
     """Extents along the principal axes of the surface, largest first.
 
@@ -183,7 +168,7 @@ def check_mesh(mesh: trimesh.Trimesh, category: str, checks: MeshChecks = DEFAUL
     if not np.isfinite(vertices_used).all():
         return "invalid: NaN or inf vertex coordinates"
     largest = float(np.ptp(vertices_used, axis=0).max())
-    areas = face_areas(vertices, faces)
+    areas, _ = face_areas_normals(vertices, faces)
     total = float(areas.sum())
     if largest <= 0.0 or total < checks.min_rel_area * largest**2:
         return (
@@ -192,7 +177,7 @@ def check_mesh(mesh: trimesh.Trimesh, category: str, checks: MeshChecks = DEFAUL
 
     cell_area = (largest / checks.voxels) ** 2
     n = int(np.clip(checks.samples_per_cell * total / cell_area, 1000, checks.max_samples))
-    samples = _sample(vertices, faces, areas, n, checks.seed)
+    _, samples = sample_faces(vertices, faces, areas, n, checks.seed)
     extents = principal_extents(vertices_used, samples)
     bounds = aspect_bounds(category) if checks.check_extent else None
     thin = min(checks.min_thickness, bounds.smallest_min) if bounds else checks.min_thickness

@@ -8,26 +8,26 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from cluster.actors import actor_fault_options
 from cluster.config import ClusterConfig, load_config
-from cluster.extract_parts import PIECE_SCHEMA, PartExtractor, done_in_part, extract_shape, write_piece
-from cluster.extract_ray import (
-    TeachStage,
-    actor_fault_options,
-    build_dataset,
-    columns_to_views,
-    extract_local,
-    extract_on_ray,
-    plan,
-    render_part,
-    render_rows,
-    views_to_columns,
-)
+from cluster.extract_parts import PartExtractor, done_in_part, extract_shape, write_piece
+from cluster.extract_ray import build_dataset, extract_local, extract_on_ray, plan
+from cluster.extract_stages import TeachStage, render_part, render_rows
 from cluster.layout import knowledge_part_name, shape_part_of, shape_summary
 from cluster.rejects import read_rejects
 from cluster.runtime import connect, extract_fused, fused_actor_options, teacher_actor_options
 from cluster.storage import MANIFEST, PartError, Storage
 from distill.extract import render
-from distill.records import UNIT_SCHEMA, KnowledgeUnits, Mesh, shapes_to_table, table_to_units
+from distill.records import (
+    PIECE_SCHEMA,
+    UNIT_SCHEMA,
+    KnowledgeUnits,
+    Mesh,
+    columns_to_views,
+    shapes_to_table,
+    table_to_units,
+    views_to_columns,
+)
 from distill.teachers import build_teacher
 from generation.procedural import make_shape
 

@@ -10,22 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from cluster.config import ClusterConfig, load_config
-from cluster.generate_ray import (
-    MAX_PART_SHAPES,
-    RESULT_SCHEMA,
-    generate_local,
-    generate_on_ray,
-    generate_shapes,
-    generator_actor_options,
-    part_name,
-    part_shapes,
-    plan_rows,
-    resolve_categories,
-)
+from cluster.generate_plan import MAX_PART_SHAPES, generator_actor_options, part_shapes, plan_rows, resolve_categories
+from cluster.generate_ray import generate_local, generate_on_ray, generate_shapes
+from cluster.generate_stages import part_name
 from cluster.rejects import read_rejects
 from cluster.runtime import connect
 from cluster.storage import Storage
-from distill.records import SHAPE_SCHEMA, table_to_shapes
+from distill.records import GENERATE_RESULT_SCHEMA, SHAPE_SCHEMA, table_to_shapes
 from distill.sampling import derive_seed
 from generation.procedural import make_shape
 from generation.prompts import make_prompt
@@ -280,4 +271,4 @@ def test_shap_e_on_ray_fails_clearly_without_the_model(tmp_path, ray_local):
 
 
 def test_result_schema():
-    assert RESULT_SCHEMA.names == ["shape_id", "error", "part"]
+    assert GENERATE_RESULT_SCHEMA.names == ["shape_id", "error", "part"]

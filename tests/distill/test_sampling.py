@@ -12,6 +12,7 @@ from distill.sampling import (
     derive_seed,
     face_areas_normals,
     normalize_transform,
+    sample_faces,
     sample_surface,
     shape_from_mesh,
     shape_from_points,
@@ -77,6 +78,19 @@ def test_sample_without_labels_and_bad_n():
     assert labels is None
     with pytest.raises(ValueError, match="n=0"):
         sample_surface(mesh, 0, seed=0)
+
+
+def test_sample_faces_is_the_sampler_of_sample_surface():
+    # One sampler serves shapes (sample_surface, float32) and the mesh filters (float64 points).
+    mesh = _sphere_mesh()[1]
+    v = np.asarray(mesh.vertices, np.float64)
+    areas, _ = face_areas_normals(v, mesh.faces)
+    face, points = sample_faces(v, np.asarray(mesh.faces), areas, 500, seed=3)
+    got, _, labels = sample_surface(mesh, 500, seed=3)
+    assert points.dtype == np.float64 and face.shape == (500,)
+    assert np.array_equal(face, labels) and np.array_equal(points.astype(np.float32), got)
+    with pytest.raises(ValueError, match="zero total area"):
+        sample_faces(v, np.asarray(mesh.faces), np.zeros(len(areas)), 10, seed=0)
 
 
 def test_face_areas_normals_known_values():

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import trimesh
 
+from distill.sampling import face_areas_normals
 from generation.filters import (
     ASPECT_BOUNDS,
     MeshChecks,
     check_mesh,
-    face_areas,
     piece_shares,
     principal_extents,
     reason_kind,
@@ -39,7 +39,7 @@ def _chairish() -> trimesh.Trimesh:
 
 def _shares(mesh: trimesh.Trimesh) -> np.ndarray:
     v, f = np.asarray(mesh.vertices), np.asarray(mesh.faces)
-    return piece_shares(v, f, face_areas(v, f), np.asarray(mesh.sample(20000, seed=0)), voxels=48)
+    return piece_shares(v, f, face_areas_normals(v, f)[0], np.asarray(mesh.sample(20000, seed=0)), voxels=48)
 
 
 def test_empty_mesh():

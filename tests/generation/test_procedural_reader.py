@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 import generation  # noqa: F401 - registers the procedural reader
+from cluster.config import load_config
 from cluster.generate_ray import plan_rows
-from distill.config import DataConfig, load_config
+from distill.config import DataConfig
 from distill.readers import iter_items
 from distill.records import ShapeError
 from generation.procedural import SPLIT_START, make_shape, reader, shape_id, split_indices

@@ -1,0 +1,135 @@
+"""The generation plan (pure, on the driver): which (category, index) shapes to make, and how.
+
+``plan_rows``: one row per (category, index) for ``generation.categories`` ×
+``generation.start .. start + count - 1`` with its shape id, prompt and seed; rows whose id
+is already done in the table (written or rejected) are dropped here, before any worker sees
+them, so a re-run only makes what is missing. ``part_shapes`` sizes the parts and
+``generator_actor_options`` the shap_e actor pool.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from cluster.config import Config
+from distill.categories import PSB_PARTS, SHAPENETPART_PARTS, canonical_name, part_names_for
+from distill.sampling import derive_seed
+from generation import procedural
+from generation.procedural import ALL_CATEGORIES as PROCEDURAL_ALL
+from generation.procedural import CATEGORIES as PROCEDURAL_CATEGORIES
+from generation.procedural import PROCEDURAL_PARTS
+from generation.prompts import check_templates, make_prompt
+
+DEFAULT_COUNT = 24
+"""Shapes per category when neither generation.count nor data.per_category is set."""
+MAX_PART_SHAPES = 64
+"""Most shapes per part (~6 MB of procedural shapes): a stopped run redoes at most this many."""
+MIN_PARTS = 8
+"""Small runs still write several parts, so several tasks share the work."""
+ACTOR_CPUS = 1.0
+
+
+def part_shapes(todo: int) -> int:
+    """Shapes per part for a run of ``todo`` shapes: ≥ MIN_PARTS parts, ≤ MAX_PART_SHAPES each."""
+    if todo < 0:
+        raise ValueError(f"todo={todo} must be >= 0")
+    return max(1, min(MAX_PART_SHAPES, math.ceil(todo / MIN_PARTS)))
+
+
+def count_per_category(cfg: Config) -> int:
+    """generation.count, else data.per_category, else ``DEFAULT_COUNT``."""
+    return cfg.generation.count or cfg.data.per_category or DEFAULT_COUNT
+
+
+def resolve_categories(cfg: Config) -> list[str]:
+    """Canonical category names: generation.categories, else data.categories, else the
+    procedural ones. Raises ``ValueError`` naming the key for an unknown category."""
+    gen = cfg.generation
+    wanted = list(gen.categories or cfg.data.categories)
+    if gen.name == "procedural":
+        if not wanted:
+            return list(PROCEDURAL_CATEGORIES)
+        return [canonical_name(c, list(PROCEDURAL_ALL), "procedural category (generation.categories)") for c in wanted]
+    if not wanted:
+        return list(PROCEDURAL_CATEGORIES)
+    known = [*gen.part_names, *SHAPENETPART_PARTS, *PSB_PARTS]
+    out = []
+    for c in wanted:
+        try:
+            out.append(canonical_name(c, known, "category"))
+        except ValueError:
+            raise ValueError(
+                f"generation.categories: {c!r} has no part names; known: {', '.join(sorted(set(known)))}. "
+                f"For a category of your own set generation.part_names.{c}=[part,...]"
+            ) from None
+    return out
+
+
+def category_parts(cfg: Config, categories: list[str]) -> dict[str, list[str]]:
+    """Part names (label order) of each category: procedural's, or the known tables'."""
+    if cfg.generation.name == "procedural":
+        return {c: list(PROCEDURAL_PARTS[c]) for c in categories}
+    return {c: part_names_for(c, cfg.generation.part_names) for c in categories}
+
+
+def shape_id_of(name: str, category: str, index: int) -> str:
+    """The id generator ``name`` gives instance ``index`` of ``category`` (canonical spelling)."""
+    if name == "procedural":
+        return procedural.shape_id(category, index)
+    return f"generated/{category}/{index:05d}"
+
+
+def plan_rows(cfg: Config, done: set[str]) -> tuple[list[dict[str, Any]], int, int]:
+    """The rows still to make → (rows, asked, skipped).
+
+    A row: shape_id, category, index, prompt ("" for procedural), seed (procedural: the
+    run seed; shap_e: the diffusion seed of this shape, ``derive_seed(seed, shape_id)``).
+    """
+    gen = cfg.generation
+    if gen.name == "shap_e":
+        check_templates(gen.templates, gen.styles)
+    categories = resolve_categories(cfg)
+    category_parts(cfg, categories)  # unknown part names fail here, not in a worker
+    count = count_per_category(cfg)
+    rows, asked, skipped = [], 0, 0
+    if gen.name == "procedural":  # data.split's index range, as data.source=procedural reads it
+        indices = procedural.split_indices(cfg.data.split, count, gen.start)
+    else:
+        indices = range(gen.start, gen.start + count)
+    for category in categories:
+        for index in indices:
+            asked += 1
+            shape_id = shape_id_of(gen.name, category, index)
+            if shape_id in done:
+                skipped += 1
+                continue
+            if gen.name == "procedural":
+                prompt, seed = "", cfg.seed
+            else:
+                prompt = make_prompt(category, index, cfg.seed, gen.templates, gen.styles)
+                seed = derive_seed(cfg.seed, shape_id)
+            rows.append({"shape_id": shape_id, "category": category, "index": index, "prompt": prompt, "seed": seed})
+    return rows, asked, skipped
+
+
+@dataclass(frozen=True)
+class GeneratorActorOptions:
+    """The shap_e pool: ``size`` actors of ``num_gpus`` GPUs, ``batch_size`` prompts a call."""
+
+    size: int
+    num_cpus: float
+    num_gpus: float
+    batch_size: int
+
+
+def generator_actor_options(cfg: Config) -> GeneratorActorOptions:
+    """generation.actors (0: cluster.teacher_actors), generation.gpus (< 0: cluster.teacher_gpus)."""
+    size = cfg.generation.actors or cfg.cluster.teacher_actors
+    gpus = cfg.generation.gpus if cfg.generation.gpus >= 0 else cfg.cluster.teacher_gpus
+    if size < 1:
+        raise ValueError(f"generation.actors / cluster.teacher_actors = {size} must be >= 1")
+    return GeneratorActorOptions(
+        size=size, num_cpus=ACTOR_CPUS, num_gpus=float(gpus), batch_size=cfg.generation.batch_size
+    )

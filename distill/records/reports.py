@@ -1,0 +1,47 @@
+"""What stage workers hand the driver instead of data: small rows, a few per part.
+
+PIECE_SCHEMA (extraction), one row per knowledge piece written
+    piece: string (its part name) · new: int64 (shapes given knowledge) · rejected: int64 ·
+    units: int64
+GENERATE_RESULT_SCHEMA (generation), one row per asked shape
+    shape_id: string · error: string ("" when written) · part: string (the part written)
+SUMS_SCHEMA (evaluation), per method and category: the sums of shape mIoU (``MIoUSums``)
+    method: string ("" for a row that only reports a category seen) · category: string ·
+    sum: float64 · count: float64
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import pyarrow as pa
+
+from distill.metrics import MIoUSums
+
+PIECE_SCHEMA = pa.schema([("piece", pa.string()), ("new", pa.int64()), ("rejected", pa.int64()), ("units", pa.int64())])
+"""What an extraction worker hands the driver: one row per knowledge piece written."""
+
+GENERATE_RESULT_SCHEMA = pa.schema([("shape_id", pa.string()), ("error", pa.string()), ("part", pa.string())])
+"""What a generation writing task hands the driver: one row per asked shape, error "" when written."""
+
+SUMS_SCHEMA = pa.schema(
+    [("method", pa.string()), ("category", pa.string()), ("sum", pa.float64()), ("count", pa.float64())]
+)
+"""What an evaluation worker hands the driver: per-category sums of shape mIoU per method."""
+
+
+def sums_to_table(sums: dict[str, MIoUSums], categories: set[str]) -> pa.Table:
+    """Each method's sums, plus a row per category seen (method "") → ``SUMS_SCHEMA`` rows."""
+    rows = [{"method": m, "category": c, "sum": s, "count": n} for m, t in sums.items() for c, (s, n) in t.sums.items()]
+    rows += [{"method": "", "category": c, "sum": 0.0, "count": 0.0} for c in sorted(categories)]
+    return pa.Table.from_pylist(rows, schema=SUMS_SCHEMA)
+
+
+def add_sums(rows: Iterable[dict[str, Any]], total: dict[str, MIoUSums], categories: set[str]) -> None:
+    """The inverse of ``sums_to_table``: merge ``SUMS_SCHEMA`` rows into ``total`` (a ``MIoUSums``
+    per method, every method of the rows present) and the categories they report into ``categories``."""
+    for r in rows:
+        if r["method"]:
+            total[r["method"]].merge(MIoUSums({r["category"]: [r["sum"], r["count"]]}))
+        categories.add(r["category"])

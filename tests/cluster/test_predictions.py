@@ -1,0 +1,55 @@
+"""The predictions tables: evaluation and segmentation write one schema (no Ray, an untrained tiny student)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cluster.checkpoints import checkpoint_dir, final_bundle, save_torch
+from cluster.config import load_config
+from cluster.evaluate import PartEvaluator, load_students
+from cluster.layout import PartItem, shape_summary
+from cluster.samples import Tables
+from cluster.segment import segment
+from cluster.storage import Storage
+from distill.config import StudentConfig
+from distill.labels import LabelSpace
+from distill.records import PREDICTION_SCHEMA, shapes_to_table, table_to_predictions
+from distill.student import build_student
+from generation.procedural import make_shape
+
+RUN = "r"
+SHAPES = f"{RUN}/shapes"
+
+
+def test_evaluate_and_segment_write_one_prediction_schema(tmp_path):
+    cfg = load_config(
+        [f"storage.root={tmp_path}", f"run={RUN}", "data.source=table", f"data.path={SHAPES}", "progress=false"]
+        + ["segment.pictures=0"]
+    )
+    storage = Storage.from_config(cfg.storage)
+    shapes = [make_shape("chair", i, 0, 256) for i in range(2)]
+    part = storage.write_part(
+        SHAPES, shapes_to_table(shapes), done_ids=[s.shape_id for s in shapes], summary=shape_summary(shapes)
+    )
+    space = LabelSpace.from_shapes(shapes)
+    student_cfg = StudentConfig(backbone="pointnet", width=8)
+    torch.manual_seed(0)
+    model = build_student(student_cfg, space.num_slots, space.num_categories)
+    save_torch(storage, f"{checkpoint_dir(RUN, 'all')}/final.pt", final_bundle(model, space, student_cfg))
+
+    tables = Tables(SHAPES, f"{RUN}/knowledge/round_0")
+    PartEvaluator(storage, tables, load_students(storage, RUN), f"{RUN}/predictions")(PartItem(part, ()))
+    assert segment(cfg, storage)["segmented"] == 2
+
+    evaluated = storage.read_table(f"{RUN}/predictions")
+    segmented = storage.read_table(f"{RUN}/segment/labels")
+    for table in (evaluated, segmented):
+        assert table.schema.remove_metadata().equals(PREDICTION_SCHEMA)
+    a, b = table_to_predictions(evaluated), table_to_predictions(segmented)
+    assert [(p.shape_id, p.student) for p in a] == [(p.shape_id, p.student) for p in b]
+    assert {p.student for p in a} == {f"{RUN}/all"}
+    assert all(np.array_equal(p.labels, q.labels) for p, q in zip(a, b))
+    # Segmentation keeps the points (its labels stand alone); evaluation's are in the shape table.
+    assert all(p.points is None for p in a)
+    assert all(np.array_equal(q.points, s.points) for q, s in zip(b, shapes))
