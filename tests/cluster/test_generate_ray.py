@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -22,9 +21,8 @@ from cluster.generate_ray import (
     resolve_categories,
 )
 from cluster.rejects import read_rejects
-from cluster.runtime import connect
 from cluster.storage import Storage
-from distill.config import ClusterConfig, load_config
+from distill.config import load_config
 from distill.records import SHAPE_SCHEMA, table_to_shapes
 from distill.sampling import derive_seed
 from generation.procedural import make_shape
@@ -41,22 +39,6 @@ def _cfg(*args: str, **kw):
 
 def _proc_cfg(count: int = 5, *args: str):
     return _cfg("generation.categories=[chair,table,lamp]", f"generation.count={count}", *args)
-
-
-@pytest.fixture(scope="module")
-def ray_local(s3_endpoint):
-    """One local Ray for the module; workers get the moto S3 credentials and endpoint."""
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    env = {
-        k: os.environ[k]
-        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
-    }
-    connect(ClusterConfig(num_cpus=2), runtime_env={"env_vars": env})
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
