@@ -110,6 +110,7 @@ def test_sample_rows_are_the_items_training_samples(prepared, tmp_path):
     assert batch.points.shape == (len(want), cfg.data.num_points, 3)
 
 
+@pytest.mark.slow  # about 35 s (its own Ray, then Ray Data's split): with the Ray Train tests below
 def test_training_dataset_splits_equally_over_two_workers(prepared, tmp_path):
     """The ingest on Ray Data: every training sample once an epoch, and the default
     ``DataConfig``'s ``streaming_split(equal=True)`` gives both workers as many."""

@@ -25,6 +25,9 @@ from distill.config import load_config
 from distill.records import UNIT_SCHEMA, table_to_units
 from tests.conftest import REPO
 
+# About 45 s (a second interpreter and a two-node cluster): the slow lane only.
+pytestmark = pytest.mark.slow
+
 CHILD = "PARTDISTILL_TWO_NODE_CHILD"
 
 RUN = "two"
