@@ -25,6 +25,10 @@ import pytest
 
 from tests.conftest import REPO
 
+# Minutes each (a fake cluster scaling up and down): the slow lane only; the children too,
+# so that the fast lane deselects them rather than listing them as skipped.
+pytestmark = pytest.mark.slow
+
 CHILD = "PARTDISTILL_AUTOSCALING_CHILD"
 IDLE_TIMEOUT_S = 8.0
 PATIENT_IDLE_TIMEOUT_S = 45.0
@@ -50,17 +54,14 @@ def _in_fresh_interpreter(test: str) -> None:
     assert "1 passed" in run.stdout
 
 
-@pytest.mark.slow
 def test_stages_scale_the_cluster_up_and_down():
     _in_fresh_interpreter("test_child_stages_scale_the_cluster_up_and_down")
 
 
-@pytest.mark.slow
 def test_held_capacity_outlives_the_idle_timeout():
     _in_fresh_interpreter("test_child_held_capacity_outlives_the_idle_timeout")
 
 
-@pytest.mark.slow
 def test_node_lost_mid_extraction_and_mid_training():
     _in_fresh_interpreter("test_child_node_lost_mid_extraction_and_mid_training")
 
@@ -303,7 +304,6 @@ def test_child_held_capacity_outlives_the_idle_timeout(fake_cluster):
     ]
 
 
-@pytest.mark.slow
 def test_elastic_training_goes_on_with_fewer_workers():
     _in_fresh_interpreter("test_child_elastic_training_goes_on_with_fewer_workers")
 

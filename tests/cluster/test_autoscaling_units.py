@@ -131,20 +131,6 @@ def test_train_slot_makes_the_autoscaler_start_a_training_node(cluster_yaml):
     assert _ray_picks(cluster_yaml, [teacher] * 4) == {"gpu_teacher": 4}
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    from cluster.config import ClusterConfig
-    from cluster.runtime import connect
-
-    if ray.is_initialized():
-        ray.shutdown()
-    connect(ClusterConfig(num_cpus=1))
-    yield
-    ray.shutdown()
-
-
 def _standing_request() -> list[dict]:
     """The request the (v1) autoscaler reads: what ``ray.autoscaler.sdk.request_resources`` last wrote."""
     from ray.autoscaler._private.constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
@@ -154,7 +140,7 @@ def _standing_request() -> list[dict]:
     return json.loads(raw) if raw else []
 
 
-def test_hold_capacity_requests_for_the_block_and_releases_after(local_ray):
+def test_hold_capacity_requests_for_the_block_and_releases_after(ray_local):
     bundles = [{"CPU": 1.0, "train_slot": 1.0}] * 2
     with hold_capacity(bundles) as held:
         assert held == bundles
@@ -167,7 +153,7 @@ def test_hold_capacity_requests_for_the_block_and_releases_after(local_ray):
     assert _standing_request() == []  # released on error too
 
 
-def test_hold_capacity_refreshes_and_merges_with_other_requesters(local_ray):
+def test_hold_capacity_refreshes_and_merges_with_other_requesters(ray_local):
     # A Ray Data stage registers with the same coordinator: the hold stays beside it.
     import ray
     from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (

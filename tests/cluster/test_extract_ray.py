@@ -9,13 +9,13 @@ import pyarrow.compute as pc
 import pytest
 
 from cluster.actors import actor_fault_options
-from cluster.config import ClusterConfig, load_config
+from cluster.config import load_config
 from cluster.extract_parts import PartExtractor, done_in_part, extract_shape, write_piece
 from cluster.extract_ray import build_dataset, extract_local, extract_on_ray, plan
 from cluster.extract_stages import TeachStage, render_part, render_rows
 from cluster.layout import knowledge_part_name, shape_part_of, shape_summary
 from cluster.rejects import read_rejects
-from cluster.runtime import connect, extract_fused, fused_actor_options, teacher_actor_options
+from cluster.runtime import extract_fused, fused_actor_options, teacher_actor_options
 from cluster.storage import MANIFEST, PartError, Storage
 from distill.extract import render
 from distill.records import (
@@ -47,22 +47,6 @@ def _cfg(**kw):
 @pytest.fixture(scope="module")
 def shapes():
     return [make_shape(CATEGORIES[i % 3], i // 3, 0, 256) for i in range(6)]
-
-
-@pytest.fixture(scope="module")
-def ray_local(s3_endpoint):
-    """One local Ray for the module; workers get the moto S3 credentials and endpoint."""
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    env = {
-        k: os.environ[k]
-        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
-    }
-    connect(ClusterConfig(num_cpus=2), runtime_env={"env_vars": env})
-    yield
-    ray.shutdown()
 
 
 def _write_shapes(storage: Storage, shapes, table: pa.Table | None = None) -> list[str]:

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from cluster.config import ClusterConfig, load_config
+from cluster.config import load_config
 from cluster.generate_plan import MAX_PART_SHAPES, generator_actor_options, part_shapes, plan_rows, resolve_categories
 from cluster.generate_ray import generate_local, generate_on_ray, generate_shapes
 from cluster.generate_stages import part_name
 from cluster.rejects import read_rejects
-from cluster.runtime import connect
 from cluster.storage import Storage
 from distill.records import GENERATE_RESULT_SCHEMA, SHAPE_SCHEMA, table_to_shapes
 from distill.sampling import derive_seed
@@ -32,22 +30,6 @@ def _cfg(*args: str, **kw):
 
 def _proc_cfg(count: int = 5, *args: str):
     return _cfg("generation.categories=[chair,table,lamp]", f"generation.count={count}", *args)
-
-
-@pytest.fixture(scope="module")
-def ray_local(s3_endpoint):
-    """One local Ray for the module; workers get the moto S3 credentials and endpoint."""
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    env = {
-        k: os.environ[k]
-        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
-    }
-    connect(ClusterConfig(num_cpus=2), runtime_env={"env_vars": env})
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,10 @@ import pytest
 import torch
 
 from cluster.checkpoints import load_student, load_torch
-from cluster.config import ClusterConfig, load_config
+from cluster.config import load_config
 from cluster.pipeline import extract_stage
 from cluster.rescore_ray import rescore_on_ray
 from cluster.rescoring import load_snapshot, rescore_local, todo_items
-from cluster.runtime import connect
 from cluster.samples import SCORE_SCHEMA, load_item, load_units, read_scores, scores_dir
 from cluster.storage import Storage
 from cluster.train import fit_student, knowledge_dir, plan_students, prepare_fit, train_student_local
@@ -32,17 +31,6 @@ ARGS = [
 CPU = torch.device("cpu")
 CKPT_DIR = f"{RUN}/checkpoints/all"
 CKPT = f"{CKPT_DIR}/last.pt"
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    connect(ClusterConfig(num_cpus=2))
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

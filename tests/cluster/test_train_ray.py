@@ -15,13 +15,13 @@ import pytest
 import torch
 
 from cluster.checkpoints import load_student, load_torch
-from cluster.config import ClusterConfig, load_config, to_dict
+from cluster.config import load_config, to_dict
 from cluster.pipeline import extract_stage
-from cluster.runtime import connect
 from cluster.samples import SAMPLE_SCHEMA, load_item, samples_to_table, table_to_batch, table_to_samples
 from cluster.storage import Storage
 from cluster.train import knowledge_dir, plan_students, train_local
 from cluster.train_ray import sample_rows, training_dataset
+from tests.cluster.conftest import local_ray
 from tests.conftest import REPO
 
 ARGS = [
@@ -110,6 +110,7 @@ def test_sample_rows_are_the_items_training_samples(prepared, tmp_path):
     assert batch.points.shape == (len(want), cfg.data.num_points, 3)
 
 
+@pytest.mark.slow  # about 35 s (its own Ray, then Ray Data's split): with the Ray Train tests below
 def test_training_dataset_splits_equally_over_two_workers(prepared, tmp_path):
     """The ingest on Ray Data: every training sample once an epoch, and the default
     ``DataConfig``'s ``streaming_split(equal=True)`` gives both workers as many."""
@@ -117,10 +118,9 @@ def test_training_dataset_splits_equally_over_two_workers(prepared, tmp_path):
 
     _copy_run(prepared, tmp_path, "r")
     cfg, storage, plan = _plan(tmp_path)
-    if ray.is_initialized():
-        ray.shutdown()
-    connect(ClusterConfig(num_cpus=2))
-    try:
+    # Its own Ray for this test only, not the module-scoped ``ray_local``: that one would
+    # idle beside the Ray Train runs of the slow tests below, each in a fresh interpreter.
+    with local_ray():
         ds = training_dataset(cfg, plan, 0)
         ids = [r["shape_id"] for r in ds.take_all()]
         assert len(ids) == len(set(ids)) == plan.with_units
@@ -134,8 +134,6 @@ def test_training_dataset_splits_equally_over_two_workers(prepared, tmp_path):
         assert len(counts[0]) == len(counts[1]) == plan.with_units // 2
         assert not set(counts[0]) & set(counts[1])
         assert storage.reads.rows == {}  # the driver planned from manifests only
-    finally:
-        ray.shutdown()
 
 
 # -- Ray Train, in fresh interpreters ----------------------------------------------------------

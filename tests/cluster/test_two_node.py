@@ -25,6 +25,9 @@ from cluster.train import fit_student, knowledge_dir, plan_students, prepare_fit
 from distill.records import UNIT_SCHEMA, table_to_units
 from tests.conftest import REPO
 
+# About 45 s (a second interpreter and a two-node cluster): the slow lane only.
+pytestmark = pytest.mark.slow
+
 CHILD = "PARTDISTILL_TWO_NODE_CHILD"
 
 RUN = "two"
