@@ -57,9 +57,12 @@ from cluster.evaluate import voting_tables  # noqa: E402
 from cluster.pipeline import dirs, extract_stage  # noqa: E402
 from cluster.storage import Storage  # noqa: E402
 from distill.crossfit import predict_probs, rescore_with_rule, train_fold_snapshots, unit_folds, units_of  # noqa: E402
+from distill.labels import LabelSpace  # noqa: E402
+from distill.passes import evaluate, recalibrate_batchnorm  # noqa: E402
 from distill.rescore import balance_part_mass, split_pair_weights, unit_precision  # noqa: E402
+from distill.samples import prepare_samples  # noqa: E402
 from distill.student import build_student  # noqa: E402
-from distill.training import LabelSpace, distil, evaluate, prepare_samples, recalibrate_batchnorm  # noqa: E402
+from distill.training import distil  # noqa: E402
 
 RULES = (
     "control", "agreement", "crossfit", "point", "crossfit_point", "oracle", "oracle_point",

@@ -46,10 +46,13 @@ from cluster.evaluate import voting_tables  # noqa: E402
 from cluster.pipeline import dirs, extract_stage  # noqa: E402
 from cluster.storage import Storage  # noqa: E402
 from distill.config import DataConfig  # noqa: E402
+from distill.labels import LabelSpace, group_for_students  # noqa: E402
 from distill.metrics import MIoUTable  # noqa: E402
+from distill.passes import evaluate  # noqa: E402
 from distill.records import KnowledgeUnits, Shape  # noqa: E402
+from distill.samples import prepare_samples  # noqa: E402
 from distill.student import build_student  # noqa: E402
-from distill.training import LabelSpace, distil, evaluate, group_for_students, prepare_samples  # noqa: E402
+from distill.training import distil  # noqa: E402
 from distill.vocab import part_mapping  # noqa: E402
 
 COVERED = ["Airplane", "Chair", "Cup", "Glasses", "Human", "Plier", "Table", "Vase"]

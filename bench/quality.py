@@ -44,10 +44,13 @@ from cluster.config import Config, load_config  # noqa: E402
 from cluster.evaluate import voting_tables  # noqa: E402
 from cluster.pipeline import dirs, extract_stage  # noqa: E402
 from cluster.storage import Storage  # noqa: E402
+from distill.labels import LabelSpace, group_for_students  # noqa: E402
 from distill.metrics import MIoUTable  # noqa: E402
+from distill.passes import evaluate  # noqa: E402
 from distill.records import SHAPE_SCHEMA, UNIT_SCHEMA, KnowledgeUnits, Shape, table_to_shapes, table_to_units  # noqa: E402
+from distill.samples import prepare_samples  # noqa: E402
 from distill.student import build_student  # noqa: E402
-from distill.training import LabelSpace, distil, evaluate, group_for_students, prepare_samples  # noqa: E402
+from distill.training import distil  # noqa: E402
 
 METHODS = ("voting", "voting_nearest", "student_fd", "student_fd_bd")
 PSB = ROOT.parent / "shared" / "data" / "labeled_psb"

@@ -48,10 +48,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from distill.config import DataConfig, RenderConfig, StudentConfig, TeacherConfig, TrainConfig  # noqa: E402
+from distill.labels import LabelSpace, group_for_students  # noqa: E402
 from distill.metrics import MIoUTable  # noqa: E402
+from distill.passes import evaluate  # noqa: E402
 from distill.records import KnowledgeUnits, Shape, table_to_units, units_to_table  # noqa: E402
+from distill.samples import prepare_samples  # noqa: E402
 from distill.student import build_student  # noqa: E402
-from distill.training import LabelSpace, distil, evaluate, group_for_students, prepare_samples  # noqa: E402
+from distill.training import distil  # noqa: E402
 from distill.voting import vote, vote_nearest  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"

@@ -60,7 +60,7 @@ def list_students(storage: Storage, run: str) -> list[str]:
 
 
 def load_student(storage: Storage, run: str, student: str) -> tuple[nn.Module, LabelSpace, dict[str, Any]]:
-    """A finished student, ready for ``distill.training.predict`` (eval mode, CPU)."""
+    """A finished student, ready for ``distill.passes.predict`` (eval mode, CPU)."""
     rel = f"{checkpoint_dir(run, student)}/final.pt"
     if not storage.exists(rel):
         raise FileNotFoundError(f"{storage.uri(rel)}: no finished student {student!r} (run jobs/train.py first)")

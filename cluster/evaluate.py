@@ -28,6 +28,7 @@ from cluster.layout import PartItem, plan_parts, shapes_manifest
 from cluster.samples import EVAL_COLUMNS, Tables, load_units
 from cluster.storage import Storage
 from distill.metrics import MIoUSums
+from distill.passes import predict
 from distill.records import (
     KnowledgeUnits,
     Prediction,
@@ -37,7 +38,6 @@ from distill.records import (
     row_to_shape,
     sums_to_table,
 )
-from distill.training import predict
 from distill.voting import vote, vote_nearest
 
 log = logging.getLogger(__name__)

@@ -15,14 +15,13 @@ the same content. Only ``GENERATE_RESULT_SCHEMA`` rows (ids and reasons) go back
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from cluster.layout import shape_summary
+from cluster.layout import part_name, shape_summary
 from cluster.rejects import write_rejects
 from cluster.storage import Storage
 from distill.records import GENERATE_RESULT_SCHEMA, Shape, shapes_to_table
@@ -36,12 +35,6 @@ STAGE = "generate"
 
 
 # -- writing (in whichever process finished the shapes) --------------------------------
-def part_name(ids: list[str]) -> str:
-    """A part's file name from its ids: a retried task rewrites the same file."""
-    digest = hashlib.sha1("\n".join(sorted(ids)).encode()).hexdigest()[:20]
-    return f"part-{digest}.parquet"
-
-
 def write_results(
     storage: Storage, run: str, table_dir: str, ids: list[str], shapes: list[Shape], rejects: list[tuple[str, str]]
 ) -> pa.Table:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 import generation  # noqa: F401 - registers the data.source=procedural reader with distill.readers
 from cluster.config import Config
-from cluster.layout import shape_summary, shapes_manifest
+from cluster.layout import part_name, shape_summary, shapes_manifest
 from cluster.rejects import read_rejects, write_rejects
 from cluster.storage import Storage
 from distill.config import DataConfig
@@ -58,7 +58,9 @@ def ingest(
         # (and re-rejects it) rather than losing its reason.
         write_rejects(storage, cfg.run, "ingest", rejects)
         ids = [s.shape_id for s in shapes] + reject_ids
-        storage.write_part(table_dir, shapes_to_table(shapes), done_ids=ids, summary=shape_summary(shapes))
+        storage.write_part(
+            table_dir, shapes_to_table(shapes), done_ids=ids, name=part_name(ids), summary=shape_summary(shapes)
+        )
         rejects.clear()
         reject_ids.clear()
 

@@ -88,6 +88,13 @@ def _stem(part: str) -> str:
     return part.removesuffix(".parquet")
 
 
+def part_name(ids: Iterable[str]) -> str:
+    """A shape part's file name from the ids it records as done: a retried task rewrites
+    the same file, and a run's parts (and so its training order) do not depend on chance."""
+    digest = hashlib.sha1("\n".join(sorted(ids)).encode()).hexdigest()[:20]
+    return f"part-{digest}.parquet"
+
+
 def knowledge_part_name(shape_part: str, shape_ids: Iterable[str]) -> str:
     """The knowledge part finishing ``shape_ids`` of ``shape_part`` (deterministic)."""
     digest = hashlib.blake2b(json.dumps(sorted(set(shape_ids))).encode(), digest_size=6).hexdigest()

@@ -29,10 +29,11 @@ from cluster.config import Config
 from cluster.layout import PartItem, category_parts, plan_parts, shapes_manifest
 from cluster.samples import PartSource, Tables, scores_dir
 from cluster.storage import Storage
+from distill.backward import apply_rescore
 from distill.labels import LabelSpace
 from distill.sources import SampleSource
 from distill.student import build_student
-from distill.training import DistilState, apply_rescore, distil
+from distill.training import DistilState, distil
 
 log = logging.getLogger(__name__)
 

@@ -26,14 +26,11 @@ import torch
 from torch import nn
 
 from distill.config import TrainConfig
+from distill.passes import forward_logits, unwrap
 from distill.records import KnowledgeUnits
 from distill.rescore import crossfit_folds, rescore_rule
-
-
-def _training():  # distill.training imports this module inside ``distil``
-    from distill import training
-
-    return training
+from distill.samples import _seed, collate, size_batches
+from distill.training import distil
 
 
 @torch.no_grad()
@@ -42,15 +39,14 @@ def predict_probs(
 ) -> list[np.ndarray]:
     """Per sample, (N, P) float32: the softmax over the sample's category's P parts of
     every point (eval mode, no augmentation; the caller recalibrates BatchNorm)."""
-    t = _training()
-    bare = t._unwrap(model)
+    bare = unwrap(model)
     was_training = bare.training
     bare.eval()
     out: list[np.ndarray | None] = [None] * len(samples)
     off = space.offsets
-    for chunk in t.size_batches(samples, batch_size):
-        batch = t.collate([samples[i] for i in chunk]).to(device)
-        prob = torch.softmax(t.forward_logits(bare, batch, space).float(), -1).cpu().numpy()
+    for chunk in size_batches(samples, batch_size):
+        batch = collate([samples[i] for i in chunk]).to(device)
+        prob = torch.softmax(forward_logits(bare, batch, space).float(), -1).cpu().numpy()
         for row, i in enumerate(chunk):
             c = samples[i].category
             out[i] = prob[row, :, off[c] : off[c + 1]].astype(np.float32)
@@ -129,20 +125,19 @@ def train_fold_snapshots(
     """The K cross-fitted snapshots: snapshot f is ``template`` re-initialised and trained
     (forward distillation, the run's schedule over ``cfg.epochs``, stopped after ``epochs``)
     on every unit whose fold is not f; its BatchNorm statistics come from those samples."""
-    t = _training()
     folds = folds if folds is not None else unit_folds(samples, space, cfg, seed)
     fold_cfg = replace(cfg, bd_rounds=0, select="last", rescore="agreement")
     out = []
     for f in range(cfg.crossfit_folds):
         fold_samples = [drop_fold(s, folds[s.shape_id], f) for s in samples]
-        model = fresh_copy(template, t._seed(seed, f, 41)).to(device)
+        model = fresh_copy(template, _seed(seed, f, 41)).to(device)
 
         def stop(state, f=f) -> bool:
             if on_fold_epoch is not None:
                 on_fold_epoch(f, state)
             return state.epoch >= epochs
 
-        t.distil(model, fold_samples, space, fold_cfg, device, t._seed(seed, f, 43), on_epoch_end=stop)
+        distil(model, fold_samples, space, fold_cfg, device, _seed(seed, f, 43), on_epoch_end=stop)
         out.append(model)
     return out
 

@@ -11,7 +11,7 @@ import pytest
 from cluster.config import load_config
 from cluster.generate_plan import MAX_PART_SHAPES, generator_actor_options, part_shapes, plan_rows, resolve_categories
 from cluster.generate_ray import generate_local, generate_on_ray, generate_shapes
-from cluster.generate_stages import part_name
+from cluster.layout import part_name
 from cluster.rejects import read_rejects
 from cluster.storage import Storage
 from distill.records import GENERATE_RESULT_SCHEMA, SHAPE_SCHEMA, table_to_shapes

@@ -15,8 +15,8 @@ from cluster.rescoring import load_snapshot, rescore_local, todo_items
 from cluster.samples import SCORE_SCHEMA, load_item, load_units, read_scores, scores_dir
 from cluster.storage import Storage
 from cluster.train import fit_student, knowledge_dir, plan_students, prepare_fit, train_student_local
+from distill.backward import rescore_samples
 from distill.records import table_to_units
-from distill.training import rescore_samples
 
 RUN = "bd"
 ARGS = [

@@ -15,8 +15,8 @@ from cluster.rescoring import balance_factors, load_snapshot, rescore_local
 from cluster.samples import BALANCE_FILE, SCORE_SCHEMA, load_item, read_score_part
 from cluster.storage import Storage
 from cluster.train import check_rescore_rule, fit_student, knowledge_dir, plan_students, prepare_fit
+from distill.backward import rescore_samples_with_rule
 from distill.samples import pairs_to_source
-from distill.training import rescore_samples_with_rule
 
 RUN = "rules"
 ARGS = [

@@ -7,10 +7,12 @@ import pytest
 import torch
 
 from distill.config import StudentConfig, TrainConfig
+from distill.labels import LabelSpace
 from distill.pose import ROTATIONS, chamfer, choose, co_align, cube_rotations, rotation_costs, subsample
+from distill.samples import prepare_samples
 from distill.student import build_student
 from distill.student.aligned import PoseAligned
-from distill.training import LabelSpace, distil, prepare_samples
+from distill.training import distil
 
 from .test_training import make_shape, make_units
 

@@ -6,25 +6,15 @@ import numpy as np
 import pytest
 import torch
 
+from distill.backward import apply_rescore, rescore_samples
 from distill.config import StudentConfig, TrainConfig
+from distill.labels import LabelSpace, group_for_students
 from distill.losses import distillation_loss
+from distill.passes import evaluate, predict
 from distill.records import KnowledgeUnits, Shape
+from distill.samples import collate, epoch_batches, prepare_sample, prepare_samples, resample_units, split_validation
 from distill.student import build_student
-from distill.training import (
-    LabelSpace,
-    apply_rescore,
-    collate,
-    distil,
-    epoch_batches,
-    evaluate,
-    group_for_students,
-    predict,
-    prepare_sample,
-    prepare_samples,
-    resample_units,
-    rescore_samples,
-    split_validation,
-)
+from distill.training import distil
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 

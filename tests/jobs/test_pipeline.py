@@ -19,9 +19,9 @@ from cluster.rejects import read_rejects
 from cluster.segment import segment
 from cluster.storage import Storage
 from distill.metrics import MIoUSums
+from distill.passes import predict
 from distill.records import row_to_shape
 from distill.student import build_student
-from distill.training import predict
 from tests.conftest import REPO, shared_data
 
 # The smoke run's recorded mIoU (category mean over its 6 evaluated shapes); see the test.

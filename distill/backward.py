@@ -1,0 +1,140 @@
+"""Backward distillation in one process (DESIGN §3): re-score the units of in-memory
+samples with a snapshot of the student, and move a state that stopped for an external
+re-scoring (``cluster.rescoring``) on to the next round.
+
+The pure per-shape rules are in ``distill.rescore``; the snapshot-based runners of the
+rules beyond the paper's in ``distill.crossfit``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from distill.config import TrainConfig
+from distill.labels import LabelSpace
+from distill.passes import predict_samples
+from distill.records import KnowledgeUnits
+from distill.rescore import rescore
+from distill.samples import ShapeSample
+
+
+def apply_rescore(state: dict[str, Any], scores: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """A state that stopped for external re-scoring, moved to round + 1: training resumes
+    from it exactly as if ``distil`` had re-scored in the loop.
+
+    state: a ``DistilState.state_dict()`` with ``pending_rescore`` · scores: for a state
+    that carries its scores (in-memory source), the new score array of every one of its
+    shapes (same lengths); None for a streaming run, whose new scores are in the round's
+    score table → a new state dict.
+    """
+    if not state.get("pending_rescore"):
+        raise ValueError(f"state after epoch {state.get('epoch')} is not waiting for a re-scoring")
+    old = state["scores"]
+    out = dict(state)
+    if scores is not None:
+        if set(scores) != set(old):
+            missing, extra = sorted(set(old) - set(scores)), sorted(set(scores) - set(old))
+            raise ValueError(f"re-scored shapes differ from the run's: missing {missing[:5]}, unexpected {extra[:5]}")
+        for sid, s in scores.items():
+            if len(s) != len(old[sid]):
+                raise ValueError(f"shape {sid}: {len(s)} new scores for {len(old[sid])} units")
+        out["scores"] = {k: np.asarray(v, np.float32).copy() for k, v in scores.items()}
+    elif old:
+        raise ValueError("this state carries its unit scores: give apply_rescore the new ones")
+    out["round"] = int(state["round"]) + 1
+    out["round_start"] = len(state["losses"])
+    out["pending_rescore"] = False
+    out["history"] = copy.deepcopy(state["history"])
+    if out["history"]:
+        out["history"][-1]["rescored"] = 1.0
+    return out
+
+
+def rescore_samples(
+    model: nn.Module,
+    samples: Sequence[ShapeSample],
+    space: LabelSpace,
+    scores: dict[str, np.ndarray] | None = None,
+    device: torch.device | str = "cpu",
+    batch_size: int = 8,
+) -> dict[str, np.ndarray]:
+    """Backward distillation over samples: each unit's new score (``rescore``) from the
+    student's predictions (eval mode; recalibrate its BatchNorm first).
+
+    scores: the current scores by shape id (default: the samples' own) → new scores by id.
+    """
+    preds = predict_samples(model, samples, device, space, batch_size)
+    out = {}
+    for s, pred in zip(samples, preds):
+        current = s.unit_score.numpy() if scores is None else scores[s.shape_id]
+        out[s.shape_id] = rescore(sample_units(s, space, current), pred).score
+    return out
+
+
+def rescore_samples_with_rule(
+    model: nn.Module,
+    samples: Sequence[ShapeSample],
+    space: LabelSpace,
+    cfg: TrainConfig,
+    device: torch.device | str,
+    seed: int,
+    epoch: int,
+    template: nn.Module | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Backward distillation with ``cfg.rescore`` (``distill.crossfit``): new unit scores
+    and relative pair weights by shape id (empty for unit rules). ``samples`` carry the
+    current scores (the ``_balanced`` rules keep each part's mass of them). ``model``: the
+    run's own snapshot (BatchNorm recalibrated); the crossfit rules instead train
+    ``cfg.crossfit_folds`` snapshots from ``template`` (the untrained model) up to ``epoch``
+    on the units outside each fold, and score each unit with the one that never saw it.
+    """
+    from distill.crossfit import rescore_with_rule, train_fold_snapshots, unit_folds
+    from distill.rescore import balance_part_mass
+
+    rule = cfg.rescore.removesuffix("_balanced")
+    if cfg.rescore.startswith("crossfit"):
+        if template is None:
+            raise ValueError(f"train.rescore={cfg.rescore} needs the untrained model as template")
+        folds = unit_folds(samples, space, cfg, seed)
+        snapshots = train_fold_snapshots(template, samples, space, cfg, epoch, device, seed, folds)
+    else:
+        folds, snapshots = None, [model]
+    scores, pairs = rescore_with_rule(rule, snapshots, samples, space, folds, device, cfg.batch_size)
+    if cfg.rescore.endswith("_balanced"):  # every part (logit slot) keeps its score mass
+        ids = [s.shape_id for s in samples]
+        balanced = balance_part_mass(
+            [s.unit_slot.numpy() for s in samples],
+            [np.diff(s.unit_offsets.numpy()) for s in samples],
+            [s.unit_score.numpy() for s in samples],
+            [scores[i] for i in ids],
+        )
+        scores = dict(zip(ids, balanced))
+    return scores, pairs or {}
+
+
+def sample_units(s: ShapeSample, space: LabelSpace, score: np.ndarray) -> KnowledgeUnits:
+    """The sample's units in its own point indexing (after any resampling), with ``score``."""
+    return KnowledgeUnits(
+        s.shape_id,
+        np.zeros(s.num_units, np.int64),
+        s.unit_slot.numpy() - space.offsets[s.category],
+        np.asarray(score, np.float32),
+        s.point_idx.numpy(),
+        s.unit_offsets.numpy(),
+    )
+
+
+def units_with_scores(
+    samples: Sequence[ShapeSample], scores: dict[str, np.ndarray], round: int
+) -> dict[str, KnowledgeUnits]:
+    out = {}
+    for s in samples:
+        if s.units is not None and s.num_units:
+            out[s.shape_id] = s.units.with_scores(scores[s.shape_id], round)
+    return out
