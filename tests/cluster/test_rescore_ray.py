@@ -12,7 +12,7 @@ from cluster.config import load_config
 from cluster.pipeline import extract_stage
 from cluster.rescore_ray import rescore_on_ray
 from cluster.rescoring import load_snapshot, rescore_local, todo_items
-from cluster.samples import SCORE_SCHEMA, load_item, load_units, read_scores, scores_dir
+from cluster.samples import BALANCE_FILE, SCORE_SCHEMA, load_item, load_units, read_score_part, read_scores, scores_dir
 from cluster.storage import Storage
 from cluster.train import fit_student, knowledge_dir, plan_students, prepare_fit, train_student_local
 from distill.backward import rescore_samples
@@ -190,3 +190,33 @@ def test_rescore_local_matches_the_ray_pass_scores(pending):
     assert summary["shapes"] == plan.with_units
     _assert_scores_only(storage, plan, 1, expected)
     assert load_torch(storage, CKPT)["pending_rescore"]  # prepare_fit moves it on
+
+
+def test_a_point_balanced_pass_on_ray_writes_what_the_local_pass_writes(tmp_path, extracted, ray_local):
+    """train.rescore=point_balanced: the actors write the same scores, pair weights and
+    part masses as the pass in this process, and the driver the same factor table."""
+    written = {}
+    for where in ("ray", "local"):
+        root = tmp_path / where
+        shutil.copytree(extracted / RUN, root / RUN)
+        cfg = load_config([*ARGS, f"storage.root={root}", "train.rescore=point_balanced"])
+        storage = Storage.from_config(cfg.storage)
+        (plan,) = plan_students(cfg, storage, f"{RUN}/shapes", knowledge_dir(RUN, 0))
+        assert fit_student(cfg, storage, plan, CPU)["pending_rescore"]
+        def pass_(snap, cfg=cfg, storage=storage, plan=plan, where=where):
+            if where == "ray":
+                return rescore_on_ray(cfg, storage, plan, snap)
+            return rescore_local(cfg, storage, plan, snap, CPU)
+
+        prepare_fit(storage, plan, CKPT_DIR, pass_)
+        out_dir = plan.tables(1).scores_dir
+        parts = {p: read_score_part(storage, out_dir, p) for p in storage.list_parts(out_dir)}
+        written[where] = (parts, storage.read_json(f"{out_dir}/{BALANCE_FILE}"))
+    (ray_parts, ray_balance), (local_parts, local_balance) = written["ray"], written["local"]
+    assert ray_balance == local_balance and ray_balance["rule"] == "point_balanced"
+    assert ray_parts.keys() == local_parts.keys()
+    for p, (scores, pairs) in ray_parts.items():
+        assert pairs.keys() == scores.keys()  # a point rule: every shape has pair weights
+        for sid in scores:
+            np.testing.assert_allclose(scores[sid], local_parts[p][0][sid], rtol=1e-6)
+            np.testing.assert_allclose(pairs[sid], local_parts[p][1][sid], rtol=1e-6)
