@@ -207,7 +207,7 @@ def test_backward_distillation_round(corpus):
     space = LabelSpace.from_shapes(shapes)
     samples = prepare_samples(shapes, units, space)
     calls = []
-    cfg = TrainConfig(epochs=6, batch_size=3, bd_rounds=1, bd_trigger="epoch", bd_epoch=4)
+    cfg = TrainConfig(epochs=6, batch_size=3, bd_rounds=1, bd_trigger="epoch", bd_epoch=4, rescore="agreement")
     result = distil(_model(space), samples, space, cfg, seed=0, on_rescore=lambda r, u: calls.append((r, u)))
     assert [r for r, _ in calls] == [1]
     rescored = calls[0][1]
@@ -226,7 +226,7 @@ def test_resume_replays_the_uninterrupted_run(corpus):
     space = LabelSpace.from_shapes(shapes)
     samples = prepare_samples(shapes, units, space)
     student = StudentConfig(backbone="pointnet2", width=4, k=4, dropout=0.3)  # dropout: RNG streams matter
-    cfg = TrainConfig(epochs=5, batch_size=4, bd_rounds=1, bd_trigger="epoch", bd_epoch=2)
+    cfg = TrainConfig(epochs=5, batch_size=4, bd_rounds=1, bd_trigger="epoch", bd_epoch=2, rescore="agreement")
 
     full = distil(_model(space, 0, student), samples, space, cfg, seed=3)
 
@@ -288,7 +288,7 @@ def test_external_rescoring_matches_the_in_loop_one(corpus):
     shapes, units = corpus
     space = LabelSpace.from_shapes(shapes)
     samples = prepare_samples(shapes, units, space)
-    cfg = TrainConfig(epochs=4, batch_size=3, bd_rounds=1, bd_trigger="epoch", bd_epoch=2)
+    cfg = TrainConfig(epochs=4, batch_size=3, bd_rounds=1, bd_trigger="epoch", bd_epoch=2, rescore="agreement")
     in_loop = distil(_model(space), samples, space, cfg, seed=1)
 
     saved = {}
