@@ -117,8 +117,8 @@ def trunk(d: dict[str, Any], a: argparse.Namespace, key: str) -> dict[str, Any]:
 
 def fold_snapshots(d: dict[str, Any], a: argparse.Namespace, key: str) -> tuple[list[torch.nn.Module], dict]:
     """The cross-fitted snapshots after epoch ``--branch`` (cached) and the unit folds."""
-    cfg = replace(d["cfg"].train, epochs=a.epochs, bd_rounds=0, crossfit_folds=a.folds, crossfit_by=a.crossfit_by)
-    folds = unit_folds(d["samples"], d["space"], cfg, d["cfg"].seed)
+    cfg = replace(d["cfg"].train, epochs=a.epochs, bd_rounds=0)
+    folds = unit_folds(d["samples"], d["space"], a.folds, a.crossfit_by, d["cfg"].seed)
     path = CACHE / f"bd_folds_{key}_{a.crossfit_by}{a.folds}.pt"
     models = [new_model(d) for _ in range(a.folds)]
     if path.exists():
@@ -126,7 +126,9 @@ def fold_snapshots(d: dict[str, Any], a: argparse.Namespace, key: str) -> tuple[
             m.load_state_dict(st)
         return models, folds
     t0 = time.perf_counter()
-    models = train_fold_snapshots(new_model(d), d["samples"], d["space"], cfg, a.branch, "cpu", d["cfg"].seed, folds)
+    models = train_fold_snapshots(
+        new_model(d), d["samples"], d["space"], cfg, a.branch, "cpu", d["cfg"].seed, folds, a.folds, a.crossfit_by
+    )
     print(f"  {a.folds} {a.crossfit_by} folds {key}: {time.perf_counter() - t0:.0f}s", flush=True)
     torch.save([m.state_dict() for m in models], path)
     return models, folds

@@ -79,18 +79,6 @@ class StudentPlan:
         return cls(d["name"], LabelSpace.from_dict(d["space"]), d["shapes_dir"], d["units_dir"], items, d["with_units"])
 
 
-def check_rescore_rule(cfg: Config) -> None:
-    """The streaming re-scoring passes (``cluster.rescoring``) run the snapshot rules
-    agreement, point and their ``_balanced`` variants; the cross-fitted rules need K extra
-    trainings per round and run in ``distil``'s in-memory loop (``bench/bd_variants.py``) only."""
-    if cfg.train.bd_rounds and cfg.train.rescore.startswith("crossfit"):
-        raise NotImplementedError(
-            f"train.rescore={cfg.train.rescore}: the pipeline's re-scoring passes run agreement, point and their "
-            "_balanced variants; the cross-fitted rules run in bench/bd_variants.py only (they cost two more "
-            "trainings a round and scored below in-sample agreement there, see README)"
-        )
-
-
 def plan_students(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str) -> list[StudentPlan]:
     """The run's students, as ``train.per_category`` groups the categories, planned from
     the shape and knowledge manifests (one small read each)."""
@@ -281,7 +269,6 @@ def train_local(
     cfg: Config, storage: Storage, shapes_dir: str | None = None, units_dir: str | None = None
 ) -> dict[str, Any]:
     """Train every student of the run in this process (skipping finished ones)."""
-    check_rescore_rule(cfg)
     shapes_dir = shapes_dir or f"{cfg.run}/shapes"
     units_dir = units_dir or knowledge_dir(cfg.run, 0)
     device = resolve_device(cfg.train.device)

@@ -243,9 +243,6 @@ def train_on_ray(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str)
     """Train every unfinished student of the run with Ray Train (Ray must be connected)."""
     import ray
 
-    from cluster.train import check_rescore_rule
-
-    check_rescore_rule(cfg)
     plans = plan_students(cfg, storage, shapes_dir, units_dir)
     skipped = [p.name for p in plans if storage.exists(checkpoint_dir(cfg.run, p.name), "final.pt")]
     todo = [p for p in plans if p.name not in skipped]

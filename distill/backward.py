@@ -83,29 +83,16 @@ def rescore_samples_with_rule(
     space: LabelSpace,
     cfg: TrainConfig,
     device: torch.device | str,
-    seed: int,
-    epoch: int,
-    template: nn.Module | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Backward distillation with ``cfg.rescore`` (``distill.crossfit``): new unit scores
-    and relative pair weights by shape id (empty for unit rules). ``samples`` carry the
-    current scores (the ``_balanced`` rules keep each part's mass of them). ``model``: the
-    run's own snapshot (BatchNorm recalibrated); the crossfit rules instead train
-    ``cfg.crossfit_folds`` snapshots from ``template`` (the untrained model) up to ``epoch``
-    on the units outside each fold, and score each unit with the one that never saw it.
-    """
-    from distill.crossfit import rescore_with_rule, train_fold_snapshots, unit_folds
+    """Backward distillation with ``cfg.rescore`` (``distill.crossfit.rescore_with_rule``):
+    new unit scores and relative pair weights by shape id (empty for unit rules).
+    ``samples`` carry the current scores (the ``_balanced`` rules keep each part's mass of
+    them); ``model``: the run's snapshot, BatchNorm recalibrated."""
+    from distill.crossfit import rescore_with_rule
     from distill.rescore import balance_part_mass
 
     rule = cfg.rescore.removesuffix("_balanced")
-    if cfg.rescore.startswith("crossfit"):
-        if template is None:
-            raise ValueError(f"train.rescore={cfg.rescore} needs the untrained model as template")
-        folds = unit_folds(samples, space, cfg, seed)
-        snapshots = train_fold_snapshots(template, samples, space, cfg, epoch, device, seed, folds)
-    else:
-        folds, snapshots = None, [model]
-    scores, pairs = rescore_with_rule(rule, snapshots, samples, space, folds, device, cfg.batch_size)
+    scores, pairs = rescore_with_rule(rule, [model], samples, space, None, device, cfg.batch_size)
     if cfg.rescore.endswith("_balanced"):  # every part (logit slot) keeps its score mass
         ids = [s.shape_id for s in samples]
         balanced = balance_part_mass(

@@ -222,9 +222,7 @@ class StudentConfig:
         _choice("student.align", self.align, ("none", "cube"))
 
 
-RESCORE_RULES = (
-    "agreement", "crossfit", "point", "crossfit_point", "agreement_balanced", "crossfit_balanced", "point_balanced",
-)  # fmt: skip
+RESCORE_RULES = ("agreement", "point", "agreement_balanced", "point_balanced")
 """Backward distillation's re-scoring rules (``train.rescore``), see ``distill.rescore``."""
 
 
@@ -249,16 +247,13 @@ class TrainConfig:
     rescore: str = "point_balanced"
     """Backward distillation's re-scoring rule (``RESCORE_RULES``, ``distill.rescore``), used
     when bd_rounds > 0; the default is the best measured (README "Backward distillation":
-    it ties forward distillation, the paper's rule loses 4 points): agreement (the fraction of a unit's points the student labels with the
-    unit's label) | crossfit (the same, from a snapshot that never trained on the unit) |
-    point (each (point, unit) pair weighted by the student's probability of the unit's
-    label there) | crossfit_point (that, from the cross-fitted snapshots) |
-    agreement_balanced, crossfit_balanced, point_balanced (the rule, then rescaled per part so each
-    part keeps the score mass Σ score·|unit| it had: ``distill.rescore.balance_part_mass``)."""
-    crossfit_folds: int = 2
-    """crossfit rules: K snapshots, each trained on the units outside its fold."""
-    crossfit_by: str = "view"
-    """crossfit rules: folds of units by view (each (shape, view) in one fold) | shape."""
+    it ties forward distillation, the paper's rule loses 4 points): agreement (the paper:
+    the fraction of a unit's points the student labels with the unit's label) | point
+    (each (point, unit) pair weighted by the student's probability of the unit's label
+    there) | agreement_balanced, point_balanced (the rule, then rescaled per part so each
+    part keeps the score mass Σ score·|unit| it had: ``distill.rescore.balance_part_mass``).
+    The cross-fitted rules are a study in ``bench/bd_variants.py``, not a setting: each
+    round would train K more students, and they scored below in-sample agreement."""
     select: str = "last"
     """Which checkpoint is reported: last (fixed schedule) | val (best on a validation
     split of the distillation shapes, scored against teacher knowledge, never test labels)."""
@@ -281,9 +276,6 @@ class TrainConfig:
         _positive("train.bd_rounds", self.bd_rounds, allow_zero=True)
         _choice("train.bd_trigger", self.bd_trigger, ("plateau", "epoch"))
         _choice("train.rescore", self.rescore, RESCORE_RULES)
-        _choice("train.crossfit_by", self.crossfit_by, ("view", "shape"))
-        if self.crossfit_folds < 2:
-            raise ConfigError(f"train.crossfit_folds={self.crossfit_folds} must be >= 2")
         _choice("train.select", self.select, ("last", "val"))
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"train.val_fraction={self.val_fraction} not in [0, 1)")

@@ -54,9 +54,9 @@ def predict_probs(
     return out  # type: ignore[return-value]
 
 
-def unit_folds(samples: Sequence, space, cfg: TrainConfig, seed: int) -> dict[str, np.ndarray]:
-    """Each sample's unit folds (``crossfit_folds`` with ``train.crossfit_folds/by``)."""
-    return {s.shape_id: crossfit_folds(units_of(s, space), cfg.crossfit_folds, cfg.crossfit_by, seed) for s in samples}
+def unit_folds(samples: Sequence, space, folds: int, by: str, seed: int) -> dict[str, np.ndarray]:
+    """Each sample's unit folds (``crossfit_folds``: ``folds`` of them, by view or shape)."""
+    return {s.shape_id: crossfit_folds(units_of(s, space), folds, by, seed) for s in samples}
 
 
 def units_of(s, space) -> KnowledgeUnits:
@@ -120,15 +120,17 @@ def train_fold_snapshots(
     device: torch.device | str = "cpu",
     seed: int = 0,
     folds: dict[str, np.ndarray] | None = None,
+    num_folds: int = 2,
+    by: str = "view",
     on_fold_epoch=None,
 ) -> list[nn.Module]:
     """The K cross-fitted snapshots: snapshot f is ``template`` re-initialised and trained
     (forward distillation, the run's schedule over ``cfg.epochs``, stopped after ``epochs``)
     on every unit whose fold is not f; its BatchNorm statistics come from those samples."""
-    folds = folds if folds is not None else unit_folds(samples, space, cfg, seed)
+    folds = folds if folds is not None else unit_folds(samples, space, num_folds, by, seed)
     fold_cfg = replace(cfg, bd_rounds=0, select="last", rescore="agreement")
     out = []
-    for f in range(cfg.crossfit_folds):
+    for f in range(num_folds):
         fold_samples = [drop_fold(s, folds[s.shape_id], f) for s in samples]
         model = fresh_copy(template, _seed(seed, f, 41)).to(device)
 

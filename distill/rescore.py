@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from distill.config import RESCORE_RULES, TrainConfig
+from distill.config import TrainConfig
 from distill.records import KnowledgeUnits
 
 
@@ -114,7 +114,8 @@ def should_rescore(epoch: int, losses: list[float], cfg: TrainConfig, rounds_don
 # unit with label y, agreement − true precision = (#{student says y, truth ≠ y} −
 # #{student ≠ y, truth = y}) / |k|: it departs from the truth exactly along the student's
 # own mistakes, so a student with systematic errors rewards them. The rules below break
-# that loop (``train.rescore``, one of ``RESCORE_RULES`` in ``distill.config``):
+# that loop (``train.rescore`` offers ``RESCORE_RULES`` of ``distill.config``; the crossfit
+# rules are a benchmark study, ``bench/bd_variants.py``):
 #
 # * ``agreement``       the paper: in-sample agreement, one score per unit;
 # * ``crossfit``        agreement under a snapshot that never trained on the unit: K
@@ -131,9 +132,10 @@ def should_rescore(epoch: int, losses: list[float], cfg: TrainConfig, rounds_don
 # table keeps one meaningful score per unit.
 
 
-SNAPSHOT_RULES = tuple(r for r in RESCORE_RULES if not r.endswith("_balanced"))
+SNAPSHOT_RULES = ("agreement", "point", "crossfit", "crossfit_point")
 """The rules ``rescore_rule`` computes per shape; ``<rule>_balanced`` is one of them followed
-by ``balance_part_mass`` over the corpus."""
+by ``balance_part_mass`` over the corpus. The crossfit ones are a benchmark study
+(``bench/bd_variants.py``); ``train.rescore`` offers ``RESCORE_RULES``."""
 
 
 def _unit_of_pair(units: KnowledgeUnits) -> np.ndarray:

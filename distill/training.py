@@ -221,8 +221,6 @@ def distil(
         PoseReferences.fit(model, source.reference_samples())
     if source.in_memory:
         source.pair_weights = state.pair_weights  # type: ignore[attr-defined]
-    # Cross-fitted re-scoring trains K snapshots from scratch: keep the untrained model.
-    template = copy.deepcopy(unwrap(model)) if cfg.bd_rounds and cfg.rescore.startswith("crossfit") else None
 
     cuda = [device.index or 0] if device.type == "cuda" else []
     recalibrated = state.epoch
@@ -273,9 +271,7 @@ def distil(
             if cfg.rescore == "agreement":
                 state.scores = rescore_samples(model, every, space, state.scores, device, cfg.batch_size)
             else:
-                state.scores, state.pair_weights = rescore_samples_with_rule(
-                    model, every, space, cfg, device, seed, state.epoch, template
-                )
+                state.scores, state.pair_weights = rescore_samples_with_rule(model, every, space, cfg, device)
                 source.pair_weights = state.pair_weights  # type: ignore[attr-defined]
             state.round += 1
             state.round_start = len(state.losses)

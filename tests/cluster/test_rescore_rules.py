@@ -14,8 +14,9 @@ from cluster.pipeline import extract_stage
 from cluster.rescoring import balance_factors, load_snapshot, rescore_local
 from cluster.samples import BALANCE_FILE, SCORE_SCHEMA, load_item, read_score_part
 from cluster.storage import Storage
-from cluster.train import check_rescore_rule, fit_student, knowledge_dir, plan_students, prepare_fit
+from cluster.train import fit_student, knowledge_dir, plan_students, prepare_fit
 from distill.backward import rescore_samples_with_rule
+from distill.config import ConfigError
 from distill.samples import pairs_to_source
 
 RUN = "rules"
@@ -65,12 +66,9 @@ def _source(s):
 @pytest.mark.parametrize("rule", ["point", "agreement_balanced", "point_balanced"])
 def test_pass_gives_the_in_memory_rule_and_training_resumes(tmp_path, extracted, rule):
     cfg, storage, plan = _pending(tmp_path, extracted, rule)
-    check_rescore_rule(cfg)  # the pipeline runs this rule
-    model, state = load_snapshot(cfg, storage, f"{CKPT_DIR}/last.pt", plan.space, CPU)
+    model, _ = load_snapshot(cfg, storage, f"{CKPT_DIR}/last.pt", plan.space, CPU)
     before = _samples(cfg, storage, plan, 0)
-    want, want_pairs = rescore_samples_with_rule(
-        model, before, plan.space, cfg.train, CPU, cfg.seed, int(state["epoch"])
-    )
+    want, want_pairs = rescore_samples_with_rule(model, before, plan.space, cfg.train, CPU)
 
     summary = prepare_fit(storage, plan, CKPT_DIR, lambda snap: rescore_local(cfg, storage, plan, snap, CPU))
     assert summary["round"] == 1 and summary["parts"] == len(plan.items)
@@ -121,8 +119,6 @@ def test_a_round_written_by_another_rule_is_refused(tmp_path, extracted):
         finish_round(balanced, storage, plan.tables(1).scores_dir)
 
 
-def test_crossfit_rules_are_refused_by_the_pipeline(tmp_path):
-    cfg = load_config([*ARGS, f"storage.root={tmp_path}", "train.rescore=crossfit", "train.bd_rounds=1"])
-    with pytest.raises(NotImplementedError, match="bd_variants"):
-        check_rescore_rule(cfg)
-    check_rescore_rule(load_config([*ARGS, "train.rescore=crossfit", "train.bd_rounds=0"]))  # no round: no pass
+def test_crossfit_rules_are_a_study_not_a_setting(tmp_path):
+    with pytest.raises(ConfigError, match="train.rescore"):
+        load_config([*ARGS, f"storage.root={tmp_path}", "train.rescore=crossfit"])

@@ -1,6 +1,6 @@
 import pytest
 
-from distill.config import ConfigError, StudentConfig, TeacherConfig, TrainConfig
+from distill.config import ConfigError, StudentConfig, TeacherConfig
 from distill.teachers import TEACHERS
 
 
@@ -16,7 +16,6 @@ def test_teacher_names_are_the_registry():
     [
         (lambda: TeacherConfig(prompt_template="{category}"), "teacher.prompt_template"),
         (lambda: StudentConfig(width=0), "student.width"),
-        (lambda: TrainConfig(crossfit_folds=1), "train.crossfit_folds"),
     ],
 )
 def test_section_checks_name_the_key(make, key):
