@@ -25,13 +25,9 @@ from cluster.config import Config, config_from_dict, to_dict
 from cluster.rescoring import ItemRescorer, finish_round, summarise, todo_items
 from cluster.runtime import configure_data_context, rescore_actor_options
 from cluster.storage import Storage
+from distill.records import RESCORE_RESULT_SCHEMA
 
 log = logging.getLogger(__name__)
-
-SUMMARY_SCHEMA = pa.schema(
-    [("part", pa.string()), ("shapes", pa.int64()), ("units", pa.int64()), ("score_sum", pa.float64())]
-)
-
 
 class RescoreStage:
     """Ray Data callable class: the student snapshot, loaded once per actor; per item, its
@@ -57,7 +53,7 @@ class RescoreStage:
         for i in range(len(batch["shape_part"])):
             item = PartItem.from_row({k: batch[k][i] for k in batch})
             rows.append(self.rescore(item))
-        return pa.Table.from_pylist(rows, schema=SUMMARY_SCHEMA)
+        return pa.Table.from_pylist(rows, schema=RESCORE_RESULT_SCHEMA)
 
 
 def rescore_on_ray(cfg: Config, storage: Storage, plan: Any, checkpoint: str) -> dict[str, Any]:

@@ -32,10 +32,11 @@ from tqdm import tqdm
 from cluster.checkpoints import load_torch
 from cluster.config import Config
 from cluster.layout import PartItem
-from cluster.samples import BALANCE_FILE, Tables, load_item, scores_table
+from cluster.samples import BALANCE_FILE, Tables, load_item
 from cluster.storage import Storage
 from distill.crossfit import rescore_with_rule
 from distill.labels import LabelSpace
+from distill.records import scores_to_table
 from distill.samples import ShapeSample, pairs_to_source
 from distill.student import build_student
 
@@ -103,7 +104,7 @@ class ItemRescorer:
             summary: dict[str, Any] = {"shapes": len(mine), "round": self.round, "rule": cfg.train.rescore}
             if cfg.train.rescore.endswith("_balanced"):
                 summary["mass"] = part_mass([by_id[sid] for sid in mine], mine, self.space)
-            table = scores_table(mine, {sid: pairs[sid] for sid in mine if sid in pairs})
+            table = scores_to_table(mine, {sid: pairs[sid] for sid in mine if sid in pairs})
             self.storage.write_part(self.out_dir, table, done_ids=sorted(mine), name=part, summary=summary)
             scores += len(mine)
             units += sum(len(v) for v in mine.values())

@@ -24,7 +24,7 @@ import torch
 from cluster.layout import PartItem
 from cluster.storage import Storage
 from distill.labels import LabelSpace
-from distill.records import KnowledgeUnits, row_to_shape, table_to_units
+from distill.records import SAMPLE_SCHEMA, KnowledgeUnits, row_to_shape, table_to_scores, table_to_units
 from distill.samples import Batch, ShapeSample, _seed, collate, prepare_sample
 from distill.sources import CALIBRATION_SHAPES, REFERENCE_SHAPES, VALIDATION_SHAPES, SampleSource, in_validation
 
@@ -33,35 +33,10 @@ SHAPE_COLUMNS = ["shape_id", "category", "part_names", "num_points", "points", "
 pictures; labels for evaluation only)."""
 EVAL_COLUMNS = [*SHAPE_COLUMNS, "labels"]
 
-SCORE_SCHEMA = pa.schema(
-    [("shape_id", pa.string()), ("score", pa.list_(pa.float32())), ("pair_weight", pa.list_(pa.float32()))]
-)
-"""A round ≥ 1 score part: per shape, one score per unit in round 0's unit order and, for a
-point-level rule (``train.rescore=point*``), one relative weight per (point, unit) pair in
-round 0's pair order (null for unit rules)."""
-
 BALANCE_FILE = "_balance.json"
 """A ``_balanced`` rule's round: ``{"rule", "factors": {category: [factor per part]}}``; the
 score parts hold the rule's own scores and a unit's score in training is
 min(1, score · factor of its (category, part)) (``distill.rescore.balance_part_mass``)."""
-
-SAMPLE_SCHEMA = pa.schema(
-    [
-        ("shape_id", pa.string()),
-        ("category", pa.int32()),
-        ("num_points", pa.int32()),
-        ("points", pa.list_(pa.float32())),
-        ("normals", pa.list_(pa.float32())),
-        ("point_idx", pa.list_(pa.int32())),
-        ("unit_offsets", pa.list_(pa.int32())),
-        ("unit_slot", pa.list_(pa.int32())),
-        ("unit_score", pa.list_(pa.float32())),
-        ("pair_weight", pa.list_(pa.float32())),
-    ]
-)
-"""A prepared sample as one Arrow row (Ray Data's training ingest); pair_weight is null
-unless a point-level re-scoring set it."""
-
 
 @dataclass(frozen=True)
 class Tables:
@@ -85,34 +60,12 @@ def read_score_part(
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """A score part (same name as its knowledge part) → (``{shape id: (K,) float32}``,
     ``{shape id: (M,) float32}`` relative pair weights of the shapes that have them)."""
-    table = storage.read_part(scores_dir_, knowledge_part)
-    ids = table.column("shape_id").to_pylist()
-    scores = {sid: np.asarray(sc, np.float32) for sid, sc in zip(ids, table.column("score").to_pylist())}
-    pairs: dict[str, np.ndarray] = {}
-    if "pair_weight" in table.column_names:  # score parts of older releases lack it
-        for sid, pw in zip(ids, table.column("pair_weight").to_pylist()):
-            if pw is not None:
-                pairs[sid] = np.asarray(pw, np.float32)
-    return scores, pairs
+    return table_to_scores(storage.read_part(scores_dir_, knowledge_part))
 
 
 def read_scores(storage: Storage, scores_dir_: str, knowledge_part: str) -> dict[str, np.ndarray]:
     """A score part → ``{shape id: (K,) float32}`` (the rule's own scores)."""
     return read_score_part(storage, scores_dir_, knowledge_part)[0]
-
-
-def scores_table(scores: dict[str, np.ndarray], pairs: dict[str, np.ndarray] | None = None) -> pa.Table:
-    """``SCORE_SCHEMA`` rows, sorted by shape id (pairs: relative pair weights, if any)."""
-    ids = sorted(scores)
-    pairs = pairs or {}
-    return pa.table(
-        {
-            "shape_id": ids,
-            "score": [np.asarray(scores[i], np.float32) for i in ids],
-            "pair_weight": [np.asarray(pairs[i], np.float32) if i in pairs else None for i in ids],
-        },
-        schema=SCORE_SCHEMA,
-    )
 
 
 _BALANCE: dict[str, dict[str, np.ndarray] | None] = {}

@@ -9,17 +9,26 @@ documents its schemas column by column:
                  ``PREDICTION_SCHEMA``, ``Prediction``
 ``rejects``      the rejects table (``{run}/rejects/``): ``REJECT_SCHEMA``
 ``views``        rendered shapes as batch columns (split extraction: render → teacher)
+``scores``       backward distillation's round ≥ 1 score parts (``SCORE_SCHEMA``) and the
+                 prepared training sample as an Arrow row (``SAMPLE_SCHEMA``)
 ``reports``      the small rows workers hand the driver: ``PIECE_SCHEMA``,
-                 ``GENERATE_RESULT_SCHEMA``, ``SUMS_SCHEMA``
+                 ``GENERATE_RESULT_SCHEMA``, ``RESCORE_RESULT_SCHEMA``, ``SUMS_SCHEMA``
 
-Round ≥ 1 score parts (``SCORE_SCHEMA``) and prepared training samples (``SAMPLE_SCHEMA``)
-are defined in ``cluster/samples.py``; part manifests and footers in ``cluster/layout.py``.
+Part manifests and footers are in ``cluster/layout.py``.
 Pure numpy/pyarrow: no Ray.
 """
 
 from distill.records.predictions import PREDICTION_SCHEMA, Prediction, predictions_to_table, table_to_predictions
 from distill.records.rejects import REJECT_SCHEMA
-from distill.records.reports import GENERATE_RESULT_SCHEMA, PIECE_SCHEMA, SUMS_SCHEMA, add_sums, sums_to_table
+from distill.records.reports import (
+    GENERATE_RESULT_SCHEMA,
+    PIECE_SCHEMA,
+    RESCORE_RESULT_SCHEMA,
+    SUMS_SCHEMA,
+    add_sums,
+    sums_to_table,
+)
+from distill.records.scores import SAMPLE_SCHEMA, SCORE_SCHEMA, scores_to_table, table_to_scores
 from distill.records.shapes import (
     SHAPE_SCHEMA,
     Mesh,
@@ -47,6 +56,9 @@ __all__ = [
     "PIECE_SCHEMA",
     "PREDICTION_SCHEMA",
     "REJECT_SCHEMA",
+    "RESCORE_RESULT_SCHEMA",
+    "SAMPLE_SCHEMA",
+    "SCORE_SCHEMA",
     "RENDERED_COLUMNS",
     "SHAPE_SCHEMA",
     "SUMS_SCHEMA",
@@ -62,11 +74,13 @@ __all__ = [
     "empty_view_columns",
     "predictions_to_table",
     "row_to_shape",
+    "scores_to_table",
     "rows_to_units",
     "shape_header",
     "shapes_to_table",
     "sums_to_table",
     "table_to_predictions",
+    "table_to_scores",
     "table_to_shapes",
     "table_to_units",
     "teacher_shape",

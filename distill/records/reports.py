@@ -5,6 +5,8 @@ PIECE_SCHEMA (extraction), one row per knowledge piece written
     units: int64
 GENERATE_RESULT_SCHEMA (generation), one row per asked shape
     shape_id: string · error: string ("" when written) · part: string (the part written)
+RESCORE_RESULT_SCHEMA (re-scoring), one row per shape part re-scored
+    part: string (the shape part) · shapes: int64 · units: int64 · score_sum: float64
 SUMS_SCHEMA (evaluation), per method and category: the sums of shape mIoU (``MIoUSums``)
     method: string ("" for a row that only reports a category seen) · category: string ·
     sum: float64 · count: float64
@@ -24,6 +26,11 @@ PIECE_SCHEMA = pa.schema([("piece", pa.string()), ("new", pa.int64()), ("rejecte
 
 GENERATE_RESULT_SCHEMA = pa.schema([("shape_id", pa.string()), ("error", pa.string()), ("part", pa.string())])
 """What a generation writing task hands the driver: one row per asked shape, error "" when written."""
+
+RESCORE_RESULT_SCHEMA = pa.schema(
+    [("part", pa.string()), ("shapes", pa.int64()), ("units", pa.int64()), ("score_sum", pa.float64())]
+)
+"""What a re-scoring actor hands the driver: one row per shape part whose scores it wrote."""
 
 SUMS_SCHEMA = pa.schema(
     [("method", pa.string()), ("category", pa.string()), ("sum", pa.float64()), ("count", pa.float64())]

@@ -12,11 +12,11 @@ from cluster.config import load_config
 from cluster.pipeline import extract_stage
 from cluster.rescore_ray import rescore_on_ray
 from cluster.rescoring import load_snapshot, rescore_local, todo_items
-from cluster.samples import BALANCE_FILE, SCORE_SCHEMA, load_item, load_units, read_score_part, read_scores, scores_dir
+from cluster.samples import BALANCE_FILE, load_item, load_units, read_score_part, read_scores, scores_dir
 from cluster.storage import Storage
 from cluster.train import fit_student, knowledge_dir, plan_students, prepare_fit, train_student_local
 from distill.backward import rescore_samples
-from distill.records import table_to_units
+from distill.records import SCORE_SCHEMA, table_to_units
 
 RUN = "bd"
 ARGS = [

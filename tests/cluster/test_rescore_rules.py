@@ -12,11 +12,12 @@ from cluster.checkpoints import load_torch
 from cluster.config import load_config
 from cluster.pipeline import extract_stage
 from cluster.rescoring import balance_factors, load_snapshot, rescore_local
-from cluster.samples import BALANCE_FILE, SCORE_SCHEMA, load_item, read_score_part
+from cluster.samples import BALANCE_FILE, load_item, read_score_part
 from cluster.storage import Storage
 from cluster.train import fit_student, knowledge_dir, plan_students, prepare_fit
 from distill.backward import rescore_samples_with_rule
 from distill.config import ConfigError
+from distill.records import SCORE_SCHEMA
 from distill.samples import pairs_to_source
 
 RUN = "rules"

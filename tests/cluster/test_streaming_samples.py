@@ -7,12 +7,12 @@ import pytest
 
 from cluster.config import load_config
 from cluster.layout import knowledge_part_name, shape_summary
-from cluster.samples import PartSource, Tables, samples_to_table, scores_table, table_to_samples
+from cluster.samples import PartSource, Tables, samples_to_table, table_to_samples
 from cluster.storage import Storage
 from cluster.train import StudentPlan, plan_students
 from cluster.train_ray import concurrent_students
 from distill.metrics import MIoUSums, MIoUTable
-from distill.records import KnowledgeUnits, Shape, shapes_to_table, units_to_table
+from distill.records import KnowledgeUnits, Shape, scores_to_table, shapes_to_table, units_to_table
 from distill.sources import in_validation
 
 PARTS = {"Mug": ["body", "handle"], "Lamp": ["base", "pole", "shade"]}
@@ -126,7 +126,7 @@ def test_scores_of_a_round_must_match_the_units(run):
     item = plan.items[0]
     out = plan.tables(1).scores_dir
     for part in item.knowledge_parts:
-        storage.write_part(out, scores_table({"Mug/0-1": np.ones(1)}), [], part)
+        storage.write_part(out, scores_to_table({"Mug/0-1": np.ones(1)}), [], part)
     source = PartSource(storage, Tables(plan.shapes_dir, plan.units_dir, out), [item], plan.space, 32, 4, seed=0)
     with pytest.raises(ValueError, match="scores of Mug/0-1 do not match its 2 units"):
         list(source.scan())
