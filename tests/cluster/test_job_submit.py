@@ -313,7 +313,7 @@ def test_pretrain_submitted_as_a_ray_job_writes_its_run_to_s3(ray_head, s3_endpo
     assert storage.list_parts("smoke/knowledge/round_1/all") == storage.list_parts("smoke/knowledge/round_0")
     assert len(storage.done_ids("smoke/knowledge/round_0")) == 12
     assert storage.done_ids("smoke/knowledge/round_1/all") <= storage.done_ids("smoke/knowledge/round_0")
-    assert storage.read_table("smoke/knowledge/round_1/all").column_names == ["shape_id", "score"]
+    assert storage.read_table("smoke/knowledge/round_1/all").column_names == ["shape_id", "score", "pair_weight"]
     assert storage.exists("smoke/checkpoints/all/final.pt")
     model, space, bundle = load_student(storage, "smoke", "all")
     assert space.categories == ("Chair", "Lamp", "Table")
