@@ -26,10 +26,10 @@ import torch
 from torch import nn
 
 from distill.config import TrainConfig
-from distill.passes import forward_logits, unwrap
+from distill.passes import eval_logits
 from distill.records import KnowledgeUnits
 from distill.rescore import crossfit_folds, rescore_rule
-from distill.samples import _seed, collate, size_batches
+from distill.samples import _seed
 from distill.training import distil
 
 
@@ -39,18 +39,13 @@ def predict_probs(
 ) -> list[np.ndarray]:
     """Per sample, (N, P) float32: the softmax over the sample's category's P parts of
     every point (eval mode, no augmentation; the caller recalibrates BatchNorm)."""
-    bare = unwrap(model)
-    was_training = bare.training
-    bare.eval()
     out: list[np.ndarray | None] = [None] * len(samples)
     off = space.offsets
-    for chunk in size_batches(samples, batch_size):
-        batch = collate([samples[i] for i in chunk]).to(device)
-        prob = torch.softmax(forward_logits(bare, batch, space).float(), -1).cpu().numpy()
+    for chunk, logits in eval_logits(model, samples, device, space, batch_size):
+        prob = torch.softmax(logits.float(), -1).cpu().numpy()
         for row, i in enumerate(chunk):
             c = samples[i].category
             out[i] = prob[row, :, off[c] : off[c + 1]].astype(np.float32)
-    bare.train(was_training)
     return out  # type: ignore[return-value]
 
 

@@ -8,7 +8,7 @@ DDP or not), the batches or samples and the label space.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -153,18 +153,31 @@ def predict_samples(
     """Per sample, the student's part label of every point: (N,) int64 in the category's
     own label indices. Eval mode, no augmentation; samples of equal N are batched. Runs
     the unwrapped model: no DDP collectives, so workers may predict different shapes."""
-    model = unwrap(model)
-    was_training = model.training
-    model.eval()
     out: list[np.ndarray | None] = [None] * len(samples)
     off = space.offsets
-    for chunk in size_batches(samples, batch_size):
-        batch = collate([samples[i] for i in chunk]).to(device)
-        pred = forward_logits(model, batch, space).argmax(-1).cpu().numpy()
+    for chunk, logits in eval_logits(model, samples, device, space, batch_size):
+        pred = logits.argmax(-1).cpu().numpy()
         for row, i in enumerate(chunk):
             out[i] = pred[row] - off[samples[i].category]
-    model.train(was_training)
     return out  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def eval_logits(
+    model: nn.Module, samples: Sequence[ShapeSample], device: torch.device | str, space: LabelSpace, batch_size: int
+) -> Iterator[tuple[list[int], Tensor]]:
+    """The unwrapped model in eval mode over equal-size batches of ``samples`` → per batch
+    (the samples' indices, logits (b, N, S) masked to each sample's category); the model's
+    mode is restored when the iteration ends."""
+    bare = unwrap(model)
+    was_training = bare.training
+    bare.eval()
+    try:
+        for chunk in size_batches(samples, batch_size):
+            batch = collate([samples[i] for i in chunk]).to(device)
+            yield chunk, forward_logits(bare, batch, space)
+    finally:
+        bare.train(was_training)
 
 
 def _space_for(shapes: Sequence[Shape], space: LabelSpace | None) -> LabelSpace:
