@@ -91,7 +91,7 @@ class ItemRescorer:
         pairs = {
             sid: pairs_to_source(w, _source(by_id[sid]), len(by_id[sid].units.point_idx))
             for sid, w in (rel or {}).items()
-        }  # type: ignore[union-attr]
+        }
         written = set(self.storage.list_parts(self.out_dir))
         units = scores = 0
         total = 0.0

@@ -42,3 +42,13 @@ def ray_local(s3_endpoint) -> Iterator[None]:
     credentials and endpoint (``s3_endpoint``), so any stage can use ``s3://`` storage."""
     with local_ray(2, {k: os.environ[k] for k in AWS_ENV}):
         yield
+
+
+@pytest.fixture(scope="module")
+def bd_extracted(tmp_path_factory):
+    """The backward-distillation tests' run (``tests/cluster/bd_run.py``), extracted once a module."""
+    from tests.cluster.bd_run import extract_run
+
+    root = tmp_path_factory.mktemp("extracted")
+    extract_run(root)
+    return root

@@ -1,56 +1,23 @@
 """Backward distillation's re-scoring pass as a Ray Data actor pool (real local Ray) and in
 process, over the student's shape parts: round k ≥ 1 stores scores only."""
 
-import shutil
-
 import numpy as np
 import pytest
-import torch
 
 from cluster.checkpoints import load_student, load_torch
-from cluster.config import load_config
-from cluster.pipeline import extract_stage
 from cluster.rescore_ray import rescore_on_ray
 from cluster.rescoring import load_snapshot, rescore_local, todo_items
 from cluster.samples import BALANCE_FILE, load_item, load_units, read_score_part, read_scores, scores_dir
-from cluster.storage import Storage
-from cluster.train import fit_student, knowledge_dir, plan_students, prepare_fit, train_student_local
+from cluster.train import fit_student, prepare_fit, train_student_local
 from distill.backward import rescore_samples
 from distill.records import SCORE_SCHEMA, table_to_units
-
-RUN = "bd"
-ARGS = [
-    "--config",
-    "smoke",
-    "data.per_category=3",
-    "train.epochs=4",
-    f"run={RUN}",
-    "cluster.backend=local",
-    "cluster.part_shapes=2",  # 3 categories × (2 + 1) shapes: 6 shape parts, 6 items
-]
-CPU = torch.device("cpu")
-CKPT_DIR = f"{RUN}/checkpoints/all"
-CKPT = f"{CKPT_DIR}/last.pt"
-
-
-@pytest.fixture(scope="module")
-def extracted(tmp_path_factory):
-    """The run's shapes and round-0 knowledge, extracted once for the module."""
-    root = tmp_path_factory.mktemp("extracted")
-    cfg = load_config([*ARGS, f"storage.root={root}"])
-    extract_stage(cfg, Storage.from_config(cfg.storage))
-    return root
+from tests.cluster.bd_run import CKPT, CKPT_DIR, CPU, RUN, pending_run
 
 
 @pytest.fixture()
-def pending(tmp_path, extracted):
+def pending(tmp_path, bd_extracted):
     """A run whose student stopped after epoch 2 (smoke: bd_epoch=2), awaiting re-scoring."""
-    shutil.copytree(extracted / RUN, tmp_path / RUN)
-    cfg = load_config([*ARGS, f"storage.root={tmp_path}"])
-    storage = Storage.from_config(cfg.storage)
-    (plan,) = plan_students(cfg, storage, f"{RUN}/shapes", knowledge_dir(RUN, 0))
-    info = fit_student(cfg, storage, plan, CPU)
-    assert info["pending_rescore"] and info["epochs"] == 2
+    cfg, storage, plan = pending_run(tmp_path, bd_extracted)
     assert not storage.exists(f"{RUN}/checkpoints/all/final.pt")
     storage.reads.reset()
     return cfg, storage, plan
@@ -192,17 +159,13 @@ def test_rescore_local_matches_the_ray_pass_scores(pending):
     assert load_torch(storage, CKPT)["pending_rescore"]  # prepare_fit moves it on
 
 
-def test_a_point_balanced_pass_on_ray_writes_what_the_local_pass_writes(tmp_path, extracted, ray_local):
+def test_a_point_balanced_pass_on_ray_writes_what_the_local_pass_writes(tmp_path, bd_extracted, ray_local):
     """train.rescore=point_balanced: the actors write the same scores, pair weights and
     part masses as the pass in this process, and the driver the same factor table."""
     written = {}
     for where in ("ray", "local"):
-        root = tmp_path / where
-        shutil.copytree(extracted / RUN, root / RUN)
-        cfg = load_config([*ARGS, f"storage.root={root}", "train.rescore=point_balanced"])
-        storage = Storage.from_config(cfg.storage)
-        (plan,) = plan_students(cfg, storage, f"{RUN}/shapes", knowledge_dir(RUN, 0))
-        assert fit_student(cfg, storage, plan, CPU)["pending_rescore"]
+        cfg, storage, plan = pending_run(tmp_path / where, bd_extracted, "train.rescore=point_balanced")
+
         def pass_(snap, cfg=cfg, storage=storage, plan=plan, where=where):
             if where == "ray":
                 return rescore_on_ray(cfg, storage, plan, snap)

@@ -2,53 +2,23 @@
 its score parts, pair weights and balance factors give exactly the scores that ``distil``'s
 in-memory rule (``rescore_samples_with_rule``) gives over the same samples."""
 
-import shutil
-
 import numpy as np
 import pytest
-import torch
 
 from cluster.checkpoints import load_torch
 from cluster.config import load_config
-from cluster.pipeline import extract_stage
 from cluster.rescoring import balance_factors, load_snapshot, rescore_local
 from cluster.samples import BALANCE_FILE, load_item, read_score_part
-from cluster.storage import Storage
-from cluster.train import fit_student, knowledge_dir, plan_students, prepare_fit
+from cluster.train import fit_student, prepare_fit
 from distill.backward import rescore_samples_with_rule
 from distill.config import ConfigError
 from distill.records import SCORE_SCHEMA
 from distill.samples import pairs_to_source
-
-RUN = "rules"
-ARGS = [
-    "--config",
-    "smoke",
-    "data.per_category=3",
-    "train.epochs=4",
-    f"run={RUN}",
-    "cluster.backend=local",
-    "cluster.part_shapes=2",
-]
-CPU = torch.device("cpu")
-CKPT_DIR = f"{RUN}/checkpoints/all"
+from tests.cluster.bd_run import ARGS, CKPT_DIR, CPU, pending_run
 
 
-@pytest.fixture(scope="module")
-def extracted(tmp_path_factory):
-    root = tmp_path_factory.mktemp("extracted")
-    cfg = load_config([*ARGS, f"storage.root={root}"])
-    extract_stage(cfg, Storage.from_config(cfg.storage))
-    return root
-
-
-def _pending(tmp_path, extracted, rule):
-    shutil.copytree(extracted / RUN, tmp_path / RUN)
-    cfg = load_config([*ARGS, f"storage.root={tmp_path}", f"train.rescore={rule}"])
-    storage = Storage.from_config(cfg.storage)
-    (plan,) = plan_students(cfg, storage, f"{RUN}/shapes", knowledge_dir(RUN, 0))
-    assert fit_student(cfg, storage, plan, CPU)["pending_rescore"]
-    return cfg, storage, plan
+def _pending(tmp_path, bd_extracted, rule):
+    return pending_run(tmp_path, bd_extracted, f"train.rescore={rule}")
 
 
 def _samples(cfg, storage, plan, round):
@@ -65,8 +35,8 @@ def _source(s):
 
 
 @pytest.mark.parametrize("rule", ["point", "agreement_balanced", "point_balanced"])
-def test_pass_gives_the_in_memory_rule_and_training_resumes(tmp_path, extracted, rule):
-    cfg, storage, plan = _pending(tmp_path, extracted, rule)
+def test_pass_gives_the_in_memory_rule_and_training_resumes(tmp_path, bd_extracted, rule):
+    cfg, storage, plan = _pending(tmp_path, bd_extracted, rule)
     model, _ = load_snapshot(cfg, storage, f"{CKPT_DIR}/last.pt", plan.space, CPU)
     before = _samples(cfg, storage, plan, 0)
     want, want_pairs = rescore_samples_with_rule(model, before, plan.space, cfg.train, CPU)
@@ -110,8 +80,8 @@ def test_balance_factors_keep_each_parts_mass():
     assert balance_factors([a, b]) == {"Chair": [1.0, 1.0, 2.0], "Cup": [0.25]}
 
 
-def test_a_round_written_by_another_rule_is_refused(tmp_path, extracted):
-    cfg, storage, plan = _pending(tmp_path, extracted, "agreement")
+def test_a_round_written_by_another_rule_is_refused(tmp_path, bd_extracted):
+    cfg, storage, plan = _pending(tmp_path, bd_extracted, "agreement")
     prepare_fit(storage, plan, CKPT_DIR, lambda snap: rescore_local(cfg, storage, plan, snap, CPU))
     from cluster.rescoring import finish_round
 
