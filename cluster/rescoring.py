@@ -32,7 +32,7 @@ from tqdm import tqdm
 from cluster.checkpoints import load_torch
 from cluster.config import Config
 from cluster.layout import PartItem
-from cluster.samples import BALANCE_FILE, Tables, load_item
+from cluster.samples import Tables, load_item, write_balance
 from cluster.storage import Storage
 from distill.crossfit import rescore_with_rule
 from distill.labels import LabelSpace
@@ -158,7 +158,7 @@ def finish_round(cfg: Config, storage: Storage, out_dir: str) -> None:
             f"train.rescore={cfg.train.rescore}; delete the folder to re-score the round"
         )
     factors = balance_factors(summaries)
-    storage.write_json(f"{out_dir}/{BALANCE_FILE}", {"rule": cfg.train.rescore, "factors": factors})
+    write_balance(storage, out_dir, cfg.train.rescore, factors)
 
 
 def summarise(new_round: int, done: list[dict[str, Any]], skipped: int, seconds: float) -> dict[str, Any]:

@@ -71,6 +71,12 @@ def read_scores(storage: Storage, scores_dir_: str, knowledge_part: str) -> dict
 _BALANCE: dict[str, dict[str, np.ndarray] | None] = {}
 
 
+def write_balance(storage: Storage, scores_dir_: str, rule: str, factors: dict[str, list[float]]) -> None:
+    """Write a round's factor table (``BALANCE_FILE``) and forget any cached read of it."""
+    storage.write_json(posixpath.join(scores_dir_, BALANCE_FILE), {"rule": rule, "factors": factors})
+    _BALANCE.pop(storage.uri(scores_dir_, BALANCE_FILE), None)
+
+
 def read_balance(storage: Storage, scores_dir_: str) -> dict[str, np.ndarray] | None:
     """A round's per-part factors (``BALANCE_FILE``) or None (not a ``_balanced`` rule).
 
