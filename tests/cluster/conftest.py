@@ -44,6 +44,14 @@ def ray_local(s3_endpoint) -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="session")
+def cluster_yaml() -> dict:
+    """``ray_cluster.yaml`` as a dict (treat as read-only: it is shared by the session)."""
+    from tests.cluster.fake_autoscaler import load_cluster_yaml
+
+    return load_cluster_yaml()
+
+
 @pytest.fixture(scope="module")
 def bd_extracted(tmp_path_factory):
     """The backward-distillation tests' run (``tests/cluster/bd_run.py``), extracted once a module."""

@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,16 +31,11 @@ from typing import Any
 import yaml
 
 from cluster.autoscaling import FAKE_HEAD_TYPE, fake_node_types, node_type_of
+from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_YAML = REPO / "ray_cluster.yaml"
 PROVIDER = "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def load_cluster_yaml() -> dict[str, Any]:
@@ -193,7 +187,7 @@ class FakeAutoscalingCluster:
         self.node_types = node_types or fake_node_types(load_cluster_yaml(), max_cpus=4)
         self.idle_timeout_s = idle_timeout_s
         self.tmp = tempfile.mkdtemp(prefix="pdas", dir="/tmp")  # short: Ray's socket paths are < 108 bytes
-        self.port = _free_port()
+        self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
         self.env = {

@@ -15,19 +15,17 @@ the first Ray session a process joins.
 import contextlib
 import os
 import re
-import subprocess
-import sys
 import threading
 import time
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import run_test_fresh
 
-# Minutes each (a fake cluster scaling up and down): the slow lane only; the children too,
-# so that the fast lane deselects them rather than listing them as skipped.
-pytestmark = pytest.mark.slow
+# Minutes each (a fake cluster scaling up and down): the autoscaling lane only; the children
+# too, so that the other lanes deselect them rather than listing them as skipped.
+pytestmark = pytest.mark.autoscaling
 
 CHILD = "PARTDISTILL_AUTOSCALING_CHILD"
 IDLE_TIMEOUT_S = 8.0
@@ -43,15 +41,7 @@ ARGS = [
 
 
 def _in_fresh_interpreter(test: str) -> None:
-    env = {**os.environ, CHILD: "1", "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", f"{__file__}::{test}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=1500,
-    )  # fmt: skip
-    print(run.stdout[-6000:])
-    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
-    assert "1 passed" in run.stdout
+    run_test_fresh(__file__, test, CHILD, timeout=1500, show=True)
 
 
 def test_stages_scale_the_cluster_up_and_down():

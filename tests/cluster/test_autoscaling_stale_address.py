@@ -10,11 +10,9 @@ address configured starts its own local instance all the same.
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 
-from tests.conftest import REPO, _free_port
+from tests.conftest import free_port, fresh_env, run_fresh
 
 CHILD = """
 import json, ray
@@ -40,16 +38,11 @@ print("RESULT " + json.dumps(out))
 def test_connect_starts_its_own_ray_despite_a_stale_ray_current_cluster():
     tmp = tempfile.mkdtemp(prefix="pdst", dir="/tmp")  # short: Ray's socket paths are < 108 bytes
     try:
-        stale = f"127.0.0.1:{_free_port()}"
+        stale = f"127.0.0.1:{free_port()}"
         os.makedirs(os.path.join(tmp, "ray"))
         with open(os.path.join(tmp, "ray", "ray_current_cluster"), "w") as f:
             f.write(stale)
-        env = {**os.environ, "RAY_TMPDIR": tmp, "RAY_AUTH_MODE": "disabled"}
-        env.pop("RAY_ADDRESS", None)
-        run = subprocess.run(
-            [sys.executable, "-c", CHILD], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
-        )
-        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        run = run_fresh(["-c", CHILD], env=fresh_env(RAY_TMPDIR=tmp), timeout=300)
         (line,) = [ln for ln in run.stdout.splitlines() if ln.startswith("RESULT ")]
         out = json.loads(line[len("RESULT ") :])
         # The issue's failure, reproduced: a bare init tries to join the stale address.

@@ -9,7 +9,6 @@ request the ``cluster`` preset and the autoscaling tests make.
 import json
 
 import pytest
-import yaml
 
 from cluster.autoscaling import (
     FAKE_HEAD_TYPE,
@@ -24,7 +23,6 @@ from cluster.autoscaling import (
 )
 from cluster.config import load_config
 from cluster.runtime import fits, resource_requests
-from tests.conftest import REPO
 
 # What tests/cluster/test_autoscaling_cluster.py runs: a GPU teacher, training workers pinned
 # to the training nodes by train_slot, a GPU re-scoring actor.
@@ -32,11 +30,6 @@ FAKE_RUN_ARGS = [
     "--config", "smoke", "cluster.backend=ray", "cluster.render_cpus=1", "cluster.teacher_gpus=1",
     "cluster.train_workers=2", "cluster.train_resource=train_slot", "cluster.rescore_gpus=1",
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def cluster_yaml() -> dict:
-    return yaml.safe_load((REPO / "ray_cluster.yaml").read_text())
 
 
 def _fitting(request: dict[str, float], types: dict[str, dict]) -> set[str]:
@@ -87,13 +80,12 @@ def test_nodes_needed():
         nodes_needed([{"GPU": 1}], {"CPU": 16})
 
 
-def test_training_and_held_bundles():
+def test_training_and_held_bundles(cluster_yaml):
     assert training_bundles(load_config(FAKE_RUN_ARGS)) == [{"CPU": 1.0, "train_slot": 1.0}] * 2
     preset = load_config(["--config", "cluster"])
     assert training_bundles(preset) == [{"CPU": 1.0, "GPU": 1.0, "train_slot": 1.0}] * 4
     # The hold keeps the slots only: the re-scoring actors' GPUs are theirs to ask for.
     assert held_bundles(preset) == [{"train_slot": 1.0}] * 4
-    cluster_yaml = yaml.safe_load((REPO / "ray_cluster.yaml").read_text())
     assert _ray_picks(cluster_yaml, held_bundles(preset)) == {"gpu_train": 1}
     # During a re-scoring pass, with the training node up: the hold and the pass's 4 GPU
     # actors fit on it together; a hold of the full bundles would start 4 more GPU nodes.

@@ -2,23 +2,13 @@
 
 import json
 import os
-from pathlib import Path
 
 import jsonschema
 import pytest
 import ray.autoscaler
-import yaml
 
 from cluster.config import load_config
 from cluster.runtime import fits, resource_requests, teacher_actor_options, train_scaling
-
-REPO = Path(__file__).resolve().parents[2]
-CLUSTER_YAML = REPO / "ray_cluster.yaml"
-
-
-@pytest.fixture(scope="module")
-def cluster_yaml() -> dict:
-    return yaml.safe_load(CLUSTER_YAML.read_text())
 
 
 @pytest.fixture(scope="module")

@@ -13,16 +13,13 @@ installed on the run's ``Storage``.
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from cluster.config import load_config
 from cluster.pipeline import pretrain
 from cluster.storage import ReadCounter, Storage
-from tests.conftest import REPO
+from tests.conftest import run_fresh
 
 PART = 4
 ARGS = [
@@ -126,13 +123,8 @@ def test_local_run_reads_one_part_at_a_time(local_run):
 
 @pytest.mark.slow
 def test_ray_run_driver_reads_at_most_a_part(local_run, tmp_path):
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
     argv = [*ARGS, f"storage.root={tmp_path}", "run=reads", "cluster.backend=ray", "cluster.num_cpus=2"]
-    run = subprocess.run(
-        [sys.executable, "-c", DRIVER, *argv], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
-    )
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    run = run_fresh(["-c", DRIVER, *argv], timeout=900)
     out = json.loads(run.stdout.strip().splitlines()[-1])
     for table_dir, rows in out["rows"].items():
         assert rows <= PART, f"the driver read {rows} rows of {table_dir}: {out['rows']}"

@@ -18,7 +18,6 @@ from distill.records import GENERATE_RESULT_SCHEMA, SHAPE_SCHEMA, table_to_shape
 from distill.sampling import derive_seed
 from generation.procedural import make_shape
 from generation.prompts import make_prompt
-from tests.generation.tiny_shap_e import build_tiny_shap_e
 
 RUN = "r"
 POINTS = 128
@@ -30,11 +29,6 @@ def _cfg(*args: str, **kw):
 
 def _proc_cfg(count: int = 5, *args: str):
     return _cfg("generation.categories=[chair,table,lamp]", f"generation.count={count}", *args)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return build_tiny_shap_e(str(tmp_path_factory.mktemp("tiny_shap_e")), seed=0)
 
 
 def _shap_e_cfg(tiny_dir: str, count: int = 4, *args: str):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, SMOKE_VOTING, SMOKE_VOTING_NEAREST
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.job_submission", reason="ray[default] (the dashboard and job server) is not installed")
@@ -301,6 +301,9 @@ def test_pretrain_submitted_as_a_ray_job_writes_its_run_to_s3(ray_head, s3_endpo
     for key in ("student", "voting", "voting_nearest"):
         assert isinstance(pre[key], (int, float)) and 0.0 <= pre[key] <= 100.0, (key, pre.get(key))
         assert set(pre["per_category"][key]) == {"Chair", "Lamp", "Table"}
+    # The same knowledge as the local smoke run: its recorded votes, to the rounding.
+    assert pre["voting"] == pytest.approx(SMOKE_VOTING, abs=0.01)
+    assert pre["voting_nearest"] == pytest.approx(SMOKE_VOTING_NEAREST, abs=0.01)
     assert pre["evaluated_shapes"] == 6
     assert pre["extract"]["extract"]["new"] == 12 and pre["extract"]["extract"]["units"] > 0
     (student,) = pre["train"]["students"]

@@ -6,8 +6,6 @@ has crossed nodes: render tasks on the head, teacher actors and re-scoring actor
 GPU node, shape and knowledge parts read and written by both through shared storage."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,9 +19,9 @@ from cluster.rescore_ray import rescore_on_ray
 from cluster.runtime import _loopback_only
 from cluster.samples import read_scores
 from cluster.storage import Storage
-from cluster.train import fit_student, knowledge_dir, plan_students, prepare_fit
+from cluster.train import fit_student, knowledge_dir, last_state, plan_students, prepare_fit
 from distill.records import UNIT_SCHEMA, table_to_units
-from tests.conftest import REPO
+from tests.conftest import run_test_fresh
 
 # About 45 s (a second interpreter and a two-node cluster): the slow lane only.
 pytestmark = pytest.mark.slow
@@ -72,14 +70,7 @@ def test_two_node_cluster_in_a_fresh_interpreter():
     """Runs the test below in its own process: Ray Data keeps state of the first Ray session
     a process joins (another test module's one-CPU, no-GPU local Ray), and a second session
     in the same process then cancels the GPU actors it cannot place."""
-    env = {**os.environ, CHILD: "1", "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{__file__}::test_two_nodes_extract_and_rescore_across_nodes"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
-    assert "1 passed" in run.stdout
+    run_test_fresh(__file__, "test_two_nodes_extract_and_rescore_across_nodes", CHILD)
 
 
 @pytest.mark.skipif(not os.environ.get(CHILD), reason="runs in a fresh interpreter, started by the test above")
@@ -103,10 +94,13 @@ def test_two_nodes_extract_and_rescore_across_nodes(tmp_path, two_nodes):
 
     # A student stopped for re-scoring (in this process), re-scored by an actor on the GPU node.
     (plan,) = plan_students(cfg, storage, f"{RUN}/shapes", knowledge_dir(RUN, 0))
-    assert fit_student(cfg, storage, plan, torch.device("cpu"))["pending_rescore"]
+    assert fit_student(cfg, storage, plan, torch.device("cpu"), None).rescore_due
     ckpt = f"{RUN}/checkpoints/all/last.pt"
+    state = last_state(storage, f"{RUN}/checkpoints/all")
     storage.reads.reset()
-    summary = prepare_fit(storage, plan, f"{RUN}/checkpoints/all", lambda snap: rescore_on_ray(cfg, storage, plan, snap))
+    _, summary = prepare_fit(
+        storage, plan, f"{RUN}/checkpoints/all", state, lambda snap: rescore_on_ray(cfg, storage, plan, snap)
+    )
     assert storage.reads.rows == {}
     assert summary["shapes"] == 6 and summary["round"] == 1 and summary["parts"] == len(plan.items)
     state = load_torch(storage, ckpt)

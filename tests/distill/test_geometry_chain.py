@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from distill.backproject import backproject
 from distill.config import DataConfig, RenderConfig, TeacherConfig
@@ -23,17 +22,6 @@ from distill.metrics import MIoUTable
 from distill.render import render_shape
 from distill.teachers.simulated import SimulatedTeacher
 from distill.voting import vote
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Render as a Ray CPU task does, on one torch thread: the kernels are many small ops,
-    and on a busy machine two threads' synchronisation made them up to 30× slower."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "labeled_psb"
 IMAGE_SIZE = 256

@@ -24,15 +24,9 @@ from generation.shap_e import (
     generated_shape,
     mesh_from_sdf,
 )
-from tests.generation.tiny_shap_e import build_tiny_shap_e
 
 GRID = 24
 STEPS = 2
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return build_tiny_shap_e(str(tmp_path_factory.mktemp("tiny_shap_e")), seed=0)
 
 
 @pytest.fixture(scope="module")
