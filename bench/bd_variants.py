@@ -56,7 +56,8 @@ from cluster.config import load_config  # noqa: E402
 from cluster.evaluate import voting_tables  # noqa: E402
 from cluster.pipeline import dirs, extract_stage  # noqa: E402
 from cluster.storage import Storage  # noqa: E402
-from distill.crossfit import predict_probs, rescore_with_rule, train_fold_snapshots, unit_folds, units_of  # noqa: E402
+from distill.backward import predict_probs, rescore_with_rule, units_of  # noqa: E402
+from distill.crossfit import train_fold_snapshots, unit_folds  # noqa: E402
 from distill.labels import LabelSpace  # noqa: E402
 from distill.passes import evaluate, recalibrate_batchnorm  # noqa: E402
 from distill.rescore import balance_part_mass, split_pair_weights, unit_precision  # noqa: E402

@@ -84,7 +84,8 @@ def extract_stage(cfg: Config, storage: Storage, evaluated: bool = False) -> dic
     return summary
 
 
-def train_stage(cfg: Config, storage: Storage) -> dict[str, Any]:
+def train_stage(cfg: Config, storage: Storage, fault_hook: Any = None) -> dict[str, Any]:
+    """The run's students from its knowledge (``fault_hook``: tests only, ``cluster.train_ray``)."""
     shapes_dir, units_dir = dirs(cfg)
     if cfg.data.source == "table":
         shapes_dir = cfg.data.path
@@ -92,7 +93,7 @@ def train_stage(cfg: Config, storage: Storage) -> dict[str, Any]:
         from cluster.train_ray import train_on_ray
 
         _connect(cfg)
-        return train_on_ray(cfg, storage, shapes_dir, units_dir)
+        return train_on_ray(cfg, storage, shapes_dir, units_dir, fault_hook)
     from cluster.train import train_local
 
     return train_local(cfg, storage, shapes_dir, units_dir)

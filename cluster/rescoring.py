@@ -3,7 +3,7 @@
 A fit that reaches its re-scoring saves ``last.pt`` awaiting it (``distil`` with
 ``rescore_externally``). The pass loads that snapshot, and for every item of the student
 (a shape part and its knowledge parts) prepares the samples exactly as training does,
-predicts them and re-scores each unit (``train.rescore``: ``distill.crossfit.rescore_with_rule``), writing the
+predicts them and re-scores each unit (``train.rescore``: ``distill.backward.rescore_with_rule``), writing the
 new scores — only the scores — as ``{run}/knowledge/round_{k}/{student}/<knowledge part>``.
 The rule is ``train.rescore`` (``distill.rescore``): a unit rule writes scores; a point
 rule writes scores and relative (point, unit) pair weights in round 0's pair order; a
@@ -34,7 +34,7 @@ from cluster.config import Config
 from cluster.layout import PartItem
 from cluster.samples import Tables, load_item, write_balance
 from cluster.storage import Storage
-from distill.crossfit import rescore_with_rule
+from distill.backward import rescore_with_rule
 from distill.labels import LabelSpace
 from distill.records import scores_to_table
 from distill.samples import ShapeSample, pairs_to_source

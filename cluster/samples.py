@@ -25,7 +25,7 @@ from cluster.layout import PartItem
 from cluster.storage import Storage
 from distill.labels import LabelSpace
 from distill.records import SAMPLE_SCHEMA, KnowledgeUnits, row_to_shape, table_to_scores, table_to_units
-from distill.samples import Batch, ShapeSample, _seed, collate, prepare_sample
+from distill.samples import Batch, ShapeSample, collate, mix_seed, prepare_sample
 from distill.sources import CALIBRATION_SHAPES, REFERENCE_SHAPES, VALIDATION_SHAPES, SampleSource, in_validation
 
 SHAPE_COLUMNS = ["shape_id", "category", "part_names", "num_points", "points", "normals", "source", "meta"]
@@ -213,8 +213,10 @@ class PartSource(SampleSource):
     seeded order through a shuffle buffer of ``shuffle_samples`` samples (~45 MB at 2048
     points) and yields batches; memory is bounded by the buffer and one part.
 
-    items: the student's ``PartItem``s (``cluster.layout.plan_parts``) · num_train: the
-    training shapes (units, not held out) the schedule is sized for.
+    items: the student's ``PartItem``s (``cluster.layout.plan_parts``) · stream(epoch):
+    where the training batches come from instead (a Ray Train worker's Ray Data shard;
+    the bounded reads — calibration, references, validation — still come from the parts)
+    · num_train: the training shapes (units, not held out) the schedule is sized for.
     """
 
     def __init__(
@@ -228,6 +230,7 @@ class PartSource(SampleSource):
         seed: int,
         val_fraction: float = 0.0,
         shuffle_samples: int = 1024,
+        stream: Callable[[int], Iterable[Batch]] | None = None,
     ) -> None:
         if not items:
             raise ValueError(f"{storage.uri(tables.shapes_dir)}: no shape part holds {list(space.categories)}")
@@ -238,8 +241,7 @@ class PartSource(SampleSource):
         self.num_train = max(1, round(with_units * (1.0 - val_fraction)))
         self.has_validation = val_fraction > 0.0
         self._calibration: list[ShapeSample] | None = None
-        self.stream: Callable[[int], Iterable[Batch]] | None = None
-        """Where a Ray Train worker's epochs come from (its Ray Data shard); None: the parts."""
+        self.stream = stream
 
     # -- reading ---------------------------------------------------------------------
     def _load(self, item: PartItem) -> list[ShapeSample]:
@@ -262,7 +264,7 @@ class PartSource(SampleSource):
     def _part_batches(self, epoch: int) -> Iterator[Batch]:
         """A shuffle buffer of ``shuffle_samples``: parts are read in a seeded order until
         the buffer is full, then random batches leave it until it is half empty."""
-        rng = np.random.default_rng(_seed(self.seed, epoch, 29))
+        rng = np.random.default_rng(mix_seed(self.seed, epoch, 29))
         order = [self.items[int(i)] for i in rng.permutation(len(self.items))]
         buffer: list[ShapeSample] = []
         while order or buffer:

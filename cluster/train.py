@@ -9,16 +9,17 @@ a student is done (a re-run skips it), and each backward-distillation round's sc
 ``{run}/knowledge/round_{k}/{student}/`` (``cluster.rescoring``).
 
 A student alternates *fits* (``fit_student``: train until a re-scoring is due, or to the
-end) and *re-scoring passes*. ``train_local`` runs both in this process;
-``cluster.train_ray`` runs the fits on Ray Train and the passes on a Ray Data actor pool.
+end) and *re-scoring passes*, in one loop (``train_student``) that both drivers share:
+``train_local`` runs the fits and passes in this process; ``cluster.train_ray`` runs the
+fits on Ray Train and the passes on a Ray Data actor pool.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -27,13 +28,14 @@ from tqdm import tqdm
 from cluster.checkpoints import checkpoint_dir, final_bundle, load_torch, save_torch, student_name
 from cluster.config import Config
 from cluster.layout import PartItem, category_parts, plan_parts, shapes_manifest
+from cluster.rescoring import rescore_local, todo_items
 from cluster.samples import PartSource, Tables, scores_dir
 from cluster.storage import Storage
 from distill.backward import apply_rescore
 from distill.labels import LabelSpace
-from distill.sources import SampleSource
+from distill.samples import Batch
 from distill.student import build_student
-from distill.training import DistilState, distil
+from distill.training import ONE_WORKER, DistilState, Workers, distil
 
 log = logging.getLogger(__name__)
 
@@ -101,20 +103,45 @@ def plan_students(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str
     return plans
 
 
-def part_source(cfg: Config, storage: Storage, plan: StudentPlan, round: int) -> PartSource:
-    """The streaming source of one fit in this process."""
+def part_source(
+    cfg: Config, storage: Storage, plan: StudentPlan, round: int, stream: Callable[[int], Iterable[Batch]] | None = None
+) -> PartSource:
+    """The streaming source of one fit of round ``round``; ``stream``: where its training
+    batches come from instead of the parts (a Ray Train worker's shard)."""
     val = cfg.train.val_fraction if cfg.train.select == "val" else 0.0
     return PartSource(
-        storage, plan.tables(round), plan.items, plan.space, cfg.data.num_points, cfg.train.batch_size, cfg.seed, val
+        storage,
+        plan.tables(round),
+        plan.items,
+        plan.space,
+        cfg.data.num_points,
+        cfg.train.batch_size,
+        cfg.seed,
+        val,
+        stream=stream,
     )
 
 
-def pending_round(storage: Storage, ckpt: str) -> int | None:
-    """The round a student's ``last.pt`` waits to have re-scored, or None."""
-    if not storage.exists(ckpt, "last.pt"):
-        return None
-    state = load_torch(storage, f"{ckpt}/last.pt")
-    return int(state["round"]) + 1 if state.get("pending_rescore") else None
+def last_state(storage: Storage, ckpt: str) -> dict[str, Any] | None:
+    """A student's resumable state (``{ckpt}/last.pt``), or None before its first save."""
+    return load_torch(storage, f"{ckpt}/last.pt") if storage.exists(ckpt, "last.pt") else None
+
+
+@dataclass
+class FitOutcome:
+    """How one fit ended: its summary (``info``) and whether it stopped for a re-scoring
+    pass (``rescore_due``: ``last.pt`` saved awaiting it, no ``final.pt``), which tells
+    ``train_student`` to run a pass and fit again."""
+
+    info: dict[str, Any]
+    rescore_due: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FitOutcome:
+        return cls(dict(d["info"]), bool(d["rescore_due"]))
 
 
 def fit_student(
@@ -122,33 +149,30 @@ def fit_student(
     storage: Storage,
     plan: StudentPlan,
     device: torch.device,
-    rank: int = 0,
-    world_size: int = 1,
+    resume: dict[str, Any] | None,
+    workers: Workers = ONE_WORKER,
     wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
-    reduce_mean: Callable[[float], float] | None = None,
     report: Callable[[DistilState, str | None], None] | None = None,
-    source: Callable[[int], SampleSource] | None = None,
-) -> dict[str, Any]:
-    """One fit of a student: from ``last.pt`` (if any) to its next re-scoring or its end.
+    stream: Callable[[int], Iterable[Batch]] | None = None,
+) -> FitOutcome:
+    """One fit of a student: from ``resume`` (its ``last.pt``, moved on past any pending
+    re-scoring; None: from scratch) to its next re-scoring or its end.
 
-    Returns a summary; ``pending_rescore`` in it says the fit stopped for a re-scoring
-    pass (``last.pt`` saved awaiting it, no ``final.pt``). wrap: turns the built model into
-    the one to train (Ray Train's ``prepare_model``) · reduce_mean: averages a float over
-    workers · report(state, ckpt_rel): after each epoch · source(round): this worker's
-    samples (default: ``part_source``). Only rank 0 writes to storage.
+    workers: this process among the fit's workers · wrap: turns the built model into the
+    one to train (Ray Train's ``prepare_model``) · report(state, ckpt_rel): after each
+    epoch · stream(epoch): this worker's training batches (default: read from the parts,
+    ``part_source``). Only rank 0 writes to storage.
     """
     ckpt = checkpoint_dir(cfg.run, plan.name)
+    rank = workers.rank
     torch.manual_seed(cfg.seed)
     model = build_student(cfg.student, plan.space.num_slots, plan.space.num_categories).to(device)
     model = wrap(model) if wrap is not None else model
-    resume = load_torch(storage, f"{ckpt}/last.pt") if storage.exists(ckpt, "last.pt") else None
-    if resume is not None and resume.get("pending_rescore"):
-        return {"student": plan.name, "epochs": resume["epoch"], "pending_rescore": True}
     at_round = int(resume["round"]) if resume else 0
     first_epoch = int(resume["epoch"]) if resume else 0
     if resume is not None:
         log.info("student %s: resuming after epoch %d (round %d)", plan.name, resume["epoch"], at_round)
-    data = source(at_round) if source is not None else part_source(cfg, storage, plan, at_round)
+    data = part_source(cfg, storage, plan, at_round, stream)
     bar = tqdm(
         total=cfg.train.epochs,
         initial=resume["epoch"] if resume else 0,
@@ -178,9 +202,7 @@ def fit_student(
         cfg.seed,
         on_epoch_end=on_epoch_end,
         resume=resume,
-        rank=rank,
-        world_size=world_size,
-        reduce_mean=reduce_mean,
+        workers=workers,
         rescore_externally=True,
     )
     bar.close()
@@ -199,38 +221,42 @@ def fit_student(
         "first_batch_at": history[first_epoch].get("first_batch_at") if len(history) > first_epoch else None,
     }
     if result.pending_rescore:
-        return {**info, "pending_rescore": True}
+        return FitOutcome(info, rescore_due=True)
     if rank == 0:
         bundle = final_bundle(result.model, plan.space, cfg.student, **info, history=history)
         save_torch(storage, f"{ckpt}/final.pt", bundle)
-    return info
+    return FitOutcome(info)
 
 
 def prepare_fit(
-    storage: Storage, plan: StudentPlan, ckpt: str, rescore_pass: Callable[[str], dict[str, Any]]
-) -> dict[str, Any] | None:
-    """Make the next fit's scores whole; → the re-scoring pass's summary, if one ran.
+    storage: Storage,
+    plan: StudentPlan,
+    ckpt: str,
+    state: dict[str, Any] | None,
+    rescore_pass: Callable[[str], dict[str, Any]],
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Make the next fit's scores whole, from ``state`` (``last.pt`` as just read, or None)
+    → (the state the fit resumes from, the re-scoring pass's summary if one ran).
 
-    A ``last.pt`` awaiting its re-scoring is kept as ``round_{k}.pt``, re-scored by
-    ``rescore_pass(snapshot)`` and moved on to round k. A fit in round k ≥ 1 whose score
-    parts are not all there (lost since) has them rebuilt from ``round_{k}.pt`` first.
+    A state awaiting its re-scoring is kept as ``round_{k}.pt``, re-scored by
+    ``rescore_pass(snapshot)`` and moved on to round k (saved as ``last.pt``). A fit in
+    round k ≥ 1 whose score parts are not all there (lost since) has them rebuilt from
+    ``round_{k}.pt`` first.
     """
-    from cluster.rescoring import todo_items
-
-    if not storage.exists(ckpt, "last.pt"):
-        return None
-    state = load_torch(storage, f"{ckpt}/last.pt")
+    if state is None:
+        return None, None
     if state.get("pending_rescore"):
         k = int(state["round"]) + 1
         snapshot = f"{ckpt}/round_{k}.pt"
         if not storage.exists(snapshot):
-            storage.write_bytes(snapshot, storage.read_bytes(f"{ckpt}/last.pt"))
+            save_torch(storage, snapshot, state)
         summary = rescore_pass(snapshot)
-        resume_after_rescore(storage, f"{ckpt}/last.pt")
-        return summary
+        state = apply_rescore(state)  # its scores are in the round's table
+        save_torch(storage, f"{ckpt}/last.pt", state)
+        return state, summary
     k = int(state["round"])
     if k < 1 or not todo_items(storage, plan.items, plan.tables(k).scores_dir):
-        return None
+        return state, None
     snapshot = f"{ckpt}/round_{k}.pt"
     if not storage.exists(snapshot):
         raise FileNotFoundError(
@@ -238,31 +264,46 @@ def prepare_fit(
             f"({storage.uri(snapshot)}) is gone: delete {storage.uri(ckpt)} to train {plan.name} afresh"
         )
     log.warning("student %s: round %d lacks score parts; rebuilding them from %s", plan.name, k, snapshot)
-    return rescore_pass(snapshot)
+    return state, rescore_pass(snapshot)
+
+
+def train_student(
+    cfg: Config,
+    storage: Storage,
+    plan: StudentPlan,
+    fit: Callable[[dict[str, Any] | None], FitOutcome],
+    rescore_pass: Callable[[str], dict[str, Any]],
+) -> dict[str, Any]:
+    """A student's fits and re-scoring passes, from wherever ``last.pt`` stands to
+    ``final.pt``: the one loop of both drivers, so a run stopped at any step and resumed by
+    either ends the same. Each round reads ``last.pt`` once (``prepare_fit`` moves it on
+    past a pending re-scoring) and hands it to ``fit(state)``.
+
+    → the last fit's summary with ``seconds`` (the fits' training loops, start-ups and
+    passes apart) and ``rescoring`` (the passes' summaries).
+    """
+    ckpt = checkpoint_dir(cfg.run, plan.name)
+    rounds, seconds = [], 0.0
+    for _ in range(cfg.train.bd_rounds + 2):
+        state, done = prepare_fit(storage, plan, ckpt, last_state(storage, ckpt), rescore_pass)
+        if done is not None:
+            rounds.append(done)
+        outcome = fit(state)
+        seconds += float(outcome.info.get("seconds", 0.0))
+        if not outcome.rescore_due:
+            return {**outcome.info, "seconds": round(seconds, 1), "rescoring": rounds}
+    raise RuntimeError(f"student {plan.name}: still waiting for a re-scoring after {cfg.train.bd_rounds} rounds")
 
 
 def train_student_local(cfg: Config, storage: Storage, plan: StudentPlan, device: torch.device) -> dict[str, Any]:
     """A student's fits and re-scoring passes, all in this process, to ``final.pt``."""
-    from cluster.rescoring import rescore_local
-
-    ckpt = checkpoint_dir(cfg.run, plan.name)
-    rounds, seconds = [], 0.0
-    for _ in range(cfg.train.bd_rounds + 2):
-        done = prepare_fit(storage, plan, ckpt, lambda snap: rescore_local(cfg, storage, plan, snap, device))
-        if done is not None:
-            rounds.append(done)
-        info = fit_student(cfg, storage, plan, device)
-        seconds += float(info.get("seconds", 0.0))
-        if not info.get("pending_rescore"):
-            return {**info, "seconds": round(seconds, 1), "rescoring": rounds}
-    raise RuntimeError(f"student {plan.name}: still waiting for a re-scoring after {cfg.train.bd_rounds} rounds")
-
-
-def resume_after_rescore(storage: Storage, checkpoint: str) -> dict[str, Any]:
-    """Move a pending ``last.pt`` on to the next round (its scores are in the round's table)."""
-    state = apply_rescore(load_torch(storage, checkpoint))
-    save_torch(storage, checkpoint, state)
-    return state
+    return train_student(
+        cfg,
+        storage,
+        plan,
+        lambda state: fit_student(cfg, storage, plan, device, state),
+        lambda snapshot: rescore_local(cfg, storage, plan, snapshot, device),
+    )
 
 
 def train_local(

@@ -18,8 +18,8 @@ does a re-run of the job, at whichever step. With ``train.per_category`` the stu
 loops run concurrently, as many as the cluster holds worker groups for
 (``cluster.concurrent_students``).
 
-Fault injection for tests: ``FAULT_HOOK`` (set by a test in the driver, shipped to the
-workers with the loop's config) is called after every epoch with (epoch, rank, world).
+Fault injection for tests: ``train_on_ray(..., fault_hook=hook)`` ships ``hook`` to the
+workers with the loop's config; each calls it after every epoch with (epoch, rank, world).
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ import numpy as np
 from cluster.checkpoints import checkpoint_dir
 from cluster.config import Config, to_dict
 from cluster.storage import Storage
-from cluster.train import StudentPlan, fit_student, plan_students, prepare_fit
+from cluster.train import FitOutcome, StudentPlan, fit_student, last_state, plan_students, train_student
 
 log = logging.getLogger(__name__)
 
-FAULT_HOOK: Callable[[int, int, int], None] | None = None
+FaultHook = Callable[[int, int, int], None]
 """Tests only: called on every worker after each epoch as ``hook(epoch, rank, world)``."""
 
 SHUFFLE_BUFFER = 256
@@ -110,7 +110,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     import torch.distributed as dist
 
     from cluster.config import config_from_dict
-    from cluster.train import part_source
+    from distill.training import Workers
 
     torch.set_num_threads(int(config["threads"]))
     cfg = config_from_dict(config["config"])
@@ -125,13 +125,6 @@ def _worker_loop(config: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
     hook = config.get("fault_hook")
 
-    def source(round: int) -> Any:
-        # Training batches from the shard; the small bounded reads (BatchNorm
-        # re-calibration, pose references, validation) straight from storage.
-        local = part_source(cfg, storage, plan, round)
-        local.stream = shard_batches(shard, cfg.train.batch_size, cfg.seed)
-        return local
-
     def reduce_mean(x: float) -> float:
         if world == 1 or not dist.is_initialized():
             return x
@@ -144,39 +137,44 @@ def _worker_loop(config: dict[str, Any]) -> None:
         if hook is not None:
             hook(state.epoch, rank, world)
 
-    info = fit_student(
+    ckpt = checkpoint_dir(cfg.run, plan.name)
+    outcome = fit_student(
         cfg,
         storage,
         plan,
         ray.train.torch.get_device(),
-        rank=rank,
-        world_size=world,
+        last_state(storage, ckpt),  # each worker's own read: a restarted group resumes from it too
+        workers=Workers(rank, world, reduce_mean),
         wrap=ray.train.torch.prepare_model,
-        reduce_mean=reduce_mean,
         report=report,
-        source=source,
+        # training batches from the shard; the small bounded reads (BatchNorm
+        # re-calibration, pose references, validation) straight from storage
+        stream=shard_batches(shard, cfg.train.batch_size, cfg.seed),
     )
     if rank == 0:
-        storage.write_json(f"{checkpoint_dir(cfg.run, plan.name)}/train_info.json", info)
+        storage.write_json(f"{ckpt}/train_info.json", outcome.to_dict())
 
 
-def _fit(cfg: Config, storage: Storage, plan: StudentPlan) -> dict[str, Any]:
-    """One Ray Train fit of a student, to its end or to its next re-scoring."""
+def fit_on_ray(
+    cfg: Config, storage: Storage, plan: StudentPlan, state: dict[str, Any] | None, fault_hook: FaultHook | None = None
+) -> FitOutcome:
+    """One Ray Train fit of a student from ``state`` (its ``last.pt``, read by the driver
+    for the round its data pipeline reads; the workers load the weights themselves), to
+    its end or to its next re-scoring."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from cluster.checkpoints import load_torch
     from cluster.runtime import train_scaling
 
     ckpt = checkpoint_dir(cfg.run, plan.name)
-    at_round = int(load_torch(storage, f"{ckpt}/last.pt")["round"]) if storage.exists(ckpt, "last.pt") else 0
+    at_round = int(state["round"]) if state else 0
     scaling = train_scaling(cfg)
     cpus = max(1, int(scaling.resources_per_worker.get("CPU", 1)))
     loop_config = {
         "config": to_dict(cfg),
         "plan": plan.to_dict(),
         "threads": cpus,
-        "fault_hook": FAULT_HOOK,
+        "fault_hook": fault_hook,
         "global_batch": scaling.global_batch(cfg.train.batch_size),
     }
     trainer = TorchTrainer(
@@ -198,10 +196,12 @@ def _fit(cfg: Config, storage: Storage, plan: StudentPlan) -> dict[str, Any]:
     result = trainer.fit()
     if result.error is not None:
         raise RuntimeError(f"training student {plan.name} failed: {result.error}")
-    return storage.read_json(f"{ckpt}/train_info.json")
+    return FitOutcome.from_dict(storage.read_json(f"{ckpt}/train_info.json"))
 
 
-def train_student_on_ray(cfg: Config, storage: Storage, plan: StudentPlan) -> dict[str, Any]:
+def train_student_on_ray(
+    cfg: Config, storage: Storage, plan: StudentPlan, fault_hook: FaultHook | None = None
+) -> dict[str, Any]:
     """A student's fits (Ray Train) and re-scoring passes (Ray Data), to ``final.pt``."""
     from cluster.autoscaling import held_bundles, hold_capacity
     from cluster.rescore_ray import rescore_on_ray
@@ -212,18 +212,7 @@ def train_student_on_ray(cfg: Config, storage: Storage, plan: StudentPlan) -> di
         with hold_capacity(held_bundles(cfg), name=f"train-{plan.name}"):
             return rescore_on_ray(cfg, storage, plan, snapshot)
 
-    ckpt = checkpoint_dir(cfg.run, plan.name)
-    rounds, fit_seconds = [], 0.0
-    for _ in range(cfg.train.bd_rounds + 2):
-        done = prepare_fit(storage, plan, ckpt, rescore)
-        if done is not None:
-            rounds.append(done)
-        info = _fit(cfg, storage, plan)
-        fit_seconds += float(info.get("seconds", 0.0))
-        if not info.get("pending_rescore"):
-            # seconds: the training loops of all fits (each fit's start-up and the passes apart)
-            return {**info, "seconds": round(fit_seconds, 1), "rescoring": rounds}
-    raise RuntimeError(f"student {plan.name}: still waiting for a re-scoring after {cfg.train.bd_rounds} rounds")
+    return train_student(cfg, storage, plan, lambda state: fit_on_ray(cfg, storage, plan, state, fault_hook), rescore)
 
 
 def concurrent_students(cfg: Config, cluster: dict[str, float]) -> int:
@@ -239,8 +228,11 @@ def concurrent_students(cfg: Config, cluster: dict[str, float]) -> int:
     return max(1, int(cluster.get(key, 0.0) // max(per_group, 1e-9)))
 
 
-def train_on_ray(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str) -> dict[str, Any]:
-    """Train every unfinished student of the run with Ray Train (Ray must be connected)."""
+def train_on_ray(
+    cfg: Config, storage: Storage, shapes_dir: str, units_dir: str, fault_hook: FaultHook | None = None
+) -> dict[str, Any]:
+    """Train every unfinished student of the run with Ray Train (Ray must be connected);
+    ``fault_hook``: tests only (see the module's docstring)."""
     import ray
 
     plans = plan_students(cfg, storage, shapes_dir, units_dir)
@@ -249,9 +241,9 @@ def train_on_ray(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str)
     at_once = min(max(1, len(todo)), concurrent_students(cfg, ray.cluster_resources()))
     if at_once > 1:
         with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="student") as pool:
-            students = list(pool.map(lambda p: train_student_on_ray(cfg, storage, p), todo))
+            students = list(pool.map(lambda p: train_student_on_ray(cfg, storage, p, fault_hook), todo))
     else:
-        students = [train_student_on_ray(cfg, storage, p) for p in todo]
+        students = [train_student_on_ray(cfg, storage, p, fault_hook) for p in todo]
     return {
         "students": students,
         "skipped": skipped,

@@ -1,15 +1,14 @@
-"""Backward distillation with re-scoring rules beyond the paper's (``train.rescore``).
+"""The cross-fitting study behind the crossfit re-scoring rules (``bench/bd_variants.py``;
+not a ``train.rescore`` setting): the snapshots those rules score with.
 
-The pure per-shape rules live in ``distill.rescore`` (``rescore_rule``); this module runs
-them over samples with models:
+The rules themselves are ``distill.rescore.rescore_rule``, run over samples by
+``distill.backward.rescore_with_rule`` (pass it these snapshots and folds):
 
-* ``predict_probs``: each sample's per-point distribution over its category's parts;
+* ``unit_folds``: each sample's unit folds;
 * ``drop_fold``: a sample without the units of one cross-fitting fold;
 * ``train_fold_snapshots``: the K cross-fitted snapshots, snapshot f trained from scratch
   with the run's own schedule on every unit outside fold f, up to the epoch at which the
-  main run re-scores;
-* ``rescore_with_rule``: new unit scores (and, for the point rules, relative per-pair
-  weights aligned with each sample's ``point_idx``) of every sample.
+  main run re-scores.
 
 Cost of the crossfit rules: K more trainings up to the re-scoring epoch; by view each
 sees every shape (K × the trunk's epochs), by shape each sees (K−1)/K of the shapes.
@@ -25,43 +24,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from distill.backward import units_of
 from distill.config import TrainConfig
-from distill.passes import eval_logits
 from distill.records import KnowledgeUnits
-from distill.rescore import crossfit_folds, rescore_rule
-from distill.samples import _seed
+from distill.rescore import crossfit_folds
+from distill.samples import mix_seed
 from distill.training import distil
-
-
-@torch.no_grad()
-def predict_probs(
-    model: nn.Module, samples: Sequence, device: torch.device | str, space, batch_size: int = 8
-) -> list[np.ndarray]:
-    """Per sample, (N, P) float32: the softmax over the sample's category's P parts of
-    every point (eval mode, no augmentation; the caller recalibrates BatchNorm)."""
-    out: list[np.ndarray | None] = [None] * len(samples)
-    off = space.offsets
-    for chunk, logits in eval_logits(model, samples, device, space, batch_size):
-        prob = torch.softmax(logits.float(), -1).cpu().numpy()
-        for row, i in enumerate(chunk):
-            c = samples[i].category
-            out[i] = prob[row, :, off[c] : off[c + 1]].astype(np.float32)
-    return out  # type: ignore[return-value]
 
 
 def unit_folds(samples: Sequence, space, folds: int, by: str, seed: int) -> dict[str, np.ndarray]:
     """Each sample's unit folds (``crossfit_folds``: ``folds`` of them, by view or shape)."""
     return {s.shape_id: crossfit_folds(units_of(s, space), folds, by, seed) for s in samples}
-
-
-def units_of(s, space) -> KnowledgeUnits:
-    """The sample's units in its own point indexing, labels in the category's part
-    indices, views from the source units (ShapeSample keeps them in ``units``)."""
-    view = s.units.view if s.units is not None and len(s.units) == s.num_units else np.zeros(s.num_units, np.int64)
-    return KnowledgeUnits(
-        s.shape_id, np.asarray(view, np.int64), s.unit_slot.numpy() - space.offsets[s.category],
-        s.unit_score.numpy(), s.point_idx.numpy(), s.unit_offsets.numpy(),
-    )  # fmt: skip
 
 
 def _subset(units: KnowledgeUnits, keep: np.ndarray) -> KnowledgeUnits:
@@ -127,42 +100,13 @@ def train_fold_snapshots(
     out = []
     for f in range(num_folds):
         fold_samples = [drop_fold(s, folds[s.shape_id], f) for s in samples]
-        model = fresh_copy(template, _seed(seed, f, 41)).to(device)
+        model = fresh_copy(template, mix_seed(seed, f, 41)).to(device)
 
         def stop(state, f=f) -> bool:
             if on_fold_epoch is not None:
                 on_fold_epoch(f, state)
             return state.epoch >= epochs
 
-        distil(model, fold_samples, space, fold_cfg, device, _seed(seed, f, 43), on_epoch_end=stop)
+        distil(model, fold_samples, space, fold_cfg, device, mix_seed(seed, f, 43), on_epoch_end=stop)
         out.append(model)
     return out
-
-
-def rescore_with_rule(
-    rule: str,
-    snapshots: Sequence[nn.Module],
-    samples: Sequence,
-    space,
-    folds: dict[str, np.ndarray] | None = None,
-    device: torch.device | str = "cpu",
-    batch_size: int = 8,
-    probs: list[list[np.ndarray]] | None = None,
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
-    """New scores of every sample's units under ``rule`` (``distill.rescore.rescore_rule``).
-
-    snapshots: one model (agreement, point: the run's own) or the K cross-fitted ones
-    (crossfit rules) · folds: each sample's (K_units,) unit folds (crossfit rules) ·
-    probs: precomputed ``predict_probs`` per snapshot (skips the predictions) →
-    (scores by shape id, relative pair weights by shape id or None for unit rules).
-    """
-    if probs is None:
-        probs = [predict_probs(m, samples, device, space, batch_size) for m in snapshots]
-    scores, pairs = {}, {}
-    for i, s in enumerate(samples):
-        fold = None if folds is None else folds[s.shape_id]
-        score, rel = rescore_rule(rule, units_of(s, space), [p[i] for p in probs], fold)
-        scores[s.shape_id] = score
-        if rel is not None:
-            pairs[s.shape_id] = rel
-    return scores, (pairs if rule in ("point", "crossfit_point") else None)

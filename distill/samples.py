@@ -235,7 +235,9 @@ def collate(samples: Sequence[ShapeSample]) -> Batch:
     )
 
 
-def _seed(*parts: int) -> int:
+def mix_seed(*parts: int) -> int:
+    """One seed from several integers (run seed, epoch, rank, purpose): every stream of a
+    run is seeded by what it is for, so a resumed run replays the same draws."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
@@ -262,7 +264,7 @@ def epoch_batches(
     if n == 0:
         return []
     if shuffle:
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(seed, epoch, 17))).tolist()
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(seed, epoch, 17))).tolist()
     else:
         order = list(range(n))
     total = math.ceil(n / world_size) * world_size
@@ -300,7 +302,7 @@ def split_validation(samples: Sequence[ShapeSample], fraction: float, seed: int)
             continue
         idx = sorted(idx, key=lambda i: samples[i].shape_id)
         k = min(len(idx) - 1, max(1, round(fraction * len(idx))))
-        perm = np.random.default_rng(_seed(seed, c, 23)).permutation(len(idx))
+        perm = np.random.default_rng(mix_seed(seed, c, 23)).permutation(len(idx))
         val += [idx[j] for j in perm[:k]]
     val_set = set(val)
     return [i for i in range(len(samples)) if i not in val_set], sorted(val)

@@ -1,4 +1,4 @@
-"""The distillation driver (DESIGN §3, §5.1): ``distil`` runs forward distillation and
+"""The distillation driver (docs/design.md §3, §5.1): ``distil`` runs forward distillation and
 ``train.bd_rounds`` rounds of backward distillation, resumable from ``DistilState``.
 
 Nothing here knows about Ray or files: the caller (a plain script, or the Ray Train
@@ -31,13 +31,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from distill.backward import rescore_samples, rescore_samples_with_rule, sample_units, units_with_scores
+from distill.backward import rescore_samples, rescore_samples_with_rule, units_of, units_with_scores
 from distill.config import TrainConfig
 from distill.labels import LabelSpace
 from distill.passes import make_optimizer, predict_samples, recalibrate_batchnorm, train_epoch, unwrap
 from distill.records import KnowledgeUnits
 from distill.rescore import knowledge_agreement, should_rescore
-from distill.samples import ShapeSample, _seed, steps_per_epoch
+from distill.samples import ShapeSample, mix_seed, steps_per_epoch
 from distill.sources import InMemorySource, SampleSource
 
 log = logging.getLogger(__name__)
@@ -140,9 +140,29 @@ def _validation_score(
     hits = total = 0.0
     for chunk in chunks:
         for s, pred in zip(chunk, predict_samples(model, chunk, device, space, bs)):
-            h, t = knowledge_agreement(sample_units(s, space, s.unit_score.numpy()), pred)
+            h, t = knowledge_agreement(units_of(s, space), pred)
             hits, total = hits + h, total + t
     return hits / total if total else float("nan")
+
+
+@dataclass(frozen=True)
+class Workers:
+    """Where this process stands among a fit's data-parallel workers: ``rank`` of
+    ``world_size`` (its shard of an in-memory source, its dropout and augmentation
+    streams) and ``reduce_mean``, which averages a float over them (an all-reduce; None:
+    one worker), so every worker takes the same decisions from the same epoch loss."""
+
+    rank: int = 0
+    world_size: int = 1
+    reduce_mean: Callable[[float], float] | None = None
+
+    def mean(self, x: float) -> float:
+        """``x`` averaged over the workers."""
+        return x if self.reduce_mean is None else self.reduce_mean(x)
+
+
+ONE_WORKER = Workers()
+"""The default: a fit that runs in one process."""
 
 
 class PoseReferences:
@@ -167,21 +187,19 @@ def distil(
     on_epoch_end: Callable[[DistilState], bool | None] | None = None,
     on_rescore: Callable[[int, dict[str, KnowledgeUnits]], None] | None = None,
     resume: dict[str, Any] | None = None,
-    rank: int = 0,
-    world_size: int = 1,
-    reduce_mean: Callable[[float], float] | None = None,
-    grad_clip: float = 0.0,
+    workers: Workers = ONE_WORKER,
     rescore_externally: bool = False,
 ) -> DistilResult:
-    """Forward then backward distillation of ``model`` (DESIGN §3).
+    """Forward then backward distillation of ``model`` (docs/design.md §3).
 
     model: on ``device``, possibly DDP-wrapped · samples: a list of every distillation
-    shape (wrapped in an ``InMemorySource``, sharded by ``rank``/``world_size``) or a
-    streaming ``SampleSource`` that yields this worker's batches · space: the model's
-    label space · seed: drives the validation split, shuffling, augmentation and dropout.
+    shape (wrapped in an ``InMemorySource``, sharded by ``workers``) or a streaming
+    ``SampleSource`` that yields this worker's batches · space: the model's label space ·
+    seed: drives the validation split, shuffling, augmentation and dropout · workers:
+    this process's place among the fit's workers (default: the only one).
 
     Each epoch: ``train_epoch`` on this worker's batches; the epoch loss is averaged over
-    workers by ``reduce_mean`` (default: identity) so every worker takes the same
+    workers (``Workers.mean``) so every worker takes the same
     decisions; with ``train.select=val`` the student is scored on the held-out shapes
     against the teacher's units and the best snapshot kept; if ``should_rescore``: an
     in-memory run predicts every shape, re-scores every unit (``rescore``), bumps the
@@ -201,14 +219,15 @@ def distil(
     if isinstance(samples, SampleSource):
         source = samples
     else:
-        source = InMemorySource(samples, cfg.batch_size, seed, cfg.select == "val", cfg.val_fraction, rank, world_size)
+        source = InMemorySource(
+            samples, cfg.batch_size, seed, cfg.select == "val", cfg.val_fraction, workers.rank, workers.world_size
+        )
     if cfg.select == "val" and not source.has_validation:
         log.warning("train.select=val but no shape is held out for validation; selecting the last epoch")
     rescore_externally = rescore_externally or not source.in_memory
     device = torch.device(device)
-    reduce_mean = reduce_mean or (lambda x: x)
 
-    n_steps = steps_per_epoch(source.num_train, cfg.batch_size, world_size)
+    n_steps = steps_per_epoch(source.num_train, cfg.batch_size, workers.world_size)
     optimizer, scheduler = make_optimizer(model, cfg, n_steps)
     state = DistilState(model, optimizer, scheduler, seed)
     if source.in_memory:
@@ -227,11 +246,11 @@ def distil(
     while state.epoch < cfg.epochs:
         epoch = state.epoch
         batches = source.train_batches(epoch, state.scores)
-        gen = torch.Generator().manual_seed(_seed(seed, epoch, rank, 1)) if cfg.augment else None
+        gen = torch.Generator().manual_seed(mix_seed(seed, epoch, workers.rank, 1)) if cfg.augment else None
         with torch.random.fork_rng(devices=cuda):
-            torch.manual_seed(_seed(seed, epoch, rank, 2))  # dropout
-            stats = train_epoch(model, optimizer, scheduler, batches, device, space, gen, grad_clip)
-        loss = float(reduce_mean(stats["loss"]))
+            torch.manual_seed(mix_seed(seed, epoch, workers.rank, 2))  # dropout
+            stats = train_epoch(model, optimizer, scheduler, batches, device, space, gen)
+        loss = float(workers.mean(stats["loss"]))
         state.epoch = epoch + 1
         state.losses.append(loss)
         record: dict[str, float] = {
@@ -250,7 +269,7 @@ def distil(
             # never reads the running statistics, so checkpoints in between need none.
             recalibrate_batchnorm(model, source.calibration_samples(), device, space, cfg.batch_size)
             recalibrated = state.epoch
-        if source.has_validation and (rank == 0 or source.in_memory):
+        if source.has_validation and (workers.rank == 0 or source.in_memory):
             # A streaming run scores validation on rank 0 only: it alone keeps and saves the
             # best snapshot, and the other workers need not read the held-out parts.
             val = _validation_score(model, source.validation_chunks(), device, space, cfg.batch_size)

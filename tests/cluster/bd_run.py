@@ -8,7 +8,7 @@ import torch
 from cluster.config import load_config
 from cluster.pipeline import extract_stage
 from cluster.storage import Storage
-from cluster.train import fit_student, knowledge_dir, plan_students
+from cluster.train import FitOutcome, fit_student, knowledge_dir, last_state, plan_students, prepare_fit
 
 RUN = "bd"
 ARGS = [
@@ -38,6 +38,17 @@ def pending_run(root, extracted, *overrides: str):
     cfg = load_config([*ARGS, f"storage.root={root}", *overrides])
     storage = Storage.from_config(cfg.storage)
     (plan,) = plan_students(cfg, storage, f"{RUN}/shapes", knowledge_dir(RUN, 0))
-    info = fit_student(cfg, storage, plan, CPU)
-    assert info["pending_rescore"] and info["epochs"] == 2
+    outcome = fit(cfg, storage, plan)
+    assert outcome.rescore_due and outcome.info["epochs"] == 2
     return cfg, storage, plan
+
+
+def fit(cfg, storage, plan) -> FitOutcome:
+    """The student's next fit, from its ``last.pt``, in this process."""
+    return fit_student(cfg, storage, plan, CPU, last_state(storage, CKPT_DIR))
+
+
+def prepare(storage, plan, rescore_pass):
+    """``prepare_fit`` on the student's ``last.pt``, as the training loop calls it → the
+    re-scoring pass's summary (None when none ran)."""
+    return prepare_fit(storage, plan, CKPT_DIR, last_state(storage, CKPT_DIR), rescore_pass)[1]

@@ -8,10 +8,10 @@ from cluster.checkpoints import load_student, load_torch
 from cluster.rescore_ray import rescore_on_ray
 from cluster.rescoring import load_snapshot, rescore_local, todo_items
 from cluster.samples import BALANCE_FILE, load_item, load_units, read_score_part, read_scores, scores_dir
-from cluster.train import fit_student, prepare_fit, train_student_local
+from cluster.train import train_student_local
 from distill.backward import rescore_samples
 from distill.records import SCORE_SCHEMA, table_to_units
-from tests.cluster.bd_run import CKPT, CKPT_DIR, CPU, RUN, pending_run
+from tests.cluster.bd_run import CKPT, CKPT_DIR, CPU, RUN, fit, pending_run, prepare
 
 
 @pytest.fixture()
@@ -73,7 +73,7 @@ def test_rescoring_pass_matches_in_process_and_training_resumes(pending, ray_loc
     expected = _expected_scores(cfg, storage, plan)
     storage.reads.reset()
 
-    summary = prepare_fit(storage, plan, CKPT_DIR, lambda snap: rescore_on_ray(cfg, storage, plan, snap))
+    summary = prepare(storage, plan, lambda snap: rescore_on_ray(cfg, storage, plan, snap))
     assert storage.reads.rows == {}  # the actors read the parts; the driver none
     assert summary["round"] == 1 and summary["parts"] == len(plan.items) and summary["skipped_parts"] == 0
     assert summary["shapes"] == sum(len(v) for v in expected.values()) == plan.with_units
@@ -92,8 +92,8 @@ def test_rescoring_pass_matches_in_process_and_training_resumes(pending, ray_loc
         assert units[sid].round == 1
         np.testing.assert_array_equal(units[sid].score, s)
 
-    info = fit_student(cfg, storage, plan, CPU)
-    assert "pending_rescore" not in info and info["epochs"] == 4 and info["rounds"] == 1
+    outcome = fit(cfg, storage, plan)
+    assert not outcome.rescore_due and outcome.info["epochs"] == 4 and outcome.info["rounds"] == 1
     _, _, bundle = load_student(storage, RUN, "all")
     assert [h.get("rescored", 0.0) for h in bundle["history"]] == [0, 1, 0, 0]
 
@@ -108,7 +108,7 @@ def test_rescoring_pass_resumes_after_a_crash(pending, ray_local):
     first = {p: read_scores(storage, out_dir, p) for p in parts}
     storage.delete(f"{out_dir}/{parts[2]}")  # one part lost, and last.pt still pending
 
-    again = prepare_fit(storage, plan, CKPT_DIR, lambda snap: rescore_on_ray(cfg, storage, plan, snap))
+    again = prepare(storage, plan, lambda snap: rescore_on_ray(cfg, storage, plan, snap))
     assert again["parts"] == 1 and again["skipped_parts"] == len(plan.items) - 1
     assert again["shapes"] == len(first[parts[2]])
     assert storage.list_parts(out_dir) == parts
@@ -121,18 +121,18 @@ def test_rescoring_pass_resumes_after_a_crash(pending, ray_local):
 
     # A score part lost after last.pt moved on: rebuilt from the kept round_1.pt snapshot.
     storage.delete(f"{out_dir}/{parts[0]}")
-    rebuilt = prepare_fit(storage, plan, CKPT_DIR, lambda snap: rescore_on_ray(cfg, storage, plan, snap))
+    rebuilt = prepare(storage, plan, lambda snap: rescore_on_ray(cfg, storage, plan, snap))
     assert rebuilt["parts"] == 1 and storage.list_parts(out_dir) == parts
     for sid, sc in read_scores(storage, out_dir, parts[0]).items():
         np.testing.assert_array_equal(sc, first[parts[0]][sid])
     assert load_torch(storage, CKPT)["round"] == 1
-    assert prepare_fit(storage, plan, CKPT_DIR, lambda snap: rescore_on_ray(cfg, storage, plan, snap)) is None
+    assert prepare(storage, plan, lambda snap: rescore_on_ray(cfg, storage, plan, snap)) is None
 
     # ... and without its snapshot, an error that names the way out.
     storage.delete(f"{out_dir}/{parts[0]}")
     storage.delete(f"{CKPT_DIR}/round_1.pt")
     with pytest.raises(FileNotFoundError, match="train all afresh"):
-        prepare_fit(storage, plan, CKPT_DIR, lambda snap: rescore_on_ray(cfg, storage, plan, snap))
+        prepare(storage, plan, lambda snap: rescore_on_ray(cfg, storage, plan, snap))
 
 
 def test_pending_checkpoint_is_rescored_in_process_when_run_locally(pending):
@@ -171,7 +171,7 @@ def test_a_point_balanced_pass_on_ray_writes_what_the_local_pass_writes(tmp_path
                 return rescore_on_ray(cfg, storage, plan, snap)
             return rescore_local(cfg, storage, plan, snap, CPU)
 
-        prepare_fit(storage, plan, CKPT_DIR, pass_)
+        prepare(storage, plan, pass_)
         out_dir = plan.tables(1).scores_dir
         parts = {p: read_score_part(storage, out_dir, p) for p in storage.list_parts(out_dir)}
         written[where] = (parts, storage.read_json(f"{out_dir}/{BALANCE_FILE}"))

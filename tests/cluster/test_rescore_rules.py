@@ -9,12 +9,11 @@ from cluster.checkpoints import load_torch
 from cluster.config import load_config
 from cluster.rescoring import balance_factors, load_snapshot, rescore_local
 from cluster.samples import BALANCE_FILE, load_item, read_score_part
-from cluster.train import fit_student, prepare_fit
 from distill.backward import rescore_samples_with_rule
 from distill.config import ConfigError
 from distill.records import SCORE_SCHEMA
 from distill.samples import pairs_to_source
-from tests.cluster.bd_run import ARGS, CKPT_DIR, CPU, pending_run
+from tests.cluster.bd_run import ARGS, CKPT_DIR, CPU, fit, pending_run, prepare
 
 
 def _pending(tmp_path, bd_extracted, rule):
@@ -41,7 +40,7 @@ def test_pass_gives_the_in_memory_rule_and_training_resumes(tmp_path, bd_extract
     before = _samples(cfg, storage, plan, 0)
     want, want_pairs = rescore_samples_with_rule(model, before, plan.space, cfg.train, CPU)
 
-    summary = prepare_fit(storage, plan, CKPT_DIR, lambda snap: rescore_local(cfg, storage, plan, snap, CPU))
+    summary = prepare(storage, plan, lambda snap: rescore_local(cfg, storage, plan, snap, CPU))
     assert summary["round"] == 1 and summary["parts"] == len(plan.items)
     out_dir = plan.tables(1).scores_dir
     point = rule.startswith("point")
@@ -68,8 +67,8 @@ def test_pass_gives_the_in_memory_rule_and_training_resumes(tmp_path, bd_extract
         else:
             assert got.pair_weight is None
 
-    info = fit_student(cfg, storage, plan, CPU)
-    assert not info.get("pending_rescore") and info["rounds"] == 1
+    outcome = fit(cfg, storage, plan)
+    assert not outcome.rescore_due and outcome.info["rounds"] == 1
     assert storage.exists(CKPT_DIR, "final.pt") and load_torch(storage, f"{CKPT_DIR}/last.pt")["round"] == 1
 
 
@@ -82,7 +81,7 @@ def test_balance_factors_keep_each_parts_mass():
 
 def test_a_round_written_by_another_rule_is_refused(tmp_path, bd_extracted):
     cfg, storage, plan = _pending(tmp_path, bd_extracted, "agreement")
-    prepare_fit(storage, plan, CKPT_DIR, lambda snap: rescore_local(cfg, storage, plan, snap, CPU))
+    prepare(storage, plan, lambda snap: rescore_local(cfg, storage, plan, snap, CPU))
     from cluster.rescoring import finish_round
 
     balanced = load_config([*ARGS, f"storage.root={tmp_path}", "train.rescore=agreement_balanced"])

@@ -1,5 +1,5 @@
 """Ray Train for real: 2 gloo workers on a local Ray fed by Ray Data, a worker killed
-mid-run (``cluster.train_ray.FAULT_HOOK``), and a driver stopped mid-training then re-run;
+mid-run (``train_on_ray``'s ``fault_hook``), and a driver stopped mid-training then re-run;
 the training ingest's pure pieces in process."""
 
 import json
@@ -23,7 +23,7 @@ from cluster.train import knowledge_dir, plan_students, train_local
 from cluster.train_ray import sample_rows, training_dataset
 from distill.records import SAMPLE_SCHEMA
 from tests.cluster.conftest import local_ray
-from tests.conftest import REPO
+from tests.conftest import REPO, run_fresh
 
 ARGS = [
     "--config",
@@ -49,13 +49,12 @@ def crash_once(marker: str, at_epoch: int, epoch: int, rank: int, world: int) ->
 # The driver of the fault test: sets the hook in a fresh interpreter, then runs the job.
 DRIVER = """
 import functools, sys
-import cluster.train_ray
 from cluster.job import run_job
 from cluster.pipeline import train_stage
 from tests.cluster.test_train_ray import crash_once
 
-cluster.train_ray.FAULT_HOOK = functools.partial(crash_once, sys.argv[1], int(sys.argv[2]))
-run_job("train", train_stage, sys.argv[3:])
+hook = functools.partial(crash_once, sys.argv[1], int(sys.argv[2]))
+run_job("train", functools.partial(train_stage, fault_hook=hook), sys.argv[3:])
 """
 
 
@@ -138,12 +137,6 @@ def test_training_dataset_splits_equally_over_two_workers(prepared, tmp_path):
 
 
 # -- Ray Train, in fresh interpreters ----------------------------------------------------------
-def _env():
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
-    return env
-
-
 @pytest.mark.slow
 def test_two_workers_survive_a_killed_worker_and_finish_the_plan(prepared, tmp_path):
     # A fresh interpreter: Ray Train's controller does not survive a second Ray session in
@@ -153,15 +146,7 @@ def test_two_workers_survive_a_killed_worker_and_finish_the_plan(prepared, tmp_p
     argv = [*ARGS, f"storage.root={tmp_path}", "run=ddp", "cluster.backend=ray", "cluster.num_cpus=2"]
     argv += ["cluster.train_workers=2", "train.max_failures=2"]
     # Epoch 3: after the re-scoring pass, so the restarted group resumes a round-1 fit.
-    run = subprocess.run(
-        [sys.executable, "-c", DRIVER, str(marker), "3", *argv],
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    run = run_fresh(["-c", DRIVER, str(marker), "3", *argv], timeout=600)
     assert marker.exists(), "the fault hook did not fire"
     assert marker.read_text() == "epoch 3 rank 1 of 2\n"
     summary = json.loads(run.stdout.strip().splitlines()[-1])

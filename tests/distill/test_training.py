@@ -331,7 +331,7 @@ def test_external_rescoring_matches_the_in_loop_one(corpus):
 def test_rescoring_rules_in_the_loop(corpus, rule):
     """train.rescore rules: the in-loop re-scoring equals the rule run by hand on the same
     snapshot, and point rules' pair weights reach the state (and so the loss and checkpoints)."""
-    from distill.crossfit import rescore_with_rule
+    from distill.backward import rescore_with_rule
     from distill.rescore import balance_part_mass
 
     shapes, units = corpus
@@ -389,7 +389,8 @@ def test_crossfit_folds_drop_units(corpus):
 def test_crossfit_snapshots_score_each_unit_from_its_fold(corpus):
     """The benchmark's cross-fitted rule: K snapshots trained on the other folds' units,
     each unit scored by its own fold's snapshot."""
-    from distill.crossfit import predict_probs, rescore_with_rule, train_fold_snapshots, unit_folds, units_of
+    from distill.backward import predict_probs, rescore_with_rule, units_of
+    from distill.crossfit import train_fold_snapshots, unit_folds
     from distill.rescore import rescore_rule
 
     shapes, units = corpus
