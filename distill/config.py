@@ -268,6 +268,10 @@ class TrainConfig:
     checkpoint_every: int = 1
     """Epochs between checkpoints."""
     device: str = "auto"
+    """auto (CUDA when visible, else the CPU) | cpu | cuda."""
+    amp: str = "none"
+    """Autocast of the student's training forward: none | bf16 (the geometry, xyz and
+    distances, stays float32). Not the default: bench/student_speed.py measures it."""
 
     def __post_init__(self) -> None:
         _positive("train.epochs", self.epochs)
@@ -280,6 +284,7 @@ class TrainConfig:
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"train.val_fraction={self.val_fraction} not in [0, 1)")
         _choice("train.device", self.device, ("auto", "cpu", "cuda"))
+        _choice("train.amp", self.amp, ("none", "bf16"))
 
 
 @dataclass

@@ -38,12 +38,35 @@ def make_optimizer(
     return opt, sched
 
 
-def forward_logits(model: nn.Module, batch: Batch, space: LabelSpace) -> Tensor:
-    """(B, N, S) logits of a batch, masked to each element's category."""
-    logits = model(batch.points, normals=batch.normals, category=batch.category)
+def pose_rotations(model: nn.Module, batch: Batch) -> Tensor | None:
+    """The pose of each shape of a batch of raw (un-augmented) clouds, for a student that
+    aligns poses (``student.align=cube``): (B,) int64, chosen once per shape and then
+    remembered (``PoseAligned.shape_rotations``); None for any other student."""
+    pick = getattr(unwrap(model), "shape_rotations", None)
+    return pick(batch.points, batch.category) if callable(pick) else None
+
+
+def forward_logits(model: nn.Module, batch: Batch, space: LabelSpace, rotation: Tensor | None = None) -> Tensor:
+    """(B, N, S) logits of a batch, masked to each element's category.
+
+    rotation: (B,) the shapes' poses (``pose_rotations`` of the raw batch), or None: a
+    pose-aligning student then chooses on ``batch.points`` as they are."""
+    extra = {} if rotation is None else {"rotation": rotation.to(batch.points.device, non_blocking=True)}
+    logits = model(batch.points, normals=batch.normals, category=batch.category, **extra)
     if logits.shape[-1] != space.num_slots:
         raise ValueError(f"model gives {logits.shape[-1]} logits per point, the label space has {space.num_slots}")
     return mask_logits(logits, batch.category, space)
+
+
+AMP_MODES = ("none", "bf16")
+
+
+def autocast(device: torch.device | str, amp: str = "none") -> torch.autocast:
+    """The autocast context of ``train.amp``: bf16 on the device's type, or disabled."""
+    if amp not in AMP_MODES:
+        raise ValueError(f"amp={amp!r} is not one of {AMP_MODES}")
+    dev = torch.device(device)
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp == "bf16")
 
 
 def train_epoch(
@@ -55,11 +78,13 @@ def train_epoch(
     space: LabelSpace,
     generator: torch.Generator | None = None,
     grad_clip: float = 0.0,
+    amp: str = "none",
 ) -> dict[str, float]:
     """One pass over ``batches``; the scheduler steps after every optimiser step.
 
-    generator: draws the augmentation (None: no augmentation) → {"loss": mean batch loss,
-    "steps", "shapes", "seconds"}.
+    generator: draws the augmentation (None: no augmentation) · amp: ``train.amp``, the
+    forward's autocast ("none" | "bf16"; the geometry stays float32, the loss is computed
+    in float32) → {"loss": mean batch loss, "steps", "shapes", "seconds"}.
     """
     model.train()
     slot_group = space.slot_group().to(device)
@@ -68,12 +93,14 @@ def train_epoch(
     for batch in batches:
         if not losses:
             first_batch_at = time.time()  # wall clock: compared with the driver's (bench/scale.py)
+        rotation = pose_rotations(model, batch)  # on the raw clouds, before augmentation
         batch = batch.to(device)
         if generator is not None:
             batch.points, batch.normals = augment(batch.points, generator, batch.normals)
-        logits = forward_logits(model, batch, space)
+        with autocast(batch.points.device, amp):
+            logits = forward_logits(model, batch, space, rotation)
         loss = distillation_loss(
-            logits,
+            logits.float(),
             batch.point_idx,
             batch.unit_offsets,
             batch.unit_slot,
@@ -140,7 +167,8 @@ def recalibrate_batchnorm(
         by_n.setdefault(s.num_points, []).append(s)
     for group in by_n.values():
         for start in range(0, len(group), batch_size):
-            forward_logits(bare, collate(group[start : start + batch_size]).to(device), space)
+            batch = collate(group[start : start + batch_size])
+            forward_logits(bare, batch.to(device), space, pose_rotations(bare, batch))
     for m, mom in zip(norms, momenta):
         m.momentum = mom
     bare.train(was_training)
@@ -174,8 +202,8 @@ def eval_logits(
     bare.eval()
     try:
         for chunk in size_batches(samples, batch_size):
-            batch = collate([samples[i] for i in chunk]).to(device)
-            yield chunk, forward_logits(bare, batch, space)
+            batch = collate([samples[i] for i in chunk])
+            yield chunk, forward_logits(bare, batch.to(device), space, pose_rotations(bare, batch))
     finally:
         bare.train(was_training)
 

@@ -70,6 +70,61 @@ def rotation_costs(cloud: Tensor, refs: Tensor, nearest: int = 3) -> Tensor:
     return d.topk(k, dim=1, largest=False).values.mean(1)
 
 
+def rotation_costs_batched(clouds: Tensor, refs: Tensor, counts: Tensor | None = None, nearest: int = 3) -> Tensor:
+    """``rotation_costs`` for many clouds, each against its own reference set, at once.
+
+    clouds: (B, n, 3) centred · refs: (B, K, m, 3) centred (cloud b's references; a
+    shared (K, m, 3) set is broadcast) · counts: (B,) int64 how many of the K slots are
+    filled (default all; a cloud with none gets all-zero costs) → (B, 24) float32.
+
+    Per cloud, one matmul gives the squared distances of all (rotated point, reference
+    point) pairs of all 24 rotations and K references; the minima are taken both
+    ways and only the minima are square-rooted. Equal to ``rotation_costs`` up to float
+    rounding; no host sync (CUDA stays asynchronous); float32 under autocast.
+    """
+    if clouds.dim() != 3 or clouds.shape[-1] != 3:
+        raise ValueError(f"clouds must be (B, n, 3), got shape {tuple(clouds.shape)}")
+    if refs.dim() == 3:
+        refs = refs.unsqueeze(0).expand(clouds.shape[0], -1, -1, -1)
+    if refs.dim() != 4 or refs.shape[0] != clouds.shape[0] or refs.shape[1] == 0 or refs.shape[-1] != 3:
+        raise ValueError(f"refs must be (B={clouds.shape[0]}, K >= 1, m, 3), got shape {tuple(refs.shape)}")
+    b, n, _ = clouds.shape
+    k, m = refs.shape[1], refs.shape[2]
+    dev = clouds.device
+    counts = torch.full((b,), k, dtype=torch.long, device=dev) if counts is None else counts.to(dev).long()
+    with torch.autocast(dev.type, enabled=False):
+        clouds, refs = clouds.float(), refs.float()
+        rot = ROTATIONS.to(clouds)
+        flat_refs = refs.reshape(b, k * m, 3)
+        # |p - q|² = (-2p, |p|², 1) · (q, 1, |q|²): the whole expansion in one matmul (as cdist).
+        ones = torch.ones(b, k * m, 1, device=dev)
+        refs_ext = torch.cat([flat_refs, ones, (flat_refs * flat_refs).sum(-1, keepdim=True)], -1)  # (B, K·m, 5)
+        # One matmul per cloud: a batched one (bmm) with an inner dimension of 5 measured 3x slower on the CPU.
+        parts = []
+        for s in range(b):
+            turned = (clouds[s] @ rot.transpose(1, 2)).reshape(24 * n, 3)  # (24n, 3): R p for every p
+            ext = torch.cat([turned * -2.0, (turned * turned).sum(-1, keepdim=True), ones[s, :1].expand(24 * n, 1)], -1)
+            sq = (ext @ refs_ext[s].T).view(1, 24, n, k, m)
+            to_ref = sq.amin(-1).clamp_min_(0.0).sqrt_().mean(2)  # (1, 24, K): cloud → nearest reference point
+            to_cloud = sq.amin(2).clamp_min_(0.0).sqrt_().mean(-1)  # (1, 24, K): reference → nearest cloud point
+            parts.append(to_ref + to_cloud)
+        dist = torch.cat(parts)  # (B, 24, K)
+        slot = torch.arange(k, device=dev)
+        dist = dist.masked_fill(slot >= counts[:, None, None], float("inf"))
+        use = counts.clamp(1, min(nearest, k))  # references averaged per cloud
+        ranked = dist.sort(-1).values[..., : min(nearest, k)]  # nearest references first, unfilled last
+        ranked = ranked.masked_fill(slot[: ranked.shape[-1]] >= use[:, None, None], 0.0)
+        costs = ranked.sum(-1) / use[:, None].to(ranked.dtype)
+        return costs.masked_fill(counts[:, None] == 0, 0.0)
+
+
+def choose_batched(costs: Tensor, tol: float = 0.05) -> Tensor:
+    """``choose`` for each row of costs (B, 24) → (B,) int64, without a host sync."""
+    best = costs.argmin(-1)
+    keep = costs[:, 0] <= costs.gather(1, best[:, None]).squeeze(1) * (1.0 + tol)
+    return torch.where(keep, torch.zeros_like(best), best)
+
+
 def choose(costs: Tensor, tol: float = 0.05) -> int:
     """Index of the chosen rotation: the identity (index 0) unless the best one's cost is
     lower by more than ``tol`` (relative)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from distill.student.layers import Dense, SegHead, input_features
+from distill.student.layers import Dense, SegHead, activate, input_features
 from distill.student.ops import gather, knn
 
 
@@ -32,9 +32,9 @@ class EdgeConv(nn.Module):
 
     def forward(self, x: Tensor, idx: Tensor) -> Tensor:
         b, n, k = idx.shape
-        edge = gather(self.nbr(x), idx) + self.ctr(x).unsqueeze(2)  # (B, N, k, C_out)
+        edge = gather(self.nbr(x), idx).add_(self.ctr(x).unsqueeze(2))  # (B, N, k, C_out), gather's fresh output
         c = edge.shape[-1]
-        edge = self.act(self.norm(edge.reshape(-1, c))).reshape(b, n, k, c)
+        edge = activate(self.act, self.norm(edge.reshape(-1, c))).reshape(b, n, k, c)
         return self.rest(edge).max(2).values
 
 

@@ -9,7 +9,10 @@ the flattened rows.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from distill.student import ops
 
 
 class Dense(nn.Module):
@@ -24,7 +27,19 @@ class Dense(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
         y = self.norm(self.linear(x.reshape(-1, shape[-1])))
-        return self.act(y).reshape(*shape[:-1], -1)
+        return activate(self.act, y).reshape(*shape[:-1], -1)
+
+
+def activate(act: nn.Module, y: Tensor) -> Tensor:
+    """``act`` (ReLU or LeakyReLU) applied in place to a normalisation's fresh output
+    (BatchNorm's backward does not need its output, the activation's needs only its own),
+    out of place under the reference operators (the earlier code path)."""
+    inplace = ops.fast_operators()
+    if isinstance(act, nn.LeakyReLU):
+        return F.leaky_relu(y, act.negative_slope, inplace=inplace)
+    if isinstance(act, nn.ReLU):
+        return F.relu(y, inplace=inplace)
+    return act(y)
 
 
 def mlp(channels: list[int], act: str = "relu") -> nn.Sequential:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.student.layers import SegHead, input_features, mlp
-from distill.student.ops import ball_query, farthest_point_sample, gather, three_nn_interpolate
+from distill.student.ops import ball_query, farthest_point_sample, fast_operators, gather, three_nn_interpolate
 
 
 class SetAbstraction(nn.Module):
@@ -36,9 +36,14 @@ class SetAbstraction(nn.Module):
         centres = gather(xyz, farthest_point_sample(xyz, m))
         idx = ball_query(centres, xyz, self.radius, min(self.nsample, n))
         proj = self.pos(xyz / self.radius) + self.feat(feat)  # (B, N, C0), once per point
-        h = gather(proj, idx) - self.pos(centres / self.radius).unsqueeze(2)  # (B, M, k, C0)
+        h = gather(proj, idx)  # (B, M, k, C0)
         c = h.shape[-1]
-        h = torch.relu(self.norm(h.reshape(-1, c))).reshape(b, m, -1, c)
+        if fast_operators():  # in place: the gather's output is fresh and its backward does not read it
+            h.sub_(self.pos(centres / self.radius).unsqueeze(2))
+            h = torch.relu_(self.norm(h.reshape(-1, c))).reshape(b, m, -1, c)
+        else:
+            h = h - self.pos(centres / self.radius).unsqueeze(2)
+            h = torch.relu(self.norm(h.reshape(-1, c))).reshape(b, m, -1, c)
         return centres, self.rest(h).max(2).values
 
 
