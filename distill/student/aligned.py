@@ -63,7 +63,9 @@ class PoseAligned(nn.Module):
         self.register_buffer("refs", torch.zeros(num_categories, refs_per_category, ref_points, 3))
         self.register_buffer("ref_count", torch.zeros(num_categories, dtype=torch.long))
         self._chosen: dict[tuple[int, int, bytes], int] = {}  # (category, N, digest of the raw cloud) → rotation
-        self._chosen_for: tuple[int, ...] = ()  # the references the choices were made against
+        self._chosen_for = b""  # digest of the references the choices were made against
+        self._refs_version: tuple[int, ...] = ()
+        self._refs_digest = b""
 
     @property
     def encoder(self) -> nn.Module:
@@ -99,10 +101,17 @@ class PoseAligned(nn.Module):
             self.refs[c, : len(chosen)] = chosen.to(self.refs)
             self.ref_count[c] = len(chosen)
 
-    def _references_key(self) -> tuple[int, ...]:
-        """Changes whenever the references do: in-place writes bump a tensor's version
-        (``load_state_dict`` copies into the buffers), ``.to()`` replaces the storage."""
-        return (self.refs._version, self.ref_count._version, self.refs.data_ptr(), self.ref_count.data_ptr())
+    def _references_key(self) -> bytes:
+        """A digest of the references' content. Recomputed only when they may have changed:
+        in-place writes bump a tensor's version (``load_state_dict`` copies into the
+        buffers, and so does DDP's buffer broadcast at every step, with equal content),
+        ``.to()`` replaces the storage."""
+        version = (self.refs._version, self.ref_count._version, self.refs.data_ptr(), self.ref_count.data_ptr())
+        if version != self._refs_version:
+            digest = hashlib.blake2b(self.refs.detach().cpu().numpy().tobytes(), digest_size=16)
+            digest.update(self.ref_count.detach().cpu().numpy().tobytes())
+            self._refs_version, self._refs_digest = version, digest.digest()
+        return self._refs_digest
 
     @torch.no_grad()
     def rotations(self, xyz: Tensor, category: Tensor | None) -> Tensor:

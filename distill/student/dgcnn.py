@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from distill.student.layers import Dense, SegHead, activate, input_features
+from distill.student.layers import Dense, SegHead, activate, group_max, input_features
 from distill.student.ops import gather, knn
 
 
@@ -35,7 +35,7 @@ class EdgeConv(nn.Module):
         edge = gather(self.nbr(x), idx).add_(self.ctr(x).unsqueeze(2))  # (B, N, k, C_out), gather's fresh output
         c = edge.shape[-1]
         edge = activate(self.act, self.norm(edge.reshape(-1, c))).reshape(b, n, k, c)
-        return self.rest(edge).max(2).values
+        return group_max(self.rest(edge), 2)
 
 
 class DGCNNEncoder(nn.Module):
@@ -62,7 +62,7 @@ class DGCNNEncoder(nn.Module):
             idx, _ = knn(x2, x2, k)
         x3 = self.edge3(x2, idx)
         local = torch.cat([x1, x2, x3], -1)
-        g = self.embed(local).max(1, keepdim=True).values
+        g = group_max(self.embed(local), 1, keepdim=True)
         return torch.cat([local, g.expand(-1, x.shape[1], -1)], -1)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from distill.student.layers import SegHead, input_features, mlp
+from distill.student.layers import SegHead, group_max, input_features, mlp
 
 
 class PointNetEncoder(nn.Module):
@@ -24,7 +24,7 @@ class PointNetEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         local = self.local(x)
-        g = self.globl(local).max(1, keepdim=True).values
+        g = group_max(self.globl(local), 1, keepdim=True)
         return torch.cat([local, g.expand(-1, x.shape[1], -1)], -1)
 
 

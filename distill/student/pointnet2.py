@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from distill.student.layers import SegHead, input_features, mlp
+from distill.student.layers import SegHead, group_max, input_features, mlp
 from distill.student.ops import ball_query, farthest_point_sample, fast_operators, gather, three_nn_interpolate
 
 
@@ -44,7 +44,7 @@ class SetAbstraction(nn.Module):
         else:
             h = h - self.pos(centres / self.radius).unsqueeze(2)
             h = torch.relu(self.norm(h.reshape(-1, c))).reshape(b, m, -1, c)
-        return centres, self.rest(h).max(2).values
+        return centres, group_max(self.rest(h), 2)
 
 
 class FeaturePropagation(nn.Module):
@@ -80,7 +80,7 @@ class PointNet2Encoder(nn.Module):
         xyz = x[..., :3]
         xyz1, f1 = self.sa1(xyz, x)
         xyz2, f2 = self.sa2(xyz1, f1)
-        f3 = self.sa3(torch.cat([xyz2, f2], -1)).max(1, keepdim=True).values
+        f3 = group_max(self.sa3(torch.cat([xyz2, f2], -1)), 1, keepdim=True)
         xyz3 = xyz2.mean(1, keepdim=True)
         f2 = self.fp3(xyz2, xyz3, f2, f3)
         f1 = self.fp2(xyz1, xyz2, f1, f2)

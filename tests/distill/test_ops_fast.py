@@ -210,9 +210,13 @@ def test_shape_rotations_are_remembered_and_forgotten_with_the_references() -> N
         torch.testing.assert_close(model(x, rotation=rot), model(x))  # carried == chosen in the forward
     with use_reference_operators():
         assert model.shape_rotations(x, None) is None  # the reference path re-chooses every forward
-    state = model.state_dict()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
     assert not any("chosen" in k for k in state)
-    model.load_state_dict(state)  # the references are written again: the memory goes
+    model.load_state_dict(state)  # the same references written again (as DDP's buffer broadcast): kept
+    model.shape_rotations(x[:1], None)
+    assert len(model._chosen) == 3
+    state["refs"][0, 0] += 0.01  # other references: the memory goes
+    model.load_state_dict(state)
     model.shape_rotations(x[:1], None)
     assert len(model._chosen) == 1
     model.fit_references([lopsided(512, s) for s in range(2)], [0, 0])
