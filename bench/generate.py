@@ -196,7 +196,7 @@ def run_ray(args: argparse.Namespace) -> None:
     import ray
 
     from cluster.config import load_config
-    from cluster.generate_plan import part_shapes
+    from cluster.generate import part_shapes
     from cluster.generate_ray import generate_on_ray
     from cluster.runtime import connect
     from cluster.storage import Storage

@@ -236,9 +236,9 @@ def start_cluster() -> Any:
     import ray
     from ray.cluster_utils import Cluster
 
-    from cluster.runtime import _loopback_only
+    from cluster.runtime import loopback_only
 
-    _loopback_only()
+    loopback_only()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     cluster = Cluster(
         initialize_head=True,

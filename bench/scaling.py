@@ -56,7 +56,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private loopback Ray (DESIGN §7)
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private loopback Ray (docs/design.md §7)
 
 import pyarrow.parquet as pq  # noqa: E402
 import ray  # noqa: E402
@@ -64,7 +64,8 @@ import torch  # noqa: E402
 
 from cluster.checkpoints import checkpoint_dir, load_torch  # noqa: E402
 from cluster.config import Config, load_config  # noqa: E402
-from cluster.extract_ray import extract_local, extract_on_ray  # noqa: E402
+from cluster.extract import extract_local  # noqa: E402
+from cluster.extract_ray import extract_on_ray  # noqa: E402
 from cluster.ingest import ingest  # noqa: E402
 from cluster.storage import DONE_KEY, Storage  # noqa: E402
 

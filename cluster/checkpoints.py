@@ -17,6 +17,7 @@ from torch import nn
 
 from cluster.storage import Storage
 from distill.config import StudentConfig
+from distill.errors import NotFoundError
 from distill.labels import LabelSpace
 from distill.student import build_student
 
@@ -63,7 +64,7 @@ def load_student(storage: Storage, run: str, student: str) -> tuple[nn.Module, L
     """A finished student, ready for ``distill.passes.predict`` (eval mode, CPU)."""
     rel = f"{checkpoint_dir(run, student)}/final.pt"
     if not storage.exists(rel):
-        raise FileNotFoundError(f"{storage.uri(rel)}: no finished student {student!r} (run jobs/train.py first)")
+        raise NotFoundError(f"{storage.uri(rel)}: no finished student {student!r} — run jobs/train.py first")
     bundle = load_torch(storage, rel)
     if bundle.get("format") != FORMAT:
         raise ValueError(f"{storage.uri(rel)}: not a {FORMAT} checkpoint")

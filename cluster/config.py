@@ -30,7 +30,7 @@ from distill.config import (
     StudentConfig,
     TeacherConfig,
     TrainConfig,
-    _choice,
+    check_choice,
 )
 from generation.config import GenerationConfig
 
@@ -90,12 +90,12 @@ class ClusterConfig:
     cluster's CPUs (or GPUs) hold worker groups of cluster.train_workers)."""
 
     def __post_init__(self) -> None:
-        _choice("cluster.backend", self.backend, ("auto", "ray", "local"))
+        check_choice("cluster.backend", self.backend, ("auto", "ray", "local"))
         if not 1 <= self.part_shapes <= 4096:
             raise ConfigError(f"cluster.part_shapes={self.part_shapes} must be in [1, 4096]")
         if self.eval_actors < 0 or self.concurrent_students < 0:
             raise ConfigError("cluster.eval_actors and cluster.concurrent_students must be >= 0 (0: automatic)")
-        _choice("cluster.extract_layout", self.extract_layout, ("auto", "split", "fused"))
+        check_choice("cluster.extract_layout", self.extract_layout, ("auto", "split", "fused"))
 
 
 @dataclass
@@ -122,7 +122,7 @@ class Config:
     """Show progress bars."""
 
     def __post_init__(self) -> None:
-        _choice("mode", self.mode, ("pre", "tta"))
+        check_choice("mode", self.mode, ("pre", "tta"))
         if not self.run or "/" in self.run:
             raise ConfigError(f"run={self.run!r} must be a non-empty name without '/'")
 

@@ -6,43 +6,41 @@ uncovered points unlabelled) and ``voting_nearest`` (uncovered points take their
 covered point's label) — and every finished student's predictions of the shapes of its
 categories, writes those predictions as ``{run}/predictions/<shape part>``
 (``distill.records.PREDICTION_SCHEMA``) and returns per-category sums of shape mIoU (``MIoUSums``),
-never the predictions, to the driver. On Ray the parts go through an actor pool that
-loads the students once per actor. Test labels are only *read here*, never by training
-or checkpoint selection.
+never the predictions, to the driver. ``evaluate_local`` streams the parts in this
+process; ``cluster.evaluate_ray.evaluate_on_ray`` through an actor pool that loads the
+students once per actor (``cluster.pipeline`` picks). Test labels are only *read here*,
+never by training or checkpoint selection.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 from tqdm import tqdm
 
-from cluster.actors import map_batches
 from cluster.checkpoints import list_students, load_student
 from cluster.config import Config
 from cluster.layout import PartItem, plan_parts, shapes_manifest
 from cluster.samples import EVAL_COLUMNS, Tables, load_units
 from cluster.storage import Storage
+from distill.errors import NotFoundError
 from distill.metrics import MIoUSums
 from distill.passes import predict
-from distill.records import (
-    KnowledgeUnits,
-    Prediction,
-    Shape,
-    add_sums,
-    predictions_to_table,
-    row_to_shape,
-    sums_to_table,
-)
+from distill.records import KnowledgeUnits, Prediction, Shape, predictions_to_table, row_to_shape
 from distill.voting import vote, vote_nearest
 
 log = logging.getLogger(__name__)
 
 METHODS = ("voting", "voting_nearest", "student")
+
+PartSums = tuple[dict[str, MIoUSums], set[str]]
+"""What evaluating shape parts gives: per method its ``MIoUSums``, and the categories seen."""
+EvaluateDriver = Callable[[Config, Storage, list[PartItem], Tables, bool, str], PartSums]
+"""Evaluates items: ``(cfg, storage, items, tables, with_students, predictions_dir)`` →
+``PartSums`` (``evaluate_local`` or ``cluster.evaluate_ray.evaluate_on_ray``)."""
 
 
 def voting_tables(shapes: list[Shape], units: dict[str, KnowledgeUnits], tables: dict[str, Any] | None = None) -> Any:
@@ -106,23 +104,13 @@ class PartEvaluator:
         return sums, {s.category for s in shapes}
 
 
-class EvaluateStage:
-    """Ray Data callable class: the run's students loaded once per actor; per item, its
-    ``PartEvaluator`` sums as ``distill.records.SUMS_SCHEMA`` rows."""
-
-    def __init__(self, config: dict[str, Any], tables: Tables, with_students: bool, predictions_dir: str) -> None:
-        from cluster.config import config_from_dict
-
-        cfg = config_from_dict(config)
-        storage = Storage.from_config(cfg.storage)
-        students = load_students(storage, cfg.run) if with_students else []
-        self.evaluate = PartEvaluator(storage, tables, students, predictions_dir, cfg.train.batch_size)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        out = []
-        for i in range(len(batch["shape_part"])):
-            out.append(sums_to_table(*self.evaluate(PartItem.from_row({k: batch[k][i] for k in batch}))))
-        return pa.concat_tables(out)
+def require_students(storage: Storage, run: str) -> None:
+    """Refuse, before any work, to evaluate a run that has no finished student."""
+    if not list_students(storage, run):
+        raise NotFoundError(
+            f"{storage.uri(run, 'checkpoints')}: run {run!r} has no finished student — "
+            "train one first (jobs/train.py, or jobs/pretrain.py for the whole pipeline)"
+        )
 
 
 def load_students(storage: Storage, run: str) -> list[Any]:
@@ -142,48 +130,27 @@ def student_predictions(
             yield from ((name, s, pred) for s, pred in zip(mine, predict(model, mine, "cpu", batch_size, space)))
 
 
-def evaluate_parts(
-    cfg: Config, storage: Storage, shapes_dir: str, units_dir: str, with_students: bool, predictions_dir: str = ""
-) -> tuple[dict[str, MIoUSums], set[str]]:
-    """Stream every shape part through ``PartEvaluator`` (Ray actor pool or this process)."""
-    from cluster.pipeline import use_ray
+def plan_items(storage: Storage, shapes_dir: str, units_dir: str) -> list[PartItem]:
+    """The evaluation's work: every shape part of ``shapes_dir`` with its knowledge parts
+    (from the manifests; no row read)."""
+    where = f"{storage.uri(units_dir)}: "
+    return plan_parts(shapes_manifest(storage, shapes_dir), storage.manifest(units_dir), None, where).items
 
-    items = plan_parts(
-        shapes_manifest(storage, shapes_dir), storage.manifest(units_dir), None, f"{storage.uri(units_dir)}: "
-    )
-    tables = Tables(shapes_dir, units_dir)
-    total: dict[str, MIoUSums] = {m: MIoUSums() for m in METHODS}
+
+def empty_sums() -> dict[str, MIoUSums]:
+    """One empty ``MIoUSums`` per method, for a driver to add the parts' sums to."""
+    return {m: MIoUSums() for m in METHODS}
+
+
+def evaluate_local(
+    cfg: Config, storage: Storage, items: list[PartItem], tables: Tables, with_students: bool, predictions_dir: str
+) -> PartSums:
+    """Every item through one ``PartEvaluator`` in this process (an ``EvaluateDriver``)."""
+    total = empty_sums()
     categories: set[str] = set()
-    if use_ray(cfg) and items.items:
-        import ray
-        import ray.data
-
-        from cluster.config import to_dict
-        from cluster.pipeline import _connect
-
-        _connect(cfg)
-        size = cfg.cluster.eval_actors or max(1, int(ray.cluster_resources().get("CPU", 1) // 2))
-        ds = ray.data.from_items([i.to_row() for i in items.items], override_num_blocks=len(items.items))
-        ds = map_batches(
-            ds,
-            EvaluateStage,
-            fn_constructor_kwargs={
-                "config": to_dict(cfg),
-                "tables": tables,
-                "with_students": with_students,
-                "predictions_dir": predictions_dir,
-            },
-            batch_size=1,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=min(size, len(items.items))),
-            num_cpus=1,
-        )
-        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-            add_sums(batch.to_pylist(), total, categories)
-        return total, categories
     students = load_students(storage, cfg.run) if with_students else []
     evaluator = PartEvaluator(storage, tables, students, predictions_dir, cfg.train.batch_size)
-    for item in tqdm(items.items, desc="evaluate", unit="part", disable=not cfg.progress):
+    for item in tqdm(items, desc="evaluate", unit="part", disable=not cfg.progress):
         sums, cats = evaluator(item)
         categories |= cats
         for m, t in sums.items():
@@ -191,17 +158,34 @@ def evaluate_parts(
     return total, categories
 
 
-def baselines(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str) -> dict[str, Any]:
+def evaluate_parts(
+    cfg: Config,
+    storage: Storage,
+    shapes_dir: str,
+    units_dir: str,
+    with_students: bool,
+    predictions_dir: str = "",
+    driver: EvaluateDriver = evaluate_local,
+) -> PartSums:
+    """Stream every shape part of ``shapes_dir`` through ``PartEvaluator`` with ``driver``."""
+    items = plan_items(storage, shapes_dir, units_dir)
+    return driver(cfg, storage, items, Tables(shapes_dir, units_dir), with_students, predictions_dir)
+
+
+def baselines(
+    cfg: Config, storage: Storage, shapes_dir: str, units_dir: str, driver: EvaluateDriver = evaluate_local
+) -> dict[str, Any]:
     """Both voting baselines' mIoU on the labelled shapes of ``shapes_dir`` (empty if none)."""
-    sums, _ = evaluate_parts(cfg, storage, shapes_dir, units_dir, with_students=False)
+    sums, _ = evaluate_parts(cfg, storage, shapes_dir, units_dir, False, "", driver)
     return {m: t.summary() for m, t in sums.items() if m != "student" and len(t)}
 
 
-def evaluate_run(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str) -> dict[str, Any]:
+def evaluate_run(
+    cfg: Config, storage: Storage, shapes_dir: str, units_dir: str, driver: EvaluateDriver = evaluate_local
+) -> dict[str, Any]:
     """Students and baselines on the shapes of ``shapes_dir`` with the teacher's ``units_dir``."""
-    if not list_students(storage, cfg.run):
-        raise FileNotFoundError(f"{storage.uri(cfg.run, 'checkpoints')}: no finished student; run jobs/train.py first")
-    tables, categories = evaluate_parts(cfg, storage, shapes_dir, units_dir, True, f"{cfg.run}/predictions")
+    require_students(storage, cfg.run)
+    tables, categories = evaluate_parts(cfg, storage, shapes_dir, units_dir, True, f"{cfg.run}/predictions", driver)
     if not categories:
         raise ValueError(f"{storage.uri(shapes_dir)}: no shapes to evaluate")
     known = {c for _, _, space in load_students(storage, cfg.run) for c in space.categories}

@@ -19,8 +19,8 @@ row a shape, ``cluster.render_cpus`` each), teach and back-project in a fixed po
 write each batch's units as knowledge pieces of the parts they came from. This is the GPU
 cluster's layout: rendering spreads over CPU nodes, GPUs only teach.
 
-The stages are in ``cluster.extract_stages``. ``extract_local`` runs ``PartExtractor``
-over the parts in this process.
+The stages are in ``cluster.extract_stages``; the plan and ``extract_local``, which runs
+``PartExtractor`` over the parts in this process, in ``cluster.extract``.
 
 Both skip what is done (a part whose pieces finish all its shapes; within a part, the
 shapes its pieces list), and send a shape whose render or teacher raises to
@@ -37,13 +37,11 @@ import logging
 import time
 from typing import Any
 
-from tqdm import tqdm
-
 from cluster.actors import actor_fault_options, map_batches
 from cluster.config import Config
-from cluster.extract_parts import PartExtractor, TeacherFactory, default_factory
+from cluster.extract import plan, summarise
+from cluster.extract_parts import TeacherFactory
 from cluster.extract_stages import ExtractStage, TeachStage, render_part
-from cluster.layout import shapes_manifest, unfinished_parts
 from cluster.runtime import (
     RENDER_BATCH_SHAPES,
     configure_data_context,
@@ -57,63 +55,7 @@ from cluster.storage import Storage
 log = logging.getLogger(__name__)
 
 
-# -- the two drivers ---------------------------------------------------------------------
-def plan(storage: Storage, shapes_dir: str, knowledge_dir: str) -> tuple[list[str], int]:
-    """(the unfinished shape parts, the table's shapes) from the manifests."""
-    shapes = shapes_manifest(storage, shapes_dir)
-    todo = unfinished_parts(shapes, storage.manifest(knowledge_dir))
-    return todo, sum(int(s.get("shapes", 0)) for s in shapes.values())
-
-
-def _summary(
-    rows: list[dict[str, Any]], total: int, seconds: float, storage: Storage, knowledge_dir: str
-) -> dict[str, Any]:
-    storage.manifest(knowledge_dir)  # records the new pieces: the next planner reads one file
-    new = sum(int(r["new"]) for r in rows)
-    rejected = sum(int(r["rejected"]) for r in rows)
-    skipped = max(0, total - new - rejected)  # done before (shapes of the table without a row of a part)
-    return {
-        "new": new,
-        "rejected": rejected,
-        "units": sum(int(r["units"]) for r in rows),
-        "skipped": skipped,
-        "parts": len(rows),
-        "shapes_per_s": round((new + rejected) / seconds, 3) if seconds > 0 and new + rejected else 0.0,
-        "table": storage.uri(knowledge_dir),
-    }
-
-
-def extract_local(
-    cfg: Config,
-    storage: Storage,
-    shapes_dir: str,
-    knowledge_dir: str,
-    teacher_factory: TeacherFactory | None = None,
-) -> dict[str, Any]:
-    """Extraction in this process (one shape part in memory at a time).
-
-    → {new, skipped, rejected, units, parts, shapes_per_s, table}: ``new`` shapes got
-    knowledge, ``rejected`` went to rejects, ``skipped`` were done before, ``parts`` is
-    the number of knowledge pieces written.
-    """
-    todo, total = plan(storage, shapes_dir, knowledge_dir)
-    start = time.perf_counter()
-    rows: list[dict[str, Any]] = []
-    if todo:
-        teacher = (teacher_factory or default_factory)(cfg.teacher, cfg.seed)
-        manifest = shapes_manifest(storage, shapes_dir)
-        total = sum(int(manifest[p].get("shapes", 0)) for p in todo)
-        with tqdm(total=total, desc="extract", unit="shape", disable=not cfg.progress) as bar:
-            extract = PartExtractor(
-                storage, cfg.run, shapes_dir, knowledge_dir, cfg.render, teacher, on_shape=lambda: bar.update(1)
-            )
-            for part in todo:
-                rows += extract(part)
-    summary = _summary(rows, total, time.perf_counter() - start, storage, knowledge_dir)
-    log.info("extract (local): %s", summary)
-    return summary
-
-
+# -- the Ray driver ------------------------------------------------------------------------
 def build_dataset(
     cfg: Config,
     storage: Storage,
@@ -195,6 +137,6 @@ def extract_on_ray(
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             rows += batch.to_pylist()
             log.info("extract: %d knowledge pieces written", len(rows))
-    summary = _summary(rows, total, time.perf_counter() - start, storage, knowledge_dir)
+    summary = summarise(rows, total, time.perf_counter() - start, storage, knowledge_dir)
     log.info("extract (ray): %s", summary)
     return summary

@@ -1,8 +1,8 @@
-"""The generation stage: (category, index) prompts → shapes → quality filters → shape table.
+"""The generation stage on Ray: (category, index) prompts → shapes → filters → shape table.
 
-One plan, two drivers, one contract (DESIGN §2):
+One plan, two drivers, one contract (docs/design.md §2):
 
-plan (driver, pure; ``cluster.generate_plan``)
+plan (driver, pure; ``cluster.generate``)
     ``plan_rows``: one row per (category, index) for ``generation.categories`` ×
     ``generation.start .. start + count - 1`` with its shape id, prompt and seed; rows whose
     id is already done in the table (written or rejected) are dropped here, before any
@@ -22,8 +22,9 @@ plan (driver, pure; ``cluster.generate_plan``)
     come back to the driver: shapes never funnel through one process, which is what lets
     a cluster write a million shapes. A task that Ray retries rewrites the same part name
     (a hash of its ids) with the same content, so retries never duplicate shapes.
-``generate_local``
+``generate_local`` (``cluster.generate``)
     The same functions in this process, a tqdm bar, no Ray (laptops, small corpora).
+``cluster.pipeline.generate_shapes`` picks the driver (``cluster.backend``).
 
 Every asked shape ends in exactly one of: a row of a part (``new``) or a reject with its
 reason in ``{run}/rejects/`` (stage ``generate``, ``rejected``); both are done ids of a
@@ -35,94 +36,28 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import Counter
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
 from cluster.actors import actor_fault_options, map_batches
 from cluster.config import Config
-from cluster.generate_plan import category_parts, generator_actor_options, part_shapes, plan_rows, resolve_categories
-from cluster.generate_stages import (
-    ROW_COLUMNS,
-    SDF_COLUMNS,
-    ShapEStage,
-    batch_rows,
-    finish_shap_e_batch,
-    procedural_batch,
-    procedural_rows,
-    shap_e_rows,
-    write_results,
+from cluster.generate import (
+    category_parts,
+    default_table_dir,
+    generator_actor_options,
+    part_shapes,
+    plan_rows,
+    resolve_categories,
+    summarise,
 )
+from cluster.generate_stages import ShapEStage, finish_shap_e_batch, procedural_batch
 from cluster.storage import Storage
-from generation.filters import reason_kind
 
 log = logging.getLogger(__name__)
 
 
-# -- the drivers -----------------------------------------------------------------------
-def _summary(
-    cfg: Config,
-    asked: int,
-    skipped: int,
-    results: list[tuple[str, str]],
-    parts: set[str],
-    seconds: float,
-    storage: Storage,
-    table_dir: str,
-) -> dict[str, Any]:
-    rejected = [err for _, err in results if err]
-    made = len(results)
-    return {
-        "generator": cfg.generation.name,
-        "asked": asked,
-        "new": made - len(rejected),
-        "rejected": len(rejected),
-        "skipped": skipped,
-        "reject_kinds": dict(sorted(Counter(reason_kind(r) for r in rejected).items())),
-        "parts": len(parts),
-        "shapes_per_s": round(made / seconds, 3) if seconds > 0 and made else 0.0,
-        "table": storage.uri(table_dir),
-    }
-
-
-def default_table_dir(cfg: Config) -> str:
-    return f"{cfg.run}/{cfg.generation.output.strip('/') or 'shapes'}"
-
-
-def generate_local(cfg: Config, storage: Storage, table_dir: str | None = None) -> dict[str, Any]:
-    """Generation in this process → the summary (see ``generate_on_ray``)."""
-    table_dir = table_dir or default_table_dir(cfg)
-    gen = cfg.generation
-    rows, asked, skipped = plan_rows(cfg, storage.done_ids(table_dir))
-    chunk = part_shapes(len(rows))
-    start = time.perf_counter()
-    results: list[tuple[str, str]] = []
-    written: set[str] = set()
-    stage = ShapEStage(gen) if gen.name == "shap_e" and rows else None
-    parts = category_parts(cfg, resolve_categories(cfg))
-    with tqdm(total=len(rows), desc=f"generate {gen.name}", unit="shape", disable=not cfg.progress) as bar:
-        for lo in range(0, len(rows), chunk):
-            block = rows[lo : lo + chunk]
-            if stage is None:
-                shapes, rejects = procedural_rows(block, cfg.data.num_points, gen.filter)
-            else:
-                done_rows = []
-                for b in range(0, len(block), gen.batch_size):
-                    sub = block[b : b + gen.batch_size]
-                    out = stage({k: np.array([r[k] for r in sub], dtype=object) for k in ROW_COLUMNS})
-                    done_rows += batch_rows(out, SDF_COLUMNS)
-                shapes, rejects = shap_e_rows(done_rows, parts, gen, cfg.seed, cfg.data.num_points)
-            table = write_results(storage, cfg.run, table_dir, [r["shape_id"] for r in block], shapes, rejects)
-            results += list(zip(table.column("shape_id").to_pylist(), table.column("error").to_pylist()))
-            written.update(table.column("part").to_pylist())
-            bar.update(len(block))
-    summary = _summary(cfg, asked, skipped, results, written, time.perf_counter() - start, storage, table_dir)
-    log.info("generate (local): %s", summary)
-    return summary
-
-
+# -- the Ray driver --------------------------------------------------------------------
 def build_dataset(cfg: Config, storage: Storage, table_dir: str, rows: list[dict[str, Any]]) -> Any:
     """The lazy Ray Dataset of ``GENERATE_RESULT_SCHEMA`` rows (parts are written as it runs)."""
     import ray.data
@@ -164,12 +99,8 @@ def build_dataset(cfg: Config, storage: Storage, table_dir: str, rows: list[dict
 
 
 def generate_on_ray(cfg: Config, storage: Storage, table_dir: str | None = None) -> dict[str, Any]:
-    """Generation on the connected Ray cluster (``cluster.runtime.connect`` first).
-
-    → {generator, asked, new, rejected, skipped, reject_kinds, parts, shapes_per_s, table}:
-    ``new`` shapes were written, ``rejected`` went to ``{run}/rejects/`` with reasons,
-    ``skipped`` were done before; ``new + rejected + skipped == asked``.
-    """
+    """Generation on the connected Ray cluster (``cluster.runtime.connect`` first) → the
+    summary (``cluster.generate.summarise``)."""
     from cluster.runtime import configure_data_context
 
     table_dir = table_dir or default_table_dir(cfg)
@@ -194,27 +125,7 @@ def generate_on_ray(cfg: Config, storage: Storage, table_dir: str | None = None)
                     bar.update(1)
         if pending:  # cannot happen unless rows were dropped; they stay undone for a re-run
             log.error("generate: %d shapes did not come back and stay undone: %s", len(pending), sorted(pending)[:10])
-    summary = _summary(cfg, asked, skipped, results, parts, time.perf_counter() - start, storage, table_dir)
+    summary = summarise(cfg, asked, skipped, results, parts, time.perf_counter() - start, storage, table_dir)
     log.info("generate (ray): %s", summary)
     return summary
 
-
-def generate_shapes(
-    cfg: Config, storage: Storage, table_dir: str | None = None, use_ray: bool | None = None
-) -> dict[str, Any]:
-    """Make the shape table ``table_dir`` (default ``{run}/{generation.output}``) as configured.
-
-    use_ray: True → connect (``cluster.runtime.connect``) and run on Ray; False → this
-    process; None → Ray when it is already initialised or a cluster address is configured
-    (``cluster.address`` / ``RAY_ADDRESS``), else this process.
-    """
-    from cluster.runtime import cluster_address, connect
-
-    if use_ray is None:
-        import ray
-
-        use_ray = ray.is_initialized() or bool(cluster_address(cfg.cluster))
-    if not use_ray:
-        return generate_local(cfg, storage, table_dir)
-    connect(cfg.cluster)
-    return generate_on_ray(cfg, storage, table_dir)

@@ -1,9 +1,11 @@
 """The frame every job runs in: config → storage → stage → one-line JSON summary.
 
-``python jobs/X.py [--config FILE] [key=value ...]`` calls ``run_job``: a bad config or an
-unusable storage root ends the job at once with a one-line error naming the key (exit 2);
-the stage's summary is printed as the *last line* of standard output and merged into
-``{root}/{run}/metrics.json`` under the job's name.
+``python jobs/X.py [--config FILE] [key=value ...]`` calls ``run_job``: the stage's summary
+is printed as the *last line* of standard output and merged into
+``{root}/{run}/metrics.json`` under the job's name. A user error (``distill.errors.UserError``:
+a bad config key, a missing data path, a run with no trained student, an unknown category,
+unreachable storage) ends the job with one line on standard error,
+``error: <what> — <what to do>``, and exit status 2; any other error keeps its traceback.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 from cluster.config import Config, load_config, to_dict
-from cluster.storage import Storage, StorageError
-from distill.config import ConfigError
+from cluster.storage import Storage
+from distill.errors import UserError
 
 log = logging.getLogger("partdistill")
 
@@ -48,15 +50,23 @@ def record_metrics(storage: Storage, run: str, job: str, summary: dict[str, Any]
 
 
 def run_job(job: str, stage: StageFn, argv: list[str] | None = None) -> dict[str, Any]:
-    """Run one job from the command line; returns its summary (tests call this directly)."""
+    """Run one job from the command line; returns its summary (tests call this directly).
+
+    A ``UserError`` from the config, the storage or the stage exits with status 2 after
+    printing its one line (``UserError.line``): the user fixes an argument, not the code.
+    """
     setup_logging()
     argv = sys.argv[1:] if argv is None else argv
     try:
-        cfg = load_config(argv)
-        storage = Storage.from_config(cfg.storage)
-    except (ConfigError, StorageError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        return _run(job, stage, argv)
+    except UserError as e:
+        print(e.line(), file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+def _run(job: str, stage: StageFn, argv: list[str]) -> dict[str, Any]:
+    cfg = load_config(argv)
+    storage = Storage.from_config(cfg.storage)
     log.info("%s: run=%s storage=%s", job, cfg.run, storage.uri(cfg.run))
     storage.write_json(f"{cfg.run}/config/{job}.json", to_dict(cfg))
     start = time.perf_counter()

@@ -2,7 +2,9 @@
 
 Each job in ``jobs/`` is one of these functions under ``cluster.job.run_job``. Stages are
 idempotent, so the chain can always be re-run: finished shapes, knowledge and students
-are skipped. ``cluster.backend`` picks Ray (actor pools, Ray Train) or this process.
+are skipped. ``cluster.backend`` picks Ray (actor pools, Ray Train) or this process
+(``cluster.runtime.use_ray``); the functions here pick each stage's driver by it:
+``<stage>.py`` holds a stage's plan and local driver, ``<stage>_ray.py`` its Ray driver.
 
 Where things go, under ``{storage.root}/{run}/``:
 ``shapes/`` and ``knowledge/round_{k}/`` for the distillation shapes; in ``mode=pre`` the
@@ -14,29 +16,18 @@ the evaluated ones.
 from __future__ import annotations
 
 import logging
-import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cluster.config import Config
 from cluster.ingest import ingest
+from cluster.runtime import join_ray, use_ray
 from cluster.storage import Storage
 from distill.config import DataConfig
 
+if TYPE_CHECKING:
+    from cluster.evaluate import EvaluateDriver
+
 log = logging.getLogger(__name__)
-
-
-def use_ray(cfg: Config) -> bool:
-    """Whether this job runs its stages on Ray (see ``ClusterConfig.backend``)."""
-    if cfg.cluster.backend == "auto":
-        return bool(cfg.cluster.address or os.environ.get("RAY_ADDRESS"))
-    return cfg.cluster.backend == "ray"
-
-
-def _connect(cfg: Config) -> None:
-    from cluster.runtime import configure_data_context, connect
-
-    connect(cfg.cluster)
-    configure_data_context(cfg.progress)
 
 
 def dirs(cfg: Config, evaluated: bool = False) -> tuple[str, str]:
@@ -50,26 +41,51 @@ def ensure_shapes(cfg: Config, storage: Storage, data: DataConfig, shapes_dir: s
     if data.source == "table":
         return {"shapes_from": data.path}
     if data.source == "generated":
-        from cluster.generate_ray import generate_shapes
-
         return generate_shapes(cfg, storage, shapes_dir)
     return ingest(cfg, storage, data, shapes_dir)
 
 
-def extract(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str) -> dict[str, Any]:
-    from cluster.extract_ray import extract_local, extract_on_ray
-
+def generate_shapes(cfg: Config, storage: Storage, table_dir: str | None = None) -> dict[str, Any]:
+    """Make the shape table ``table_dir`` (default ``{run}/{generation.output}``) as
+    configured, on Ray or in this process as ``cluster.backend`` says."""
     if use_ray(cfg):
-        _connect(cfg)
+        from cluster.generate_ray import generate_on_ray
+
+        join_ray(cfg)
+        return generate_on_ray(cfg, storage, table_dir)
+    from cluster.generate import generate_local
+
+    return generate_local(cfg, storage, table_dir)
+
+
+def extract(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str) -> dict[str, Any]:
+    """Teacher knowledge of the shapes of ``shapes_dir`` into ``units_dir``, on Ray or here."""
+    if use_ray(cfg):
+        from cluster.extract_ray import extract_on_ray
+
+        join_ray(cfg)
         return extract_on_ray(cfg, storage, shapes_dir, units_dir)
+    from cluster.extract import extract_local
+
     return extract_local(cfg, storage, shapes_dir, units_dir)
+
+
+def evaluate_driver(cfg: Config) -> EvaluateDriver:
+    """How the evaluation streams its shape parts: an actor pool on Ray, or this process."""
+    if use_ray(cfg):
+        from cluster.evaluate_ray import evaluate_on_ray
+
+        return evaluate_on_ray
+    from cluster.evaluate import evaluate_local
+
+    return evaluate_local
 
 
 def baselines(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str) -> dict[str, Any]:
     """Both voting baselines' mIoU on the labelled shapes of ``shapes_dir`` (streamed)."""
     from cluster.evaluate import baselines as voting_baselines
 
-    return voting_baselines(cfg, storage, shapes_dir, units_dir)
+    return voting_baselines(cfg, storage, shapes_dir, units_dir, evaluate_driver(cfg))
 
 
 def extract_stage(cfg: Config, storage: Storage, evaluated: bool = False) -> dict[str, Any]:
@@ -92,7 +108,7 @@ def train_stage(cfg: Config, storage: Storage, fault_hook: Any = None) -> dict[s
     if use_ray(cfg):
         from cluster.train_ray import train_on_ray
 
-        _connect(cfg)
+        join_ray(cfg)
         return train_on_ray(cfg, storage, shapes_dir, units_dir, fault_hook)
     from cluster.train import train_local
 
@@ -101,8 +117,9 @@ def train_stage(cfg: Config, storage: Storage, fault_hook: Any = None) -> dict[s
 
 def evaluate_stage(cfg: Config, storage: Storage) -> dict[str, Any]:
     """Students and baselines on the evaluated shapes (extracting their knowledge first)."""
-    from cluster.evaluate import evaluate_run
+    from cluster.evaluate import evaluate_run, require_students
 
+    require_students(storage, cfg.run)  # before extracting the evaluated shapes' knowledge
     summary: dict[str, Any] = {}
     if cfg.mode == "pre":
         summary["eval_extract"] = extract_stage(cfg, storage, evaluated=True)
@@ -111,7 +128,7 @@ def evaluate_stage(cfg: Config, storage: Storage) -> dict[str, Any]:
         shapes_dir = cfg.data.path
     if cfg.mode == "pre" and cfg.eval.data.source == "table":
         shapes_dir = cfg.eval.data.path
-    return {**evaluate_run(cfg, storage, shapes_dir, units_dir), **summary}
+    return {**evaluate_run(cfg, storage, shapes_dir, units_dir, evaluate_driver(cfg)), **summary}
 
 
 def pretrain(cfg: Config, storage: Storage) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Backward distillation at scale: the re-scoring pass (``cluster.rescoring``) as Ray Data
+"""Backward distillation at scale: the re-scoring pass (``cluster.rescore``) as Ray Data
 batch inference.
 
 Work items are the student's shape parts (with their knowledge parts); a fixed pool of
@@ -22,7 +22,7 @@ import pyarrow as pa
 from cluster.actors import ACTOR_MAX_RESTARTS, ACTOR_MAX_TASK_RETRIES
 from cluster.checkpoints import load_torch
 from cluster.config import Config, config_from_dict, to_dict
-from cluster.rescoring import ItemRescorer, finish_round, summarise, todo_items
+from cluster.rescore import ItemRescorer, finish_round, summarise, todo_items
 from cluster.runtime import configure_data_context, rescore_actor_options
 from cluster.storage import Storage
 from distill.records import RESCORE_RESULT_SCHEMA

@@ -1,6 +1,7 @@
 """Connecting to Ray and the resources each stage asks for.
 
-``connect`` joins the cluster a job runs in (``cluster.address``, else ``RAY_ADDRESS`` as
+``use_ray`` is the one answer to "does this job run its stages on Ray?" (``cluster.backend``);
+``join_ray`` connects a job that does. ``connect`` joins the cluster a job runs in (``cluster.address``, else ``RAY_ADDRESS`` as
 ``ray job submit`` sets it) or starts a private local Ray on loopback. The resource specs
 are small pure functions of the config, so the choices they make are tested without a
 cluster, and ``tests/cluster/test_cluster_yaml.py`` checks that every request fits some
@@ -37,7 +38,7 @@ def cluster_address(cfg: ClusterConfig, environ: dict[str, str] | None = None) -
     return cfg.address or env.get("RAY_ADDRESS", "")
 
 
-def _loopback_only() -> None:
+def loopback_only() -> None:
     """Make a local Ray bind and advertise 127.0.0.1 instead of the machine's routable IP.
 
     Ray on Linux resolves "127.0.0.1" to the routable address (it assumes a multi-node
@@ -71,7 +72,7 @@ def connect(cfg: ClusterConfig, runtime_env: dict[str, Any] | None = None) -> No
         ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
         return
     num_cpus = local_num_cpus(cfg)
-    _loopback_only()
+    loopback_only()
     log.info("starting a local Ray with %d CPUs on 127.0.0.1", num_cpus)
     ray.init(
         # "local": a new private instance even where a killed `ray start --head` left
@@ -84,6 +85,22 @@ def connect(cfg: ClusterConfig, runtime_env: dict[str, Any] | None = None) -> No
         logging_level=logging.WARNING,
         _system_config={"num_workers_soft_limit": local_worker_soft_limit(num_cpus)},
     )
+
+
+def use_ray(cfg: Config) -> bool:
+    """Whether this job runs its stages on Ray: ``cluster.backend=ray``, or ``auto`` with a
+    cluster to join (``cluster.address`` or ``RAY_ADDRESS``); ``local`` never. Every stage
+    asks this one question, so a job runs wholly on Ray or wholly in this process."""
+    if cfg.cluster.backend == "auto":
+        return bool(cluster_address(cfg.cluster))
+    return cfg.cluster.backend == "ray"
+
+
+def join_ray(cfg: Config) -> None:
+    """Connect a job that runs on Ray (``connect``; a no-op when connected) and set Ray
+    Data's progress reporting to ``progress`` (``configure_data_context``)."""
+    connect(cfg.cluster)
+    configure_data_context(cfg.progress)
 
 
 def local_worker_soft_limit(num_cpus: int) -> int:

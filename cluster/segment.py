@@ -23,6 +23,7 @@ from cluster.layout import shapes_manifest
 from cluster.pipeline import ensure_shapes
 from cluster.rejects import write_rejects
 from cluster.storage import Storage
+from distill.errors import NotFoundError
 from distill.metrics import MIoUSums
 from distill.records import Prediction, Shape, predictions_to_table, row_to_shape
 from distill.visualize import colored_ply, png_bytes, segmentation_figure
@@ -38,14 +39,13 @@ def file_name(shape_id: str) -> str:
 def segment(cfg: Config, storage: Storage) -> dict[str, Any]:
     out = f"{cfg.run}/segment"
     shapes_dir = cfg.data.path if cfg.data.source == "table" else f"{out}/shapes"
-    ingested = ensure_shapes(cfg, storage, cfg.data, shapes_dir)
     source_run = cfg.segment.students_from or cfg.run
-    students = list_students(storage, source_run)
-    if not students:
-        raise FileNotFoundError(
-            f"{storage.uri(source_run, 'checkpoints')}: no trained student; train one (jobs/pretrain.py) "
+    if not list_students(storage, source_run):  # before ingesting the shapes
+        raise NotFoundError(
+            f"{storage.uri(source_run, 'checkpoints')}: no trained student — train one (jobs/pretrain.py) "
             "or point segment.students_from at a run that has one"
         )
+    ingested = ensure_shapes(cfg, storage, cfg.data, shapes_dir)
     loaded = load_students(storage, source_run)
     known = [c for _, _, space in loaded for c in space.categories]
     # A user's files name their category freely ("chair", "CHAIR"): match case-insensitively.

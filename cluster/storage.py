@@ -24,6 +24,8 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from distill.errors import UserError
+
 log = logging.getLogger(__name__)
 
 DONE_KEY = b"partdistill.done_ids"
@@ -37,8 +39,10 @@ its footer, an entry whose part is gone is dropped (with a warning naming it), a
 manifest is rewritten."""
 
 
-class StorageError(RuntimeError):
+class StorageError(UserError, RuntimeError):
     """Storage that cannot be used; the message names the location and what to do."""
+
+    hint = "check storage.root (a folder, or s3://bucket/prefix) and the storage's credentials"
 
 
 class PartError(StorageError):
@@ -70,6 +74,9 @@ def _s3_options(endpoint_url: str = "", region: str = "") -> dict[str, Any]:
     return {"client_kwargs": client} if client else {}
 
 
+PROBE_ATTEMPTS = 2  # tries of the bucket check (the storage's reads and writes keep botocore's)
+
+
 class Storage:
     """Files and Parquet tables under one root (``runs`` or ``s3://bucket/prefix``).
 
@@ -78,7 +85,7 @@ class Storage:
 
     def __init__(self, root: str, endpoint_url: str = "", region: str = "") -> None:
         if not root:
-            raise StorageError("storage.root is empty: give a folder or an s3:// URI")
+            raise StorageError("storage.root is empty — give a folder or an s3:// URI")
         self.root_uri = root.rstrip("/")
         self.endpoint_url = endpoint_url
         self.region = region
@@ -87,13 +94,14 @@ class Storage:
             protocol, rest = "file", os.path.abspath(self.root_uri)
         self.protocol = protocol
         if protocol == "s3":
-            self.fs = fsspec.filesystem("s3", **_s3_options(endpoint_url, region))
-            self._check_bucket(rest.split("/", 1)[0])
+            options = _s3_options(endpoint_url, region)
+            self.fs = fsspec.filesystem("s3", **options)
+            self._check_bucket(rest.split("/", 1)[0], options)
         elif protocol == "file":
             self.fs = fsspec.filesystem("file", auto_mkdir=True)
             os.makedirs(rest, exist_ok=True)
         else:
-            raise StorageError(f"storage.root={root!r}: unsupported scheme {protocol!r} (use a folder or s3://)")
+            raise StorageError(f"storage.root={root!r}: unsupported scheme {protocol!r} — use a folder or s3://")
         self.base = rest.rstrip("/")
         self.reads = ReadCounter()
 
@@ -124,23 +132,25 @@ class Storage:
             return LocalFileSystem()
         return PyFileSystem(FSSpecHandler(self.fs))
 
-    def _check_bucket(self, bucket: str) -> None:
+    def _check_bucket(self, bucket: str, options: dict[str, Any]) -> None:
+        # botocore's 5 tries take ~10 s to give up on an endpoint that refuses
+        probe = fsspec.filesystem("s3", config_kwargs={"retries": {"max_attempts": PROBE_ATTEMPTS}}, **options)
         try:
-            self.fs.ls(bucket, refresh=True)
+            probe.ls(bucket, refresh=True)
         except FileNotFoundError:
             raise StorageError(
                 f"storage.root={self.root_uri}: bucket {bucket!r} does not exist"
-                f"{' at ' + self.endpoint_url if self.endpoint_url else ''}; create it "
+                f"{' at ' + self.endpoint_url if self.endpoint_url else ''} — create it "
                 f"(aws s3 mb s3://{bucket}) or point storage.root elsewhere"
             ) from None
         except PermissionError as e:
             raise StorageError(
-                f"storage.root={self.root_uri}: access to bucket {bucket!r} denied ({e}); "
+                f"storage.root={self.root_uri}: access to bucket {bucket!r} denied ({e}) — "
                 "check AWS credentials (AWS_ACCESS_KEY_ID / instance profile)"
             ) from None
         except Exception as e:  # noqa: BLE001 - botocore's connection errors are no OSError
             raise StorageError(
-                f"storage.root={self.root_uri}: cannot reach bucket {bucket!r} ({e}); check "
+                f"storage.root={self.root_uri}: cannot reach bucket {bucket!r} ({e}) — check "
                 "storage.endpoint_url / AWS_ENDPOINT_URL and the network"
             ) from None
 

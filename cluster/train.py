@@ -6,7 +6,7 @@ shape part at a time (``cluster.samples``) and keeps the state there:
 ``{run}/checkpoints/{student}/last.pt`` (model, optimiser, schedule, epoch, round: its size
 does not grow with the corpus) every ``train.checkpoint_every`` epochs, ``final.pt`` when
 a student is done (a re-run skips it), and each backward-distillation round's scores as
-``{run}/knowledge/round_{k}/{student}/`` (``cluster.rescoring``).
+``{run}/knowledge/round_{k}/{student}/`` (``cluster.rescore``).
 
 A student alternates *fits* (``fit_student``: train until a re-scoring is due, or to the
 end) and *re-scoring passes*, in one loop (``train_student``) that both drivers share:
@@ -28,10 +28,11 @@ from tqdm import tqdm
 from cluster.checkpoints import checkpoint_dir, final_bundle, load_torch, save_torch, student_name
 from cluster.config import Config
 from cluster.layout import PartItem, category_parts, plan_parts, shapes_manifest
-from cluster.rescoring import rescore_local, todo_items
+from cluster.rescore import rescore_local, todo_items
 from cluster.samples import PartSource, Tables, scores_dir
 from cluster.storage import Storage
 from distill.backward import apply_rescore
+from distill.errors import NotFoundError
 from distill.labels import LabelSpace
 from distill.samples import Batch
 from distill.student import build_student
@@ -86,10 +87,10 @@ def plan_students(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str
     the shape and knowledge manifests (one small read each)."""
     shapes = shapes_manifest(storage, shapes_dir)
     if not shapes:
-        raise ValueError(f"{storage.uri(shapes_dir)} holds no shapes: run jobs/ingest.py (or extract) first")
+        raise NotFoundError(f"{storage.uri(shapes_dir)} holds no shapes — run jobs/ingest.py (or extract) first")
     knowledge = storage.manifest(units_dir)
     if not knowledge:
-        raise ValueError(f"{storage.uri(units_dir)} holds no knowledge units: run jobs/extract.py first")
+        raise NotFoundError(f"{storage.uri(units_dir)} holds no knowledge units — run jobs/extract.py first")
     parts = category_parts(shapes, where=f"{storage.uri(shapes_dir)}: ")
     groups = [[c] for c in parts] if cfg.train.per_category else [list(parts)]
     plans = []

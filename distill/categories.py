@@ -14,6 +14,8 @@ order, the ones made for Labeled PSB categories use PSB's.
 
 from __future__ import annotations
 
+from distill.errors import UnknownNameError
+
 # ShapeNetPart, from shapenet-part-order_meta.json (PartDistill's prompts), except Lamp:
 # that file lists 2 parts but the dataset's Lamp labels have 4 (global ids 24..27).
 SHAPENETPART_PARTS: dict[str, list[str]] = {
@@ -138,7 +140,8 @@ def _lookup(table: dict[str, list[str]], category: str) -> list[str] | None:
 def canonical_name(name: str, available: list[str], what: str = "category") -> str:
     """``name`` matched case-insensitively against ``available`` → the available spelling.
 
-    Raises ``ValueError`` listing the available names when nothing matches.
+    Raises ``UnknownNameError`` (a ``ValueError``) listing the available names when nothing
+    matches.
     """
     if name in available:
         return name
@@ -146,7 +149,7 @@ def canonical_name(name: str, available: list[str], what: str = "category") -> s
     for candidate in available:
         if candidate.casefold() == folded:
             return candidate
-    raise ValueError(f"unknown {what} {name!r}; available: {', '.join(sorted(available)) or '(none)'}")
+    raise UnknownNameError(f"unknown {what} {name!r} — use one of: {', '.join(sorted(available)) or '(none)'}")
 
 
 def part_names_for(category: str, extra: dict[str, list[str]] | None = None, source: str | None = None) -> list[str]:
@@ -171,7 +174,7 @@ def part_names_for(category: str, extra: dict[str, list[str]] | None = None, sou
     known = sorted({*SHAPENETPART_PARTS, *PSB_PARTS, *PROCEDURAL_PARTS, *(extra or {})})
     if source in TABLES:
         known = sorted(tables[0])
-    raise ValueError(
+    raise UnknownNameError(
         f"unknown category {category!r} (source {source or 'any'}): no part names; known categories: "
-        f"{', '.join(known)}. For your own category set data.category and data.part_names."
+        f"{', '.join(known)} — for your own category set data.category and data.part_names"
     )

@@ -4,7 +4,8 @@ Data, evaluation, rendering, teacher, student, training and segmentation section
 here; the generation section is ``generation/config.py``, storage and cluster sections
 and the composed ``Config`` with its loader (``load_config``) are ``cluster/config.py``.
 Each ``__post_init__`` validates values (ranges, choices) and raises ``ConfigError``
-naming the key; ``_choice`` and ``_positive`` are shared by every package's sections.
+naming the key; ``check_choice`` and ``check_positive`` are shared by every package's
+sections.
 
 Pure data: no IO.
 """
@@ -13,21 +14,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from distill.errors import UserError
 from distill.readers.registry import MIX_SOURCES
 from distill.readers.registry import SOURCES as READER_SOURCES
 from distill.teachers import TEACHERS
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration that cannot be used; the message names the key and the fix."""
 
+    hint = "fix that key (key=value on the command line, or in the --config file)"
 
-def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+
+def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    """Refuse a value outside ``choices``, naming the key and the values it takes."""
     if value not in choices:
         raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}")
 
 
-def _positive(key: str, value: float, allow_zero: bool = False) -> None:
+def check_positive(key: str, value: float, allow_zero: bool = False) -> None:
+    """Refuse a negative value (or 0 unless ``allow_zero``), naming the key."""
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{key}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
 
@@ -54,10 +60,10 @@ class MixEntry:
     the entries are the mixture's stated ratio."""
 
     def __post_init__(self) -> None:
-        _choice("data.mix[].source", self.source, MIX_SOURCES)
+        check_choice("data.mix[].source", self.source, MIX_SOURCES)
         if self.split:
-            _choice("data.mix[].split", self.split, ("all", "train", "val", "test"))
-        _positive("data.mix[].per_category", self.per_category, allow_zero=True)
+            check_choice("data.mix[].split", self.split, ("all", "train", "val", "test"))
+        check_positive("data.mix[].per_category", self.per_category, allow_zero=True)
         if self.source in ("psb", "shapenetpart", "files") and not self.path:
             raise ConfigError(f"data.mix[] with source={self.source} needs a path")
 
@@ -98,15 +104,15 @@ class DataConfig:
     distillation and the evaluated data the same list so their labels agree."""
 
     def __post_init__(self) -> None:
-        _choice("data.source", self.source, DATA_SOURCES)
+        check_choice("data.source", self.source, DATA_SOURCES)
         for v in self.vocabulary:
-            _choice("data.vocabulary[]", v, VOCABULARIES)
+            check_choice("data.vocabulary[]", v, VOCABULARIES)
         if self.source == "mix" and not self.mix:
             raise ConfigError("data.source=mix needs data.mix: a list of {source, path, split, per_category}")
-        _choice("data.split", self.split, ("all", "train", "val", "test"))
+        check_choice("data.split", self.split, ("all", "train", "val", "test"))
         if self.num_points < 16:
             raise ConfigError(f"data.num_points={self.num_points} is too small (>= 16)")
-        _positive("data.per_category", self.per_category, allow_zero=True)
+        check_positive("data.per_category", self.per_category, allow_zero=True)
         if self.source in ("psb", "shapenetpart", "files", "table") and not self.path:
             raise ConfigError(f"data.source={self.source} needs data.path (a folder or URI)")
 
@@ -145,13 +151,13 @@ class RenderConfig:
     (depth test against the splats). See ``distill.render`` for the measurements."""
 
     def __post_init__(self) -> None:
-        _choice("render.views", self.views, ("partslip", "ring", "sphere"))
-        _choice("render.point_visibility", self.point_visibility, ("hpr", "depth"))
-        _choice("render.backend", self.backend, ("auto", "embree", "torch", "pytorch3d"))
+        check_choice("render.views", self.views, ("partslip", "ring", "sphere"))
+        check_choice("render.point_visibility", self.point_visibility, ("hpr", "depth"))
+        check_choice("render.backend", self.backend, ("auto", "embree", "torch", "pytorch3d"))
         if self.image_size < 16:
             raise ConfigError(f"render.image_size={self.image_size} is too small (>= 16)")
-        _positive("render.num_views", self.num_views)
-        _positive("render.distance", self.distance)
+        check_positive("render.num_views", self.num_views)
+        check_positive("render.distance", self.distance)
 
 
 @dataclass
@@ -181,10 +187,10 @@ class TeacherConfig:
     """auto (CUDA when present) | cpu | cuda."""
 
     def __post_init__(self) -> None:
-        _choice("teacher.name", self.name, tuple(TEACHERS))
-        _choice("teacher.preset", self.preset, ("glip_like", "clean"))
-        _choice("teacher.output", self.output, ("box", "mask"))
-        _choice("teacher.device", self.device, ("auto", "cpu", "cuda"))
+        check_choice("teacher.name", self.name, tuple(TEACHERS))
+        check_choice("teacher.preset", self.preset, ("glip_like", "clean"))
+        check_choice("teacher.output", self.output, ("box", "mask"))
+        check_choice("teacher.device", self.device, ("auto", "cpu", "cuda"))
         if not 0.0 <= self.score_threshold <= 1.0:
             raise ConfigError(f"teacher.score_threshold={self.score_threshold} not in [0, 1]")
         if "{part}" not in self.prompt_template:
@@ -217,9 +223,9 @@ class StudentConfig:
     costs (procedural, python jobs/pretrain.py: 57.2 vs 61.0), hence off by default."""
 
     def __post_init__(self) -> None:
-        _positive("student.width", self.width)
-        _positive("student.k", self.k)
-        _choice("student.align", self.align, ("none", "cube"))
+        check_positive("student.width", self.width)
+        check_positive("student.k", self.k)
+        check_choice("student.align", self.align, ("none", "cube"))
 
 
 RESCORE_RULES = ("agreement", "point", "agreement_balanced", "point_balanced")
@@ -274,17 +280,17 @@ class TrainConfig:
     distances, stays float32). Not the default: bench/student_speed.py measures it."""
 
     def __post_init__(self) -> None:
-        _positive("train.epochs", self.epochs)
-        _positive("train.batch_size", self.batch_size)
-        _positive("train.lr", self.lr)
-        _positive("train.bd_rounds", self.bd_rounds, allow_zero=True)
-        _choice("train.bd_trigger", self.bd_trigger, ("plateau", "epoch"))
-        _choice("train.rescore", self.rescore, RESCORE_RULES)
-        _choice("train.select", self.select, ("last", "val"))
+        check_positive("train.epochs", self.epochs)
+        check_positive("train.batch_size", self.batch_size)
+        check_positive("train.lr", self.lr)
+        check_positive("train.bd_rounds", self.bd_rounds, allow_zero=True)
+        check_choice("train.bd_trigger", self.bd_trigger, ("plateau", "epoch"))
+        check_choice("train.rescore", self.rescore, RESCORE_RULES)
+        check_choice("train.select", self.select, ("last", "val"))
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"train.val_fraction={self.val_fraction} not in [0, 1)")
-        _choice("train.device", self.device, ("auto", "cpu", "cuda"))
-        _choice("train.amp", self.amp, ("none", "bf16"))
+        check_choice("train.device", self.device, ("auto", "cpu", "cuda"))
+        check_choice("train.amp", self.amp, ("none", "bf16"))
 
 
 @dataclass
@@ -298,4 +304,4 @@ class SegmentConfig:
     picture_size: int = 300
 
     def __post_init__(self) -> None:
-        _positive("segment.pictures", self.pictures, allow_zero=True)
+        check_positive("segment.pictures", self.pictures, allow_zero=True)

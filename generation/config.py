@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from distill.config import ConfigError, _choice, _positive
+from distill.config import ConfigError, check_choice, check_positive
 from generation import GENERATORS, LAZY_GENERATORS
 
 
@@ -49,12 +49,12 @@ class GenerationConfig:
     """Shape-table folder under ``{storage.root}/{run}/`` that jobs/generate.py writes."""
 
     def __post_init__(self) -> None:
-        _choice("generation.name", self.name, tuple(dict.fromkeys([*GENERATORS, *LAZY_GENERATORS])))
-        _positive("generation.count", self.count, allow_zero=True)
-        _positive("generation.start", self.start, allow_zero=True)
-        _positive("generation.batch_size", self.batch_size)
-        _positive("generation.num_inference_steps", self.num_inference_steps)
-        _positive("generation.actors", self.actors, allow_zero=True)
-        _choice("generation.device", self.device, ("auto", "cpu", "cuda"))
+        check_choice("generation.name", self.name, tuple(dict.fromkeys([*GENERATORS, *LAZY_GENERATORS])))
+        check_positive("generation.count", self.count, allow_zero=True)
+        check_positive("generation.start", self.start, allow_zero=True)
+        check_positive("generation.batch_size", self.batch_size)
+        check_positive("generation.num_inference_steps", self.num_inference_steps)
+        check_positive("generation.actors", self.actors, allow_zero=True)
+        check_choice("generation.device", self.device, ("auto", "cpu", "cuda"))
         if self.grid_size < 8:
             raise ConfigError(f"generation.grid_size={self.grid_size} is too small (>= 8)")

@@ -1,4 +1,5 @@
-"""Generate a shape corpus on Ray: procedural (labelled) or Shap-E text-to-3D (unlabelled).
+"""Generate a shape corpus: procedural (labelled) or Shap-E text-to-3D (unlabelled), on Ray
+or in this process as ``cluster.backend`` says (``auto``: Ray when a cluster is configured).
 
 python jobs/generate.py generation.name=procedural generation.count=1000 run=proc
 python jobs/generate.py generation.name=shap_e generation.model=DIR generation.count=50 \
@@ -12,13 +13,14 @@ re-run makes only the shapes still missing.
 from typing import Any
 
 from cluster.config import Config
-from cluster.generate_ray import generate_shapes
 from cluster.job import run_job
+from cluster.pipeline import generate_shapes
 from cluster.storage import Storage
 
 
 def stage(cfg: Config, storage: Storage) -> dict[str, Any]:
-    return generate_shapes(cfg, storage, use_ray=True)
+    """The job's stage: the configured table (``{run}/{generation.output}``)."""
+    return generate_shapes(cfg, storage)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from distill.categories import canonical_name
+from distill.errors import NotFoundError, UnknownNameError
 from distill.records import ShapeError
 
 
@@ -36,7 +37,7 @@ def select_categories(available: list[str], wanted: list[str], source: str) -> l
         try:
             out.append(canonical_name(name, available, f"{source} category"))
         except ValueError as e:
-            raise ValueError(f"data.categories: {e}") from None
+            raise UnknownNameError(f"data.categories: {e}") from None
     return list(dict.fromkeys(out))
 
 
@@ -48,7 +49,9 @@ def cap(items: list[str], per_category: int) -> list[str]:
 def require_dir(path: str, source: str) -> Path:
     root = Path(path).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"data.path={path!r} is not a folder (data.source={source})")
+        raise NotFoundError(
+            f"data.path={path!r} is not a folder (data.source={source}) — point data.path at the dataset's folder"
+        )
     return root
 
 

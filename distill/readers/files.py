@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from distill.categories import part_names_for
+from distill.errors import NotFoundError
 from distill.readers.common import cap, naming, select_categories, split_ids
 from distill.readers.registry import SourceItem
 from distill.records import Mesh, Shape, ShapeError
@@ -103,7 +104,10 @@ def read(data: DataConfig, seed: int) -> Iterator[SourceItem]:
         root = given
         files = sorted(p for p in given.rglob("*") if p.is_file() and p.suffix.lower() in MESH_EXTENSIONS)
     else:
-        raise FileNotFoundError(f"data.path={data.path!r} is neither a file nor a folder (data.source=files)")
+        raise NotFoundError(
+            f"data.path={data.path!r} is neither a file nor a folder (data.source=files) — "
+            "point data.path at a mesh or point-cloud file, or a folder of them"
+        )
     # Ids drop the extension; two files differing only by extension keep theirs, to stay unique.
     keys = [_SAFE.sub("_", p.relative_to(root).with_suffix("").as_posix()) for p in files]
     counts = collections.Counter(keys)

@@ -2,7 +2,7 @@
 
 No VLM weights can be downloaded here, so quality is measured with a teacher that reads
 the ground-truth part under every pixel (``RenderedViews.pixel_labels``) and corrupts it
-with errors modelled on those detectors make (DESIGN §4). It has the interface and
+with errors modelled on those detectors make (docs/design.md §4). It has the interface and
 outputs of every teacher (``ViewPrediction`` per view, through ``filter_predictions``)
 and must never be reported as a VLM.
 
@@ -10,7 +10,7 @@ Presets
     ``clean``: one tight box (or exact mask) per part visible with at least 0.5 % of the
     view's shape pixels, score 1.0: the best any box/mask teacher could do.
     ``glip_like``: per view and per visible part (same 0.5 % rule) the errors of
-    ``GlipLikeErrors`` (numbers from DESIGN §4).
+    ``GlipLikeErrors`` (numbers from docs/design.md §4).
 
 Reproducibility: every draw of a shape comes from ``default_rng([seed, crc32(shape_id)])``
 and in a fixed order, so a shape's predictions depend only on (seed, shape id, views);
@@ -35,7 +35,7 @@ from distill.views import RenderedViews
 
 @dataclass(frozen=True)
 class GlipLikeErrors:
-    """The ``glip_like`` error model (DESIGN §4); probabilities are per view and part."""
+    """The ``glip_like`` error model (docs/design.md §4); probabilities are per view and part."""
 
     min_part_fraction: float = 0.005
     """A part is considered when it covers ≥ this fraction of the view's shape pixels."""
@@ -101,7 +101,7 @@ def _morph(mask: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def _box_mask(box: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def box_mask(box: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """(H, W) bool of the pixels whose centres lie in ``box`` (x0, y0, x1, y1)."""
     h, w = shape
     xs = np.arange(w) + 0.5
@@ -127,7 +127,7 @@ def shrink_box_to_cover(box: np.ndarray, shape_mask: np.ndarray, cover: float) -
         return centre + (box - centre) * (1.0 - t)
 
     def covered(t: float) -> int:
-        return int((shape_mask & _box_mask(shrunk(t), shape_mask.shape)).sum())
+        return int((shape_mask & box_mask(shrunk(t), shape_mask.shape)).sum())
 
     if total == 0 or covered(0.0) <= cover * total:
         return box.astype(np.float32)
@@ -260,7 +260,7 @@ class SimulatedTeacher:
             x0 = shape_box[0] + px * sw * (1 - wf)
             y0 = shape_box[1] + py * sh * (1 - hf)
             box = np.array([x0, y0, x0 + wf * sw, y0 + hf * sh], np.float32)
-            region = (shape_mask & _box_mask(box, (h, w))) if self.output == "mask" else box
+            region = (shape_mask & box_mask(box, (h, w))) if self.output == "mask" else box
             if region.any():
                 labels.append(fp_label)
                 scores.append(lo + (hi - lo) * s_fp)
@@ -273,7 +273,7 @@ class SimulatedTeacher:
             box = shrink_box_to_cover(shape_box, shape_mask, cover)
             labels.append(whole_label)
             scores.append(lo + (hi - lo) * s_whole)
-            regions.append((shape_mask & _box_mask(box, (h, w))) if self.output == "mask" else box)
+            regions.append((shape_mask & box_mask(box, (h, w))) if self.output == "mask" else box)
         return labels, scores, regions
 
     def _finish(self, labels: list, scores: list, regions: list, shape_mask: np.ndarray) -> ViewPrediction:

@@ -196,7 +196,7 @@ class FakeAutoscalingCluster:
             "RAY_FAKE_CLUSTER": "1",
             "AUTOSCALER_UPDATE_INTERVAL_S": "1",
             "RAY_AUTH_MODE": "disabled",
-            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # every node binds 127.0.0.1 (cluster.runtime._loopback_only)
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # every node binds 127.0.0.1 (cluster.runtime.loopback_only)
             "RAY_USAGE_STATS_ENABLED": "0",
         }
         self.env.pop("RAY_ADDRESS", None)
@@ -230,10 +230,10 @@ class FakeAutoscalingCluster:
     def connect(self) -> None:
         import ray
 
-        from cluster.runtime import _loopback_only
+        from cluster.runtime import loopback_only
 
         os.environ["RAY_AUTH_MODE"] = "disabled"
-        _loopback_only()  # else the driver turns 127.0.0.1 into this machine's routable address
+        loopback_only()  # else the driver turns 127.0.0.1 into this machine's routable address
         for attempt in range(3):  # a GCS on a loaded machine can miss the driver's first deadline
             try:
                 ray.init(address=self.address, logging_level="WARNING")

@@ -181,7 +181,7 @@ def test_child_stages_scale_the_cluster_up_and_down(tmp_path, patient_cluster):
 def test_child_node_lost_mid_extraction_and_mid_training(tmp_path, fake_cluster):
     import ray
 
-    from cluster.extract_ray import extract_local
+    from cluster.extract import extract_local
     from cluster.pipeline import dirs, ensure_shapes, extract, train_stage
     from distill.records import UNIT_SCHEMA, table_to_units
 
@@ -307,7 +307,7 @@ def test_child_elastic_training_goes_on_with_fewer_workers(tmp_path, capfd):
     import ray
 
     from cluster.autoscaling import fake_node_types
-    from cluster.extract_ray import extract_local
+    from cluster.extract import extract_local
     from cluster.pipeline import dirs, ensure_shapes, train_stage
     from tests.cluster.fake_autoscaler import FakeAutoscalingCluster, Recorder, load_cluster_yaml
 

@@ -10,8 +10,9 @@ import pytest
 
 from cluster.actors import actor_fault_options
 from cluster.config import load_config
+from cluster.extract import extract_local, plan
 from cluster.extract_parts import PartExtractor, done_in_part, extract_shape, write_piece
-from cluster.extract_ray import build_dataset, extract_local, extract_on_ray, plan
+from cluster.extract_ray import build_dataset, extract_on_ray
 from cluster.extract_stages import TeachStage, render_part, render_rows
 from cluster.layout import knowledge_part_name, shape_part_of, shape_summary
 from cluster.rejects import read_rejects

@@ -9,9 +9,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from cluster.config import load_config
-from cluster.generate_plan import MAX_PART_SHAPES, generator_actor_options, part_shapes, plan_rows, resolve_categories
-from cluster.generate_ray import generate_local, generate_on_ray, generate_shapes
+from cluster.generate import (
+    MAX_PART_SHAPES,
+    generate_local,
+    generator_actor_options,
+    part_shapes,
+    plan_rows,
+    resolve_categories,
+)
+from cluster.generate_ray import generate_on_ray
 from cluster.layout import part_name
+from cluster.pipeline import generate_shapes
 from cluster.rejects import read_rejects
 from cluster.storage import Storage
 from distill.records import GENERATE_RESULT_SCHEMA, SHAPE_SCHEMA, table_to_shapes
@@ -194,9 +202,13 @@ def test_generate_job_prints_its_summary(tmp_path, ray_local, capsys):
     assert len(Storage(str(tmp_path)).read_table("j/shapes")) == 3
 
 
-def test_generate_shapes_picks_ray_when_it_is_up(tmp_path, ray_local):
-    summary = generate_shapes(_proc_cfg(1, "generation.output=corpus"), Storage(str(tmp_path)))
+@pytest.mark.parametrize("backend", ["ray", "local"])
+def test_generate_shapes_obeys_cluster_backend(tmp_path, ray_local, caplog, backend):
+    caplog.set_level("INFO", logger="cluster")
+    cfg = _proc_cfg(1, "generation.output=corpus", f"cluster.backend={backend}")
+    summary = generate_shapes(cfg, Storage(str(tmp_path)))
     assert summary["new"] == 3 and summary["table"].endswith("r/corpus")
+    assert f"generate ({backend})" in caplog.text
 
 
 # -- shap_e -------------------------------------------------------------------------------

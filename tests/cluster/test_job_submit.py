@@ -113,7 +113,7 @@ class RayHead:
         self.env = _clean_env()
         head_env = {
             **self.env,
-            # Bind and advertise 127.0.0.1, not the routable IP (see cluster.runtime._loopback_only).
+            # Bind and advertise 127.0.0.1, not the routable IP (see cluster.runtime.loopback_only).
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
             # SIGTERM tears down at once instead of draining the node for 30 s.
             "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",

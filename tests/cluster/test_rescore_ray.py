@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from cluster.checkpoints import load_student, load_torch
+from cluster.rescore import load_snapshot, rescore_local, todo_items
 from cluster.rescore_ray import rescore_on_ray
-from cluster.rescoring import load_snapshot, rescore_local, todo_items
 from cluster.samples import BALANCE_FILE, load_item, load_units, read_score_part, read_scores, scores_dir
 from cluster.train import train_student_local
 from distill.backward import rescore_samples

@@ -13,10 +13,11 @@ import torch
 
 from cluster.checkpoints import load_torch
 from cluster.config import load_config
-from cluster.extract_ray import extract_local, extract_on_ray
+from cluster.extract import extract_local
+from cluster.extract_ray import extract_on_ray
 from cluster.ingest import ingest
 from cluster.rescore_ray import rescore_on_ray
-from cluster.runtime import _loopback_only
+from cluster.runtime import loopback_only
 from cluster.samples import read_scores
 from cluster.storage import Storage
 from cluster.train import fit_student, knowledge_dir, last_state, plan_students, prepare_fit
@@ -48,8 +49,8 @@ def two_nodes():
     if ray.is_initialized():
         ray.shutdown()
     saved = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"  # a private loopback cluster (DESIGN §7)
-    _loopback_only()
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # a private loopback cluster (docs/design.md §7)
+    loopback_only()
     cluster = Cluster(
         initialize_head=True,
         head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False, "node_ip_address": "127.0.0.1"},

@@ -1,4 +1,4 @@
-"""The simulated teacher: clean output, the glip_like error rates of DESIGN §4, reproducibility."""
+"""The simulated teacher: clean output, the glip_like error rates of docs/design.md §4, reproducibility."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from distill.config import TeacherConfig
 from distill.records import Shape
 from distill.teachers import build_teacher
 from distill.teachers.base import box_of_mask
-from distill.teachers.simulated import GLIP_LIKE, SimulatedTeacher, _box_mask, confusers, shrink_box_to_cover
+from distill.teachers.simulated import GLIP_LIKE, SimulatedTeacher, box_mask, confusers, shrink_box_to_cover
 from distill.views import RenderedViews
 
 S = 100
@@ -186,7 +186,7 @@ def test_false_positive_rate_and_whole_object_boxes_are_filtered():
         whole = _collect(teacher(output=output, **{**NO_ERRORS, "whole_object": 1.0}))
         assert all(len(p) == 4 for p in whole)  # the near-whole-object box survives the filter
         for p in whole:
-            region = p.masks[3] if output == "mask" else _box_mask(p.boxes[3], shape_mask.shape)
+            region = p.masks[3] if output == "mask" else box_mask(p.boxes[3], shape_mask.shape)
             assert 0.84 * total <= (region & shape_mask).sum() <= 0.97 * total
     for output in ("box", "mask"):
         for p in _collect(teacher(output=output), n_shapes=20):
@@ -208,12 +208,12 @@ def test_shrink_box_to_cover_matches_a_brute_force_search():
         box = np.array(box_of_mask(mask), np.float64)
         cover = rng.uniform(0.85, 0.97)
         got = shrink_box_to_cover(box, mask, cover)
-        assert (mask & _box_mask(got, mask.shape)).sum() <= cover * mask.sum()
+        assert (mask & box_mask(got, mask.shape)).sum() <= cover * mask.sum()
         # The slow reference: the smallest shrink on the same 1/256 grid that fits.
         centre = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2] * 2)
         for t in np.arange(257) / 256:
             ref = centre + (box - centre) * (1 - t)
-            if (mask & _box_mask(ref, mask.shape)).sum() <= cover * mask.sum():
+            if (mask & box_mask(ref, mask.shape)).sum() <= cover * mask.sum():
                 break
         np.testing.assert_allclose(got, ref, atol=1e-4)
 

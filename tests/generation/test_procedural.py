@@ -128,7 +128,7 @@ def test_shapes_are_plausible(corpus):
 
 
 def test_unknown_category_and_bad_index():
-    with pytest.raises(ValueError, match="unknown procedural category 'Sofa'; available: Airplane"):
+    with pytest.raises(ValueError, match="unknown procedural category 'Sofa' — use one of: Airplane"):
         make_shape("Sofa", 0, seed=0)
     with pytest.raises(ValueError, match="index=-1"):
         make_shape("Chair", -1, seed=0)

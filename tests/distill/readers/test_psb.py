@@ -55,7 +55,7 @@ def test_psb_listing_splits_and_filters():
     assert list(iter_items(DataConfig(source="psb", path=root, split="val"), seed=0)) == []
     few = list(iter_items(DataConfig(source="psb", path=root, categories=["chair", "VASE"], per_category=2), 0))
     assert [i.shape_id for i in few] == ["psb/Chair/101", "psb/Chair/103", "psb/Vase/361", "psb/Vase/363"]
-    with pytest.raises(ValueError, match="unknown psb category 'Sofa'; available: Airplane, Ant"):
+    with pytest.raises(ValueError, match="unknown psb category 'Sofa' — use one of: Airplane, Ant"):
         iter_items(DataConfig(source="psb", path=root, categories=["Sofa"]), seed=0)
 
 

@@ -1,26 +1,48 @@
-"""The generation plan (pure, on the driver): which (category, index) shapes to make, and how.
+"""The generation stage's plan and local driver (the Ray driver is ``cluster.generate_ray``).
 
+The plan (pure, on the driver) says which (category, index) shapes to make, and how:
 ``plan_rows``: one row per (category, index) for ``generation.categories`` ×
 ``generation.start .. start + count - 1`` with its shape id, prompt and seed; rows whose id
 is already done in the table (written or rejected) are dropped here, before any worker sees
 them, so a re-run only makes what is missing. ``part_shapes`` sizes the parts and
-``generator_actor_options`` the shap_e actor pool.
+``generator_actor_options`` the shap_e actor pool. ``generate_local`` makes them in this
+process; both drivers return ``summarise``'s summary.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+from tqdm import tqdm
+
 from cluster.config import Config
+from cluster.generate_stages import (
+    ROW_COLUMNS,
+    SDF_COLUMNS,
+    ShapEStage,
+    batch_rows,
+    procedural_rows,
+    shap_e_rows,
+    write_results,
+)
+from cluster.storage import Storage
 from distill.categories import PSB_PARTS, SHAPENETPART_PARTS, canonical_name, part_names_for
+from distill.config import ConfigError
 from distill.sampling import derive_seed
 from generation import procedural
+from generation.filters import reason_kind
 from generation.procedural import ALL_CATEGORIES as PROCEDURAL_ALL
 from generation.procedural import CATEGORIES as PROCEDURAL_CATEGORIES
 from generation.procedural import PROCEDURAL_PARTS
 from generation.prompts import check_templates, make_prompt
+
+log = logging.getLogger(__name__)
 
 DEFAULT_COUNT = 24
 """Shapes per category when neither generation.count nor data.per_category is set."""
@@ -45,7 +67,7 @@ def count_per_category(cfg: Config) -> int:
 
 def resolve_categories(cfg: Config) -> list[str]:
     """Canonical category names: generation.categories, else data.categories, else the
-    procedural ones. Raises ``ValueError`` naming the key for an unknown category."""
+    procedural ones. Raises ``ConfigError`` naming the key for an unknown category."""
     gen = cfg.generation
     wanted = list(gen.categories or cfg.data.categories)
     if gen.name == "procedural":
@@ -60,9 +82,9 @@ def resolve_categories(cfg: Config) -> list[str]:
         try:
             out.append(canonical_name(c, known, "category"))
         except ValueError:
-            raise ValueError(
-                f"generation.categories: {c!r} has no part names; known: {', '.join(sorted(set(known)))}. "
-                f"For a category of your own set generation.part_names.{c}=[part,...]"
+            raise ConfigError(
+                f"generation.categories: {c!r} has no part names; known: {', '.join(sorted(set(known)))} — "
+                f"for a category of your own set generation.part_names.{c}=[part,...]"
             ) from None
     return out
 
@@ -133,3 +155,72 @@ def generator_actor_options(cfg: Config) -> GeneratorActorOptions:
     return GeneratorActorOptions(
         size=size, num_cpus=ACTOR_CPUS, num_gpus=float(gpus), batch_size=cfg.generation.batch_size
     )
+
+
+# -- the local driver ----------------------------------------------------------------
+def summarise(
+    cfg: Config,
+    asked: int,
+    skipped: int,
+    results: list[tuple[str, str]],
+    parts: set[str],
+    seconds: float,
+    storage: Storage,
+    table_dir: str,
+) -> dict[str, Any]:
+    """A generation's summary: {generator, asked, new, rejected, skipped, reject_kinds, parts,
+    shapes_per_s, table}: ``new`` shapes were written, ``rejected`` went to ``{run}/rejects/``
+    with reasons, ``skipped`` were done before; ``new + rejected + skipped == asked``."""
+    rejected = [err for _, err in results if err]
+    made = len(results)
+    return {
+        "generator": cfg.generation.name,
+        "asked": asked,
+        "new": made - len(rejected),
+        "rejected": len(rejected),
+        "skipped": skipped,
+        "reject_kinds": dict(sorted(Counter(reason_kind(r) for r in rejected).items())),
+        "parts": len(parts),
+        "shapes_per_s": round(made / seconds, 3) if seconds > 0 and made else 0.0,
+        "table": storage.uri(table_dir),
+    }
+
+
+def default_table_dir(cfg: Config) -> str:
+    """Where a generation writes unless told: ``{run}/{generation.output}`` (``shapes``)."""
+    return f"{cfg.run}/{cfg.generation.output.strip('/') or 'shapes'}"
+
+
+def generate_local(cfg: Config, storage: Storage, table_dir: str | None = None) -> dict[str, Any]:
+    """Generation in this process (laptops, small corpora) → the summary (``summarise``).
+
+    The same functions as the Ray driver (``cluster.generate_ray``) under a tqdm bar.
+    """
+    table_dir = table_dir or default_table_dir(cfg)
+    gen = cfg.generation
+    rows, asked, skipped = plan_rows(cfg, storage.done_ids(table_dir))
+    chunk = part_shapes(len(rows))
+    start = time.perf_counter()
+    results: list[tuple[str, str]] = []
+    written: set[str] = set()
+    stage = ShapEStage(gen) if gen.name == "shap_e" and rows else None
+    parts = category_parts(cfg, resolve_categories(cfg))
+    with tqdm(total=len(rows), desc=f"generate {gen.name}", unit="shape", disable=not cfg.progress) as bar:
+        for lo in range(0, len(rows), chunk):
+            block = rows[lo : lo + chunk]
+            if stage is None:
+                shapes, rejects = procedural_rows(block, cfg.data.num_points, gen.filter)
+            else:
+                done_rows = []
+                for b in range(0, len(block), gen.batch_size):
+                    sub = block[b : b + gen.batch_size]
+                    out = stage({k: np.array([r[k] for r in sub], dtype=object) for k in ROW_COLUMNS})
+                    done_rows += batch_rows(out, SDF_COLUMNS)
+                shapes, rejects = shap_e_rows(done_rows, parts, gen, cfg.seed, cfg.data.num_points)
+            table = write_results(storage, cfg.run, table_dir, [r["shape_id"] for r in block], shapes, rejects)
+            results += list(zip(table.column("shape_id").to_pylist(), table.column("error").to_pylist()))
+            written.update(table.column("part").to_pylist())
+            bar.update(len(block))
+    summary = summarise(cfg, asked, skipped, results, written, time.perf_counter() - start, storage, table_dir)
+    log.info("generate (local): %s", summary)
+    return summary
