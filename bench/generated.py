@@ -10,7 +10,7 @@ Per covered Labeled PSB category, the Pre student (forward distillation) distill
 
 all scored on the PSB test half (``eval.data.*``) against the teacher's own votes on those
 shapes (``voting``, ``voting_nearest``). The teacher is the *simulated* ``glip_like`` one
-(DESIGN §4): a stand-in for a VLM, never presented as one. Vocabulary: every shape is
+(docs/design.md §4): a stand-in for a VLM, never presented as one. Vocabulary: every shape is
 mapped onto the concepts procedural and PSB share (``data.vocabulary=[procedural,psb]``,
 ``distill.vocab``); the mappings used are printed. ``--truth`` adds the same students
 trained on ground-truth labels instead of the teacher's units (the ceiling).

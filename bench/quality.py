@@ -1,6 +1,6 @@
 """Quality benchmark: does the student beat the teacher's own votes?
 
-For a labelled corpus and the *simulated* ``glip_like`` teacher (DESIGN §4 — a stand-in
+For a labelled corpus and the *simulated* ``glip_like`` teacher (docs/design.md §4 — a stand-in
 for a VLM, never presented as one), per category and over seeds (mean ± std):
 
 * ``voting``          per point, the best-scored part over the units covering it (PartSLIP-style);

@@ -17,7 +17,7 @@ label is flipped to another part with probability 0.3 (score U[0.5, 0.8] when wr
 U[0.5, 0.95] when right). Does the student beat voting on the same units?
 
 ``psb``: the benchmark setting: Labeled PSB with the simulated ``glip_like`` teacher
-(render 320², DESIGN §4), units cached under ``bench/results/cache/``. ``--mode tta``
+(render 320², docs/design.md §4), units cached under ``bench/results/cache/``. ``--mode tta``
 distils on all 190 shapes and scores them; ``--mode pre`` distils on each category's
 first 5 and scores the other 5. Voting on the scored shapes' own units is the baseline.
 

@@ -26,7 +26,16 @@ from cluster.storage import Storage
 from distill.labels import LabelSpace
 from distill.records import SAMPLE_SCHEMA, KnowledgeUnits, row_to_shape, table_to_scores, table_to_units
 from distill.samples import Batch, ShapeSample, collate, mix_seed, prepare_sample
-from distill.sources import CALIBRATION_SHAPES, REFERENCE_SHAPES, VALIDATION_SHAPES, SampleSource, in_validation
+from distill.sources import (
+    CALIBRATION_SHAPES,
+    REFERENCE_SHAPES,
+    VALIDATION_SHAPES,
+    SampleSource,
+    category_quota,
+    in_validation,
+    stratified,
+    stratified_chunks,
+)
 
 SHAPE_COLUMNS = ["shape_id", "category", "part_names", "num_points", "points", "normals", "source", "meta"]
 """What training reads of a shape part: no mesh, no labels (meshes are for rendering and
@@ -277,35 +286,32 @@ class PartSource(SampleSource):
                 yield collate(buffer[: self.batch_size])
                 buffer = buffer[self.batch_size :]
 
+    def _categories_of(self, item: PartItem) -> list[int]:
+        """The label-space indices of an item's categories (from its manifest)."""
+        return [self.space.categories.index(c) for c in item.categories if c in self.space.categories]
+
+    def _pick(self, total: int, keep: Callable[[ShapeSample], bool], trained_only: bool) -> Iterator[list[ShapeSample]]:
+        """``total`` samples spread over the categories (``stratified_chunks``), reading only
+        parts whose categories still need some."""
+        cats = {c for item in self.items if item.with_units or not trained_only for c in self._categories_of(item)}
+        quota = category_quota(total, len(cats))
+        return stratified_chunks(self.items, self._load, quota, cats, self._categories_of, keep)
+
     def calibration_samples(self) -> list[ShapeSample]:
         if self._calibration is None:
-            picked: list[ShapeSample] = []
-            for chunk in self.scan():
-                picked += [s for s in chunk if self.is_train(s)][: CALIBRATION_SHAPES - len(picked)]
-                if len(picked) >= CALIBRATION_SHAPES:
-                    break
-            self._calibration = picked
+            chunks = self._pick(CALIBRATION_SHAPES, self.is_train, trained_only=True)
+            self._calibration = sorted((s for chunk in chunks for s in chunk), key=lambda s: s.category)
         return self._calibration
 
     def reference_samples(self) -> list[ShapeSample]:
-        picked: dict[int, list[ShapeSample]] = {}
-        for item in self.items:
-            cats = [self.space.categories.index(c) for c in item.categories if c in self.space.categories]
-            if cats and all(len(picked.get(c, [])) >= REFERENCE_SHAPES for c in cats):
-                continue  # every category of this part has its references already
-            for s in self._load(item):
-                if len(picked.setdefault(s.category, [])) < REFERENCE_SHAPES:
-                    picked[s.category].append(s)
-        return [s for group in picked.values() for s in group]
+        cats = range(self.space.num_categories)
+        return stratified(self.items, self._load, REFERENCE_SHAPES, cats, self._categories_of)
 
     def validation_chunks(self) -> Iterator[list[ShapeSample]]:
         if not self.has_validation:
-            return
-        left = VALIDATION_SHAPES
-        for chunk in self.scan():
-            val = [s for s in chunk if s.num_units and in_validation(s.shape_id, self.seed, self.val_fraction)]
-            if val:
-                yield val[:left]
-                left -= len(val[:left])
-            if left <= 0:
-                return
+            return iter(())
+
+        def held_out(s: ShapeSample) -> bool:
+            return s.num_units > 0 and in_validation(s.shape_id, self.seed, self.val_fraction)
+
+        return self._pick(VALIDATION_SHAPES, held_out, trained_only=True)

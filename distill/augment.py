@@ -1,4 +1,4 @@
-"""Training-time point-cloud augmentation (DESIGN §3, the official ``augment_cloud``).
+"""Training-time point-cloud augmentation (docs/design.md §3, the official ``augment_cloud``).
 
 Per shape: anisotropic scale, one factor per axis uniform in [0.9, 1.1]; shift, one offset
 per axis uniform in [−0.1, 0.1]. Per point: Gaussian jitter σ = 0.01 clipped to ±0.02.

@@ -1,6 +1,6 @@
 """Back-projection: 2D boxes / masks of each view → knowledge units on the 3D points.
 
-A unit (DESIGN §3) is one box or mask of one view: the points visible in that view whose
+A unit (docs/design.md §3) is one box or mask of one view: the points visible in that view whose
 projection falls inside the box (or on a mask pixel), carrying the prediction's label
 and score. Units that cover no point are dropped.
 

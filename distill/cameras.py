@@ -19,7 +19,7 @@ import numpy as np
 from distill.config import RenderConfig
 from distill.views import Cameras
 
-# PartSLIP's 10 views, (elevation, azimuth) in degrees (DESIGN §3).
+# PartSLIP's 10 views, (elevation, azimuth) in degrees (docs/design.md §3).
 PARTSLIP_VIEWS: tuple[tuple[float, float], ...] = (
     (10, 0),
     (10, 90),
@@ -175,7 +175,7 @@ def camera_basis(eye: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def project_reference(points: np.ndarray, cams: Cameras) -> tuple[np.ndarray, np.ndarray]:
-    """``project``'s slow reference (DESIGN §5.3, for tests): per point and view, (x, y,
+    """``project``'s slow reference (docs/design.md §5.3, for tests): per point and view, (x, y,
     depth) on the camera's own basis, then the pinhole.
 
     points: (N, 3) → uv: (V, N, 2) float64 · depth: (V, N) float64.

@@ -84,7 +84,7 @@ class DataConfig:
     """all | train | val | test. ShapeNetPart uses its official lists; other sources
     split by sorted id within each category: ``train`` = first half, ``test`` = rest."""
     num_points: int = 2048
-    """Points per shape (DESIGN §3: 2048)."""
+    """Points per shape (docs/design.md §3: 2048)."""
     per_category: int = 0
     """At most this many shapes per category (0: all). For ``procedural``: how many to make
     (0: 24)."""
@@ -127,16 +127,15 @@ class EvalConfig:
 
 @dataclass
 class RenderConfig:
-    """Multi-view rendering (DESIGN §3: PartSLIP's 10 views at distance 2.2, 800²)."""
+    """Multi-view rendering (docs/design.md §3: PartSLIP's 10 views at distance 2.2, 800²)."""
 
     views: str = "partslip"
     """partslip | ring | sphere."""
     num_views: int = 10
     """For ring / sphere view sets."""
     image_size: int = 320
-    """Pixels per side. PartSLIP renders 800²; box voting measures the same at 320²
-    (bench/render.py: 78.1 vs 78.0 mIoU with clean boxes, 44.0 vs 44.0 with glip_like on
-    the 190 PSB shapes) at a third of the CPU time. The ``cluster`` preset uses 800."""
+    """Pixels per side. PartSLIP renders 800²; box voting measures the same at 320² at a
+    third of the CPU time (docs/results.md, "Render speed"). The ``cluster`` preset uses 800."""
     distance: float = 2.2
     fov_deg: float = 60.0
     """Vertical field of view; ≥ 54° keeps the whole unit sphere in view at distance 2.2."""
@@ -203,9 +202,8 @@ class StudentConfig:
 
     backbone: str = "pointnet2"
     """pointnet2 | dgcnn | dgcnn_static | pointnet. PointNet++ (32 wide, 16 neighbours) is
-    the default: on the PSB benchmark (tta, glip_like, 25 epochs) it reached 52.0 mIoU
-    against 49.6 for PointNet and 45.1 for the better voting baseline, and it trains
-    several times faster than DGCNN on a CPU (bench/student.py)."""
+    the default: the best measured on the PSB benchmark, and several times faster than
+    DGCNN on a CPU (bench/student.py; docs/results.md, "Student backbones")."""
     width: int = 32
     """Base channel width."""
     k: int = 16
@@ -218,9 +216,8 @@ class StudentConfig:
     """none | cube: turn every cloud, before the network, by the cube rotation (axis
     permutation with sign flips, no mirroring) that best matches its category's reference
     clouds, chosen from the distillation shapes by geometry alone (distill/pose.py). For
-    collections whose shapes are not consistently posed: on the PSB sample in Pre mode it
-    lifts the student from 39.1 to 43.3 mIoU (3 seeds). On a consistently posed corpus it
-    costs (procedural, python jobs/pretrain.py: 57.2 vs 61.0), hence off by default."""
+    collections whose shapes are not consistently posed (it helps on the PSB sample); on a
+    consistently posed corpus it costs a little, hence off by default (docs/results.md)."""
 
     def __post_init__(self) -> None:
         check_positive("student.width", self.width)
@@ -234,7 +231,7 @@ RESCORE_RULES = ("agreement", "point", "agreement_balanced", "point_balanced")
 
 @dataclass
 class TrainConfig:
-    """Forward then backward distillation (DESIGN §3)."""
+    """Forward then backward distillation (docs/design.md §3)."""
 
     epochs: int = 25
     batch_size: int = 16
@@ -244,7 +241,7 @@ class TrainConfig:
     bd_rounds: int = 0
     """Backward-distillation rounds (0: forward distillation only, the default: on the
     Labeled PSB sample no re-scoring rule made the student better, 3 seeds in Pre and
-    TTA, README "Backward distillation"; the paper uses 1)."""
+    TTA, docs/results.md "Backward distillation"; the paper uses 1)."""
     bd_trigger: str = "plateau"
     """plateau (5-epoch moving average of the loss changes by < bd_plateau_delta) | epoch."""
     bd_epoch: int = 10
@@ -252,7 +249,7 @@ class TrainConfig:
     bd_plateau_delta: float = 0.01
     rescore: str = "point_balanced"
     """Backward distillation's re-scoring rule (``RESCORE_RULES``, ``distill.rescore``), used
-    when bd_rounds > 0; the default is the best measured (README "Backward distillation":
+    when bd_rounds > 0; the default is the best measured (docs/results.md "Backward distillation":
     it ties forward distillation, the paper's rule loses 4 points): agreement (the paper:
     the fraction of a unit's points the student labels with the unit's label) | point
     (each (point, unit) pair weighted by the student's probability of the unit's label

@@ -1,4 +1,4 @@
-"""One shape → its knowledge units: render → teacher → back-project (DESIGN §3).
+"""One shape → its knowledge units: render → teacher → back-project (docs/design.md §3).
 
 The three steps are separate functions so that a distributed pipeline can run rendering
 on CPU workers and the teacher on GPU actors; ``extract_shape`` chains them in-process.

@@ -1,4 +1,4 @@
-"""The forward-distillation loss (DESIGN §3) and its per-batch class weights.
+"""The forward-distillation loss (docs/design.md §3) and its per-batch class weights.
 
 Loss. For point i covered by the set U_i of knowledge units (unit k: label y_k, score c_k),
 

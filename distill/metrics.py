@@ -1,4 +1,4 @@
-"""Part-segmentation metrics (DESIGN §3).
+"""Part-segmentation metrics (docs/design.md §3).
 
 Per shape: IoU of every part of its category; a part absent from both prediction and
 truth scores 1; the shape's mIoU is their mean ×100. Points labelled −1 in the truth are

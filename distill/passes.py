@@ -21,6 +21,7 @@ from distill.losses import distillation_loss
 from distill.metrics import MIoUTable
 from distill.records import Shape
 from distill.samples import Batch, ShapeSample, collate, prepare_sample, size_batches
+from distill.sources import category_quota, stratified
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -143,8 +144,9 @@ def recalibrate_batchnorm(
     the synthetic test shapes). So before every prediction that matters (re-scoring,
     validation, the final model) the statistics are recomputed as the plain average over
     un-augmented ``samples`` ("precise BN"), dropout off: at most ``max_shapes`` of them,
-    evenly spaced through the list (64 × 2048 points estimate a mean and variance per
-    channel well, and cap the cost at a fraction of an epoch on large corpora). Runs on
+    shared by the categories (``distill.sources.stratified``: statistics of one category
+    are wrong for the others; 64 × 2048 points estimate a mean and variance per channel
+    well, and cap the cost at a fraction of an epoch on large corpora). Runs on
     the unwrapped model (no DDP collectives); deterministic, so all workers agree.
     """
     bare = unwrap(model)
@@ -160,8 +162,9 @@ def recalibrate_batchnorm(
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the batches below
-    if len(samples) > max_shapes:
-        samples = [samples[int(i)] for i in np.linspace(0, len(samples) - 1, max_shapes).round()]
+    if len(samples) > max_shapes:  # the sources' rule: every category keeps its share
+        quota = category_quota(max_shapes, len({s.category for s in samples}))
+        samples = stratified([samples], lambda part: part, quota)
     by_n: dict[int, list[ShapeSample]] = {}
     for s in samples:
         by_n.setdefault(s.num_points, []).append(s)

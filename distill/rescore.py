@@ -1,4 +1,4 @@
-"""Backward distillation (DESIGN §3): re-score knowledge units with the student, and when.
+"""Backward distillation (docs/design.md §3): re-score knowledge units with the student, and when.
 
 ``rescore`` replaces each unit's score by the fraction of its points where the student
 predicts the unit's label (the official code's per-box "IoU", intersect / |box points|);

@@ -1,4 +1,4 @@
-"""From meshes and raw point sets to normalised, fixed-size ``Shape`` records (DESIGN §2, §3).
+"""From meshes and raw point sets to normalised, fixed-size ``Shape`` records (docs/design.md §2, §3).
 
 Every shape is centred on its bounding-box centre and scaled so that the farthest point
 from that centre lies on the unit sphere. The transform is computed once and applied to

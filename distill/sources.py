@@ -14,18 +14,28 @@ training batches, and, when it needs them, for a bounded set of un-augmented sam
 
 ``in_validation`` is the streaming sources' validation split: a hash of (seed, shape id),
 so any process decides it for one shape alone, without seeing the others.
+
+Every bounded subset a source hands out for statistics (BatchNorm re-calibration, pose
+references, validation) is chosen by one rule, ``stratified``: the first few samples of
+*each category* in the source's order, never the first few of the corpus. Corpora are
+stored grouped by category, so "the first 64 shapes" is one category at scale, and a
+student whose BatchNorm statistics come from one category predicts the others from
+statistics of the wrong shapes (docs/design.md §5.12).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import replace
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from distill.samples import Batch, ShapeSample, epoch_batches, split_validation
+
+T = TypeVar("T")
 
 CALIBRATION_SHAPES = 64
 """Shapes for BatchNorm re-calibration: 64 × 2048 points estimate a channel's mean and
@@ -35,6 +45,65 @@ VALIDATION_SHAPES = 1024
 enough to rank checkpoints, and an epoch's validation never reads the whole corpus."""
 REFERENCE_SHAPES = 32
 """Shapes per category offered to the pose co-alignment (``student.align``)."""
+
+
+def category_quota(total: int, num_categories: int) -> int:
+    """Samples per category when ``total`` are shared by ``num_categories``: at least one
+    each, so every category is covered (the total then exceeds ``total`` only when there
+    are more categories than ``total``)."""
+    if total < 1:
+        raise ValueError(f"total={total} must be >= 1")
+    return max(1, total // max(1, num_categories))
+
+
+def stratified_chunks(
+    parts: Iterable[T],
+    load: Callable[[T], Sequence[ShapeSample]],
+    quota: int,
+    categories: Collection[int] = (),
+    part_categories: Callable[[T], Collection[int]] | None = None,
+    keep: Callable[[ShapeSample], bool] = lambda s: True,
+) -> Iterator[list[ShapeSample]]:
+    """The first ``quota`` samples of each category that ``keep`` accepts, in the order the
+    parts give them, yielded a part at a time (memory: one part).
+
+    parts, load: where the samples come from, one part at a time · categories: the
+    category indices to fill: reading stops once each has ``quota`` (empty: read every
+    part) · part_categories: the categories a part holds (from its manifest): a part
+    whose categories are all full is not loaded, so a corpus stored grouped by category
+    is not read to its end.
+    """
+    counts: dict[int, int] = {}
+
+    def full(cats: Collection[int]) -> bool:
+        return bool(cats) and all(counts.get(c, 0) >= quota for c in cats)
+
+    for part in parts:
+        if full(categories):
+            return
+        if part_categories is not None and full(part_categories(part)):
+            continue
+        picked = []
+        for s in load(part):
+            if counts.get(s.category, 0) < quota and keep(s):
+                counts[s.category] = counts.get(s.category, 0) + 1
+                picked.append(s)
+        if picked:
+            yield picked
+
+
+def stratified(
+    parts: Iterable[T],
+    load: Callable[[T], Sequence[ShapeSample]],
+    quota: int,
+    categories: Collection[int] = (),
+    part_categories: Callable[[T], Collection[int]] | None = None,
+    keep: Callable[[ShapeSample], bool] = lambda s: True,
+) -> list[ShapeSample]:
+    """``stratified_chunks`` as one list, grouped by category (ascending), in source order
+    within each category."""
+    picked = [s for chunk in stratified_chunks(parts, load, quota, categories, part_categories, keep) for s in chunk]
+    return sorted(picked, key=lambda s: s.category)  # stable
 
 
 def in_validation(shape_id: str, seed: int, fraction: float) -> bool:
@@ -65,7 +134,8 @@ class SampleSource:
         raise NotImplementedError
 
     def calibration_samples(self) -> list[ShapeSample]:
-        """At most ``CALIBRATION_SHAPES`` training samples, the same ones every call."""
+        """About ``CALIBRATION_SHAPES`` training samples spread over every category that has
+        any (``stratified``), the same ones every call."""
         raise NotImplementedError
 
     def reference_samples(self) -> list[ShapeSample]:
@@ -137,9 +207,8 @@ class InMemorySource(SampleSource):
 
     def calibration_samples(self) -> list[ShapeSample]:
         train = [self.samples[i] for i in self.train_idx]
-        if len(train) > CALIBRATION_SHAPES:
-            train = [train[int(i)] for i in np.linspace(0, len(train) - 1, CALIBRATION_SHAPES).round()]
-        return train
+        quota = category_quota(CALIBRATION_SHAPES, len({s.category for s in train}))
+        return stratified([train], lambda part: part, quota)
 
     def reference_samples(self) -> list[ShapeSample]:
         return list(self.samples)

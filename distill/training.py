@@ -249,7 +249,7 @@ def distil(
         gen = torch.Generator().manual_seed(mix_seed(seed, epoch, workers.rank, 1)) if cfg.augment else None
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(mix_seed(seed, epoch, workers.rank, 2))  # dropout
-            stats = train_epoch(model, optimizer, scheduler, batches, device, space, gen)
+            stats = train_epoch(model, optimizer, scheduler, batches, device, space, gen, amp=cfg.amp)
         loss = float(workers.mean(stats["loss"]))
         state.epoch = epoch + 1
         state.losses.append(loss)

@@ -17,7 +17,7 @@ GPU actor and the third in CPU tasks):
 
 Why not the pipeline's ``output_type="mesh"``: its marching cubes (``MeshDecoder``) reads
 its triangle tables from the ``cases``/``masks`` buffers of the checkpoint, so it only
-works with the real weights (with any other weights it returns no triangles; DESIGN §7),
+works with the real weights (with any other weights it returns no triangles; docs/design.md §7),
 and it runs on the same device as the prior. Steps 2–3 are the same computation (same
 MLP, same lattice, same zero level, same closed border) with scikit-image's tables: one
 code path for real weights and test weights, and the cheap CPU half of decoding can run
@@ -26,7 +26,7 @@ instead of copying them into the renderer's MLP (the pipeline's way), so a gener
 holds no per-shape state.
 
 Frame: Shap-E's objects stand on +z; ours stand on +y with the front towards +z
-(DESIGN), so vertices are mapped (x, y, z) → (−x, z, y) — the rotation Hugging Face's
+(docs/design.md), so vertices are mapped (x, y, z) → (−x, z, y) — the rotation Hugging Face's
 Shap-E demo applies before exporting (−90° about x, then 180° about y).
 
 ``generated_shape`` turns a mesh into an unlabelled ``Shape`` (source ``generated``,

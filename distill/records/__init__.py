@@ -1,4 +1,4 @@
-"""The records that flow between stages, and their Parquet schemas (DESIGN §2).
+"""The records that flow between stages, and their Parquet schemas (docs/design.md §2).
 
 This package defines every table and every row a stage hands another; each module
 documents its schemas column by column:

@@ -1,4 +1,4 @@
-"""The shape table (``{root}/{run}/shapes/``): one row per shape (DESIGN §2).
+"""The shape table (``{root}/{run}/shapes/``): one row per shape (docs/design.md §2).
 
 SHAPE_SCHEMA
     shape_id: string (unique in its corpus) · category: string · part_names: list<string>
@@ -71,7 +71,7 @@ class Mesh:
 
 @dataclass
 class Shape:
-    """One shape (DESIGN §2).
+    """One shape (docs/design.md §2).
 
     points: (N, 3) float32, centred and scaled into the unit sphere · normals: (N, 3)
     float32 or None · labels: (N,) int64 or None (−1 = unlabelled; else an index into

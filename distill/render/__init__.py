@@ -12,25 +12,11 @@ the manner of pytorch3d's ``PointsRenderer(rasterizer, compositor)``:
 - ``shading`` (two-sided Lambert, grey on white);
 
 in ``renderer``. Each fast kernel has its slow, obviously correct reference beside it
-(``*_reference``, DESIGN §5.3), which the tests check it against.
+(``*_reference``, docs/design.md §5.3), which the tests check it against.
 
-Speed (``python bench/render.py speed``; one core, torch on one thread as in a Ray CPU
-task; Bust 301, 18,500 faces / 2,048 points; 10 PartSLIP views; CPU seconds per shape
-on a shared, loaded 2-core machine; the chain adds the glip_like box teacher,
-back-projection and voting, ≈ 0.13 s at 800², 0.02 s at 320²):
-
-=====  =================  ==============  ===========
-size   mesh embree        mesh torch      points
-=====  =================  ==============  ===========
-800²   0.78 (chain 0.90)  0.93 (1.06)     0.56 (0.70)
-512²   0.41 (0.50)        0.52 (0.60)     0.21 (0.30)
-320²   0.18–0.25 (0.27)   0.32 (0.35)     0.10 (0.12)
-=====  =================  ==============  ===========
-
-Quality does not need 800² (``python bench/render.py quality``, all 190 Labeled-PSB shapes,
-per-shape mIoU of ``vote``): clean boxes 78.1 at 320² vs 78.0 at 800², glip_like boxes
-44.0 vs 44.0; masks gain a little with size (glip_like 58.2 vs 61.8) because the
-simulated mask error is in pixels. Torch uses many threads by default; on a busy machine
+Speed and quality by image size (``python bench/render.py speed`` / ``quality``): see
+docs/results.md, "Render speed"; quality does not need 800² renders, so 320² is the
+default. Torch uses many threads by default; on a busy machine
 its thread synchronisation made the splatting 30× slower (1.5 s vs 0.05 s at 256²), so
 run rendering with one torch thread per process (Ray CPU tasks already do).
 """

@@ -9,7 +9,7 @@ wrapper converts every ray to float64, normalises and rescales it, which cost 4�
 (10 views at 800², a 17k-face chair: 2.1 s through trimesh vs 0.62 s direct, identical
 face ids on 99.9996 % of the pixels; the rest are ties on shared edges).
 
-``raycast_mesh_reference`` (DESIGN §5.3, for tests): every pixel-centre ray against every
+``raycast_mesh_reference`` (docs/design.md §5.3, for tests): every pixel-centre ray against every
 triangle (Möller–Trumbore) in plain Python: no z-buffer packing, no bucketing and no
 window cropping to get wrong. Use tiny images and meshes: cost is O(V·S²·F).
 """

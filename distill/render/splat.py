@@ -56,7 +56,7 @@ def splat_points(points: np.ndarray, cams: Cameras, radius: float) -> tuple[np.n
 
 
 def splat_points_reference(points: np.ndarray, cams: Cameras, radius: float) -> tuple[np.ndarray, np.ndarray]:
-    """``splat_points``' slow reference (DESIGN §5.3, for tests): for every pixel, in plain
+    """``splat_points``' slow reference (docs/design.md §5.3, for tests): for every pixel, in plain
     Python, the nearest point whose disk (radius projected to pixels, at least
     ``MIN_SPLAT_PX``) covers the pixel centre. Use tiny images: cost is O(V·S²·N).
 

@@ -17,7 +17,7 @@ Point clouds
     visibility``, 38 PSB shapes, 320²): HPR precision 0.917, recall 0.890, agreement 0.920;
     depth test (radius 0.02) 0.752 / 0.701 / 0.765.
 
-The references (DESIGN §5.3, for tests) loop over points in plain Python against every
+The references (docs/design.md §5.3, for tests) loop over points in plain Python against every
 triangle or every point; use tiny inputs.
 """
 

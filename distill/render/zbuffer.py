@@ -4,7 +4,7 @@ splatter) reduce per pixel.
 Faces are grouped by pixel footprint and every candidate (face, pixel) pair is tested in
 one batch; the nearest candidate of each pixel wins by one ``scatter_reduce(amin)`` over
 a packed depth|face key. It is the fallback when embreex is not installed; trimesh's own
-fallback (rtree + numpy) is 100–1000× slower and runs out of memory at 256² (DESIGN §7),
+fallback (rtree + numpy) is 100–1000× slower and runs out of memory at 256² (docs/design.md §7),
 so it is never used. The slow reference is ``raycast_mesh_reference`` (``raycast.py``).
 """
 

@@ -1,6 +1,6 @@
 """The 3D students: per-point part classifiers, xyz (B, N, 3) → logits (B, N, num_parts).
 
-Registry (DESIGN §5.7): ``STUDENTS[name](num_parts, width, k, use_normals, dropout,
+Registry (docs/design.md §5.7): ``STUDENTS[name](num_parts, width, k, use_normals, dropout,
 num_categories)``; ``build_student(cfg, num_parts)`` builds one from ``StudentConfig`` and
 loads an optional pretrained encoder. Every student has an ``encoder`` (per-point
 features) and a ``head`` (features [+ category embedding] → logits), and is called as

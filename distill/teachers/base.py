@@ -1,7 +1,7 @@
 """The teacher interface: rendered views + part names → per-view boxes or masks.
 
 Every teacher (real VLMs and the simulated one) returns the same ``ViewPrediction`` per
-view; ``filter_predictions`` applies the rules shared by all (DESIGN §3): keep scores at
+view; ``filter_predictions`` applies the rules shared by all (docs/design.md §3): keep scores at
 or above the threshold, drop boxes that cover the whole projected shape.
 """
 
@@ -78,7 +78,7 @@ def filter_predictions(
     whole_object_fraction: float = 0.98,
 ) -> ViewPrediction:
     """Keep ``score >= score_threshold``; drop boxes (and masks) covering ≥
-    ``whole_object_fraction`` of the projected shape's pixels (DESIGN §3: whole-object
+    ``whole_object_fraction`` of the projected shape's pixels (docs/design.md §3: whole-object
     boxes carry no part).
 
     shape_mask: (H, W) bool pixels covered by the shape in this view.

@@ -1,4 +1,4 @@
-"""The common local Ray of the cluster tests: one per test module (DESIGN §5.10).
+"""The common local Ray of the cluster tests: one per test module (docs/design.md §5.10).
 
 Module scope, not session: a module's actors, Ray Data state and killed workers (the fault
 tests) never leak into the next module, and modules that need a Ray of their own — the

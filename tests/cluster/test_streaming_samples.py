@@ -157,3 +157,38 @@ def test_students_run_concurrently_as_the_cluster_holds_groups(workers, gpus, cl
     assert concurrent_students(cfg, cluster) == expected
     fixed = load_config(["cluster.concurrent_students=3"])
     assert concurrent_students(fixed, cluster) == 3
+
+
+def test_statistics_subsets_cover_every_category_and_skip_full_parts(tmp_path):
+    """Calibration, references and validation are shared by the categories: with parts stored
+    grouped by category, "the first 64 shapes" would all be the first category's."""
+    storage = Storage(str(tmp_path))
+    _write(storage, "r", per_part=30, parts_per_category=3)  # 29 shapes with units a part
+    (plan,) = _plans(storage, per_category=False)
+    source = PartSource(storage, plan.tables(0), plan.items, plan.space, 32, 4, seed=0, val_fraction=0.2)
+    storage.reads.reset()
+    calib = source.calibration_samples()
+    by_cat = np.bincount([s.category for s in calib], minlength=2)
+    assert by_cat.tolist() == [32, 32]  # 64 shared by Lamp and Mug
+    assert all(source.is_train(s) for s in calib)
+    assert storage.reads.rows["r/shapes"] < 6 * 30  # a category's last part is never read
+    refs = source.reference_samples()
+    assert np.bincount([s.category for s in refs]).tolist() == [32, 32]
+    val = [s.category for chunk in source.validation_chunks() for s in chunk]
+    assert set(val) == {0, 1}
+
+
+def test_in_memory_calibration_is_stratified_too():
+    from distill.labels import LabelSpace
+    from distill.samples import prepare_sample
+    from distill.sources import CALIBRATION_SHAPES, InMemorySource
+
+    rng = np.random.default_rng(0)
+    shapes = [Shape(f"{c}/{i}", c, ["a", "b"], rng.normal(size=(16, 3))) for c in ("A", "B", "C") for i in range(40)]
+    space = LabelSpace.from_shapes(shapes)
+    samples = []
+    for s in shapes:
+        u = KnowledgeUnits.from_lists(s.shape_id, [0], [0], [0.9], [np.arange(8)])
+        samples.append(prepare_sample(s, u, space))
+    calib = InMemorySource(samples, 4, seed=0).calibration_samples()
+    assert np.bincount([s.category for s in calib]).tolist() == [CALIBRATION_SHAPES // 3] * 3

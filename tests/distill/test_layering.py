@@ -1,4 +1,4 @@
-"""The house's import rule for ``distill/`` (DESIGN §1): it never imports ``generation`` or ``ray``."""
+"""The house's import rule for ``distill/`` (docs/design.md §1): it never imports ``generation`` or ``ray``."""
 
 from __future__ import annotations
 

@@ -22,11 +22,9 @@ from distill.metrics import MIoUSums
 from distill.passes import predict
 from distill.records import row_to_shape
 from distill.student import build_student
-from tests.conftest import REPO, shared_data
+from tests.conftest import REPO, SMOKE_VOTING, SMOKE_VOTING_NEAREST, run_fresh, shared_data
 
 # The smoke run's recorded mIoU (category mean over its 6 evaluated shapes); see the test.
-SMOKE_VOTING = 40.04
-SMOKE_VOTING_NEAREST = 42.66
 SMOKE_STUDENT = 30.85
 SMOKE_STUDENT_TOL = 4.0  # 26.85-34.85: 27.91 with 1 torch thread, 33.79 with 2, ~1 point either side
 
@@ -135,21 +133,8 @@ def test_segment_user_files_gives_labels_ply_and_pictures(smoke_run, tmp_path):
 
 
 def test_job_cli_last_line_is_json_and_bad_key_fails(tmp_path):
-    run = subprocess.run(
-        [
-            sys.executable,
-            "jobs/ingest.py",
-            f"storage.root={tmp_path}",
-            "data.per_category=1",
-            "data.categories=[lamp]",
-            "progress=false",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr
+    argv = [f"storage.root={tmp_path}", "data.per_category=1", "data.categories=[lamp]", "progress=false"]
+    run = run_fresh(["jobs/ingest.py", *argv], timeout=300)
     summary = json.loads(run.stdout.strip().splitlines()[-1])
     assert summary["shapes"] == 1 and summary["categories"] == ["Lamp"]
     bad = subprocess.run(
