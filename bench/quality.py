@@ -1,24 +1,26 @@
 """Quality benchmark: does the student beat the teacher's own votes?
 
 For a labelled corpus and the *simulated* ``glip_like`` teacher (docs/design.md §4 — a stand-in
-for a VLM, never presented as one), per category and over seeds (mean ± std):
+for a VLM, never presented as one), per category, mean ± std over init seeds × data orders:
 
 * ``voting``          per point, the best-scored part over the units covering it (PartSLIP-style);
 * ``voting_nearest``  the same, uncovered points taking their nearest covered point's label;
-* ``student_fd``      the student after forward distillation only;
-* ``student_fd_bd``   the student after forward + backward distillation.
+* ``student``         the student, trained and scored by the jobs' own code.
 
-Modes: ``pre`` distils on ``data`` (e.g. the train half) and scores ``eval.data`` (the
-test half); ``tta`` distils on ``eval.data`` itself and scores it. Both score the same
-shapes, so the rows compare. Checkpoints are fixed by the schedule (last epoch) or chosen
-on teacher agreement (``train.select=val``): test labels are read only to score.
+The student is the job's: every run goes through ``cluster.pipeline.train_stage`` (the
+streaming ``PartSource``, its calibration and pose references, checkpoints, the
+configured backward distillation) and ``evaluate_stage`` (the job's evaluation), so a bug
+in the job cannot hide from this benchmark. Knowledge is extracted once per seed (the
+simulated teacher's noise follows the seed) and linked into one run folder per
+(mode, order).
 
-The FD-only student is the FD+BD run's own trajectory branched before its first
-re-scoring (resumed from that epoch's state with ``train.bd_rounds=0``), so the two differ
-by backward distillation alone and the shared epochs are trained once.
+Modes: ``pre`` distils on ``data`` (the train half) and scores ``eval.data`` (the test
+half); ``tta`` distils on ``eval.data`` itself and scores it. Both score the same shapes,
+so the rows compare. Checkpoints are fixed by the schedule (last epoch) or chosen on
+teacher agreement (``train.select=val``): test labels are read only to score.
 
-    python bench/quality.py                      # Labeled PSB sample, 3 seeds, pre + tta
-    python bench/quality.py --seeds 0 --modes tta data.path=... eval.data.path=...
+    python bench/quality.py                              # Labeled PSB sample, 3 seeds × 2 orders, pre + tta
+    python bench/quality.py --seeds 0 --orders 100 --modes tta train.epochs=40
 
 Prints a Markdown table per mode, writes ``bench/results/quality.json``; the last line of
 output is a one-line JSON summary.
@@ -28,9 +30,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,19 +42,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cluster.config import Config, load_config  # noqa: E402
+from cluster.config import load_config  # noqa: E402
 from cluster.evaluate import voting_tables  # noqa: E402
-from cluster.pipeline import dirs, extract_stage  # noqa: E402
+from cluster.pipeline import dirs, evaluate_stage, extract_stage, train_stage  # noqa: E402
 from cluster.storage import Storage  # noqa: E402
-from distill.labels import LabelSpace, group_for_students  # noqa: E402
-from distill.metrics import MIoUTable  # noqa: E402
-from distill.passes import evaluate  # noqa: E402
 from distill.records import SHAPE_SCHEMA, UNIT_SCHEMA, KnowledgeUnits, Shape, table_to_shapes, table_to_units  # noqa: E402
-from distill.samples import prepare_samples  # noqa: E402
-from distill.student import build_student  # noqa: E402
-from distill.training import distil  # noqa: E402
 
-METHODS = ("voting", "voting_nearest", "student_fd", "student_fd_bd")
+METHODS = ("voting", "voting_nearest", "student")
 PSB = ROOT.parent / "shared" / "data" / "labeled_psb"
 DEFAULTS = [
     "data.source=psb",
@@ -80,82 +76,85 @@ def load(storage: Storage, shapes_dir: str, units_dir: str) -> tuple[list[Shape]
     return sorted(shapes, key=lambda s: s.shape_id), table_to_units(storage.read_table(units_dir, schema=UNIT_SCHEMA))
 
 
-def distil_fd_and_bd(
-    cfg: Config, shapes: list[Shape], units: dict[str, KnowledgeUnits], scored: list[Shape]
-) -> dict[str, MIoUTable]:
-    """Train the FD+BD students, branch the FD-only ones before re-scoring; score ``scored``."""
-    tables = {"student_fd": MIoUTable(), "student_fd_bd": MIoUTable()}
-    for group in group_for_students(shapes, cfg.train.per_category):
-        space = LabelSpace.from_shapes(group)
-        samples = prepare_samples(group, units, space, cfg.data.num_points, cfg.seed)
-        branch: dict[str, Any] = {}
-
-        def keep_round0(state: Any, branch: dict[str, Any] = branch) -> None:
-            if state.round == 0:
-                branch["state"] = state.state_dict()
-
-        torch.manual_seed(cfg.seed)
-        model = build_student(cfg.student, space.num_slots, space.num_categories)
-        bd = distil(model, samples, space, cfg.train, "cpu", cfg.seed, on_epoch_end=keep_round0)
-        fd_cfg = replace(cfg.train, bd_rounds=0)
-        if "state" in branch and branch["state"]["epoch"] < cfg.train.epochs:
-            torch.manual_seed(cfg.seed)
-            fd_model = build_student(cfg.student, space.num_slots, space.num_categories)
-            fd = distil(fd_model, samples, space, fd_cfg, "cpu", cfg.seed, resume=branch["state"]).model
-        else:  # no re-scoring happened: FD+BD is FD
-            fd = bd.model
-        mine = [s for s in scored if s.category in space.categories]
-        for name, m in (("student_fd", fd), ("student_fd_bd", bd.model)):
-            t = evaluate(m, mine, "cpu", cfg.train.batch_size, space)
-            tables[name].per_shape.update(t.per_shape)
-    return tables
+def link_run(root: Path, src: str, run: str, mode: str) -> None:
+    """``run``'s distillation shapes and knowledge as links into the extraction run ``src``:
+    its train half (``pre``, with its evaluated shapes) or its test half (``tta``)."""
+    dst = root / run
+    if dst.exists():
+        shutil.rmtree(dst)
+    (dst / "knowledge").mkdir(parents=True)
+    half = "" if mode == "pre" else "eval/"
+    (dst / "shapes").symlink_to(root / src / f"{half}shapes", target_is_directory=True)
+    (dst / "knowledge" / "round_0").symlink_to(root / src / f"{half}knowledge" / "round_0", target_is_directory=True)
+    if mode == "pre":
+        (dst / "eval").symlink_to(root / src / "eval", target_is_directory=True)
 
 
-def run_seed(argv: list[str], seed: int, modes: list[str], root: Path) -> dict[str, dict[str, MIoUTable]]:
-    cfg = load_config([*DEFAULTS, *argv, f"seed={seed}", f"run=quality-s{seed}", "mode=pre", f"storage.root={root}"])
+def job_student(argv: list[str], root: Path, src: str, seed: int, order: int, mode: str) -> dict[str, Any]:
+    """One student through the job's train and evaluate stages → its summary."""
+    run = f"{src}-{mode}-o{order}"
+    link_run(root, src, run, mode)
+    cfg = load_config(
+        [*DEFAULTS, *argv, f"seed={seed}", f"train.order_seed={order}", f"run={run}", f"mode={mode}", f"storage.root={root}"]
+    )
+    storage = Storage.from_config(cfg.storage)
+    trained = train_stage(cfg, storage)
+    evaluated = evaluate_stage(cfg, storage)
+    return {
+        "student": evaluated["student"],
+        "per_category": evaluated["per_category"]["student"],
+        "seconds": round(sum(s["seconds"] for s in trained["students"]), 1),
+    }
+
+
+def run_seed(argv: list[str], seed: int, orders: list[int], modes: list[str], root: Path) -> dict[str, list[dict]]:
+    """Extract once for ``seed``; → per mode, one result per order (votes and student)."""
+    src = f"quality-s{seed}"
+    cfg = load_config([*DEFAULTS, *argv, f"seed={seed}", f"run={src}", "mode=pre", f"storage.root={root}"])
     storage = Storage.from_config(cfg.storage)
     t0 = time.perf_counter()
     extract_stage(cfg, storage)
     extract_stage(cfg, storage, evaluated=True)
-    train_shapes, train_units = load(storage, *dirs(cfg))
     test_shapes, test_units = load(storage, *dirs(cfg, evaluated=True))
-    print(
-        f"seed {seed}: knowledge for {len(train_shapes)} + {len(test_shapes)} shapes in {time.perf_counter() - t0:.0f}s",
-        file=sys.stderr,
-    )
-    baselines = voting_tables(test_shapes, test_units)
-    out = {}
+    print(f"seed {seed}: knowledge in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    votes = {m: t.per_category() for m, t in voting_tables(test_shapes, test_units).items()}
+    out: dict[str, list[dict]] = {mode: [] for mode in modes}
     for mode in modes:
-        t0 = time.perf_counter()
-        shapes, units = (train_shapes, train_units) if mode == "pre" else (test_shapes, test_units)
-        students = distil_fd_and_bd(cfg, shapes, units, test_shapes)
-        out[mode] = {**baselines, **students}
-        means = {k: round(v.category_mean(), 1) for k, v in out[mode].items()}
-        print(f"seed {seed} {mode}: {means} ({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
+        for order in orders:
+            student = job_student(argv, root, src, seed, order, mode)
+            out[mode].append({**{m: {"per_category": v} for m, v in votes.items()}, "student": student})
+            print(f"seed {seed} order {order} {mode}: student {student['student']:.1f} "
+                  f"({student['seconds']:.0f}s training)", file=sys.stderr)  # fmt: skip
     return out
 
 
-def aggregate(per_seed: list[dict[str, MIoUTable]]) -> dict[str, Any]:
-    """Mean ± std over seeds of each method's per-category and category-mean mIoU."""
-    result: dict[str, Any] = {"per_category": {}}
+def aggregate(runs: list[dict]) -> dict[str, Any]:
+    """Mean ± std over runs of each method's per-category and category-mean mIoU, and of
+    the student's lead over ``voting_nearest``; the training time per student."""
+    result: dict[str, Any] = {"per_category": {}, "runs": len(runs)}
+    means: dict[str, list[float]] = {}
     for m in METHODS:
-        means = [t[m].category_mean() for t in per_seed]
-        result[m] = round(float(np.mean(means)), 2)
-        result[f"{m}_std"] = round(float(np.std(means)), 2)
         cats: dict[str, list[float]] = {}
-        for t in per_seed:
-            for c, v in t[m].per_category().items():
+        for r in runs:
+            for c, v in r[m]["per_category"].items():
                 cats.setdefault(c, []).append(v)
-        result["per_category"][m] = {
-            c: [round(float(np.mean(v)), 2), round(float(np.std(v)), 2)] for c, v in cats.items()
-        }
+        means[m] = [float(np.mean(list(r[m]["per_category"].values()))) for r in runs]
+        result[m] = round(float(np.mean(means[m])), 2)
+        result[f"{m}_std"] = round(float(np.std(means[m])), 2)
+        result["per_category"][m] = {c: [round(float(np.mean(v)), 2), round(float(np.std(v)), 2)] for c, v in cats.items()}
+    lead = np.subtract(means["student"], means["voting_nearest"])
+    result["lead"], result["lead_std"] = round(float(lead.mean()), 2), round(float(lead.std()), 2)
+    below = [c for c, (v, _) in result["per_category"]["student"].items() if v < result["per_category"]["voting_nearest"][c][0]]
+    result["below_vote"] = sorted(below)
+    result["train_seconds"] = round(float(np.mean([r["student"]["seconds"] for r in runs])), 1)
     return result
 
 
-def markdown(mode: str, agg: dict[str, Any], seeds: int) -> str:
+def markdown(mode: str, agg: dict[str, Any], what: str) -> str:
     cats = sorted(agg["per_category"]["voting"])
     lines = [
-        f"**{mode}** (mIoU, mean ± std over {seeds} seed{'s' if seeds > 1 else ''})",
+        f"**{mode}** (mIoU, mean ± std over {what}; student − voting_nearest {agg['lead']:+.1f} ± {agg['lead_std']:.1f}; "
+        f"{agg['train_seconds']:.0f} s training a student)",
         "",
         "| category | " + " | ".join(METHODS) + " |",
         "|---|" + "---:|" * len(METHODS),
@@ -173,7 +172,8 @@ def markdown(mode: str, agg: dict[str, Any], seeds: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="init (and teacher) seeds")
+    parser.add_argument("--orders", type=int, nargs="+", default=[100, 101], help="data-order seeds (train.order_seed)")
     parser.add_argument("--modes", nargs="+", default=["pre", "tta"], choices=["pre", "tta"])
     parser.add_argument("--root", default=str(ROOT / "bench" / "results" / "quality_runs"))
     parser.add_argument("overrides", nargs="*", help="config keys, key=value")
@@ -185,20 +185,22 @@ def main() -> None:
     if cfg.data.vocabulary:  # the mappings used, said (distill/vocab.py)
         vocabulary = f"shared concepts of {cfg.data.vocabulary}"
     print(f"vocabulary: {vocabulary}", file=sys.stderr)
-    runs = [run_seed(args.overrides, seed, args.modes, Path(args.root)) for seed in args.seeds]
+    runs = [run_seed(args.overrides, seed, args.orders, args.modes, Path(args.root)) for seed in args.seeds]
+    what = f"{len(args.seeds)} seed(s) × {len(args.orders)} order(s)"
     summary: dict[str, Any] = {}
     for mode in args.modes:
-        agg = aggregate([r[mode] for r in runs])
+        agg = aggregate([r for per_seed in runs for r in per_seed[mode]])
         summary[mode] = agg
-        print(markdown(mode, agg, len(args.seeds)) + "\n")
-    summary["seeds"] = args.seeds
+        print(markdown(mode, agg, what) + "\n")
+    summary["seeds"], summary["orders"] = args.seeds, args.orders
     summary["overrides"] = args.overrides
     summary["vocabulary"] = vocabulary
     summary["minutes"] = round((time.perf_counter() - start) / 60, 1)
     out = ROOT / "bench" / "results" / "quality.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps({m: {k: summary[m][k] for k in (*METHODS, "per_category")} for m in args.modes}))
+    keys = (*METHODS, "lead", "lead_std", "student_std", "below_vote", "train_seconds")
+    print(json.dumps({m: {k: summary[m][k] for k in keys} for m in args.modes}))
 
 
 if __name__ == "__main__":

@@ -240,11 +240,13 @@ class PartSource(SampleSource):
         val_fraction: float = 0.0,
         shuffle_samples: int = 1024,
         stream: Callable[[int], Iterable[Batch]] | None = None,
+        order_seed: int | None = None,
     ) -> None:
         if not items:
             raise ValueError(f"{storage.uri(tables.shapes_dir)}: no shape part holds {list(space.categories)}")
         self.storage, self.tables, self.items, self.space = storage, tables, list(items), space
         self.num_points, self.batch_size, self.seed = num_points, batch_size, seed
+        self.order_seed = seed if order_seed is None else order_seed
         self.val_fraction, self.shuffle_samples = val_fraction, max(batch_size, shuffle_samples)
         with_units = sum(i.with_units for i in self.items)
         self.num_train = max(1, round(with_units * (1.0 - val_fraction)))
@@ -273,7 +275,7 @@ class PartSource(SampleSource):
     def _part_batches(self, epoch: int) -> Iterator[Batch]:
         """A shuffle buffer of ``shuffle_samples``: parts are read in a seeded order until
         the buffer is full, then random batches leave it until it is half empty."""
-        rng = np.random.default_rng(mix_seed(self.seed, epoch, 29))
+        rng = np.random.default_rng(mix_seed(self.order_seed, epoch, 29))
         order = [self.items[int(i)] for i in rng.permutation(len(self.items))]
         buffer: list[ShapeSample] = []
         while order or buffer:

@@ -120,6 +120,7 @@ def part_source(
         cfg.seed,
         val,
         stream=stream,
+        order_seed=cfg.train.data_order_seed(cfg.seed),
     )
 
 

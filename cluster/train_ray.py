@@ -149,7 +149,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
         report=report,
         # training batches from the shard; the small bounded reads (BatchNorm
         # re-calibration, pose references, validation) straight from storage
-        stream=shard_batches(shard, cfg.train.batch_size, cfg.seed),
+        stream=shard_batches(shard, cfg.train.batch_size, cfg.train.data_order_seed(cfg.seed)),
     )
     if rank == 0:
         storage.write_json(f"{ckpt}/train_info.json", outcome.to_dict())

@@ -266,6 +266,10 @@ class TrainConfig:
     """One student per category (the paper) instead of one student over all categories
     (category embedding + a head over the union of part slots, masked per category)."""
     augment: bool = True
+    order_seed: int = -1
+    """Seed of the training order alone (which shapes share a batch, in which epoch order);
+    -1: the run's ``seed``. Separate from the seed of the initial weights, augmentation
+    and dropout, so a study can vary one and hold the other (``bench/quality.py --orders``)."""
     max_failures: int = 2
     """Ray Train: times a worker group is restarted (resuming from the last checkpoint)."""
     checkpoint_every: int = 1
@@ -288,6 +292,12 @@ class TrainConfig:
             raise ConfigError(f"train.val_fraction={self.val_fraction} not in [0, 1)")
         check_choice("train.device", self.device, ("auto", "cpu", "cuda"))
         check_choice("train.amp", self.amp, ("none", "bf16"))
+        if self.order_seed < -1:
+            raise ConfigError(f"train.order_seed={self.order_seed} must be >= 0, or -1 for the run's seed")
+
+    def data_order_seed(self, seed: int) -> int:
+        """The seed of the training order: ``order_seed``, or the run's ``seed`` when -1."""
+        return seed if self.order_seed < 0 else self.order_seed
 
 
 @dataclass

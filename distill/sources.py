@@ -154,7 +154,8 @@ class SampleSource:
 class InMemorySource(SampleSource):
     """Samples held in a list; the validation split is ``split_validation``'s (per category).
 
-    rank, world_size: this worker's shard of each epoch (``epoch_batches``).
+    rank, world_size: this worker's shard of each epoch (``epoch_batches``) · order_seed:
+    the seed of the epochs' order (None: ``seed``, which also draws the validation split).
     """
 
     in_memory = True
@@ -168,6 +169,7 @@ class InMemorySource(SampleSource):
         val_fraction: float = 0.2,
         rank: int = 0,
         world_size: int = 1,
+        order_seed: int | None = None,
     ) -> None:
         if not samples:
             raise ValueError("distil: no samples")
@@ -175,6 +177,7 @@ class InMemorySource(SampleSource):
             raise ValueError("distil: shape ids repeat in samples")
         self.samples = list(samples)
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        self.order_seed = seed if order_seed is None else order_seed
         if select_val:
             train_idx, val_idx = split_validation(self.samples, val_fraction, seed)
         else:
@@ -203,7 +206,7 @@ class InMemorySource(SampleSource):
 
     def train_batches(self, epoch: int, scores: dict[str, np.ndarray]) -> list[Batch]:
         train = [self._current(i, scores) for i in self.train_idx]
-        return epoch_batches(train, self.batch_size, self.seed, epoch, self.rank, self.world_size)
+        return epoch_batches(train, self.batch_size, self.order_seed, epoch, self.rank, self.world_size)
 
     def calibration_samples(self) -> list[ShapeSample]:
         train = [self.samples[i] for i in self.train_idx]

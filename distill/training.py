@@ -220,7 +220,14 @@ def distil(
         source = samples
     else:
         source = InMemorySource(
-            samples, cfg.batch_size, seed, cfg.select == "val", cfg.val_fraction, workers.rank, workers.world_size
+            samples,
+            cfg.batch_size,
+            seed,
+            cfg.select == "val",
+            cfg.val_fraction,
+            workers.rank,
+            workers.world_size,
+            order_seed=cfg.data_order_seed(seed),
         )
     if cfg.select == "val" and not source.has_validation:
         log.warning("train.select=val but no shape is held out for validation; selecting the last epoch")

@@ -192,3 +192,19 @@ def test_in_memory_calibration_is_stratified_too():
         samples.append(prepare_sample(s, u, space))
     calib = InMemorySource(samples, 4, seed=0).calibration_samples()
     assert np.bincount([s.category for s in calib]).tolist() == [CALIBRATION_SHAPES // 3] * 3
+
+
+def test_order_seed_changes_the_order_alone(run):
+    storage, _ = run
+    (plan,) = _plans(storage, per_category=False)
+
+    def order(**kw) -> list[str]:
+        source = PartSource(storage, plan.tables(0), plan.items, plan.space, 32, 4, seed=1, shuffle_samples=8, **kw)
+        return [sid for b in source.train_batches(0, {}) for sid in b.shape_ids]
+
+    assert order() == order(order_seed=1)  # default: the run's seed
+    other = order(order_seed=7)
+    assert other != order() and sorted(other) == sorted(order())
+    cfg = load_config(["train.order_seed=7", "seed=1"])
+    assert cfg.train.data_order_seed(cfg.seed) == 7
+    assert load_config(["seed=3"]).train.data_order_seed(3) == 3
