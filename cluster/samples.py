@@ -28,6 +28,7 @@ from distill.records import SAMPLE_SCHEMA, KnowledgeUnits, row_to_shape, table_t
 from distill.samples import Batch, ShapeSample, collate, mix_seed, prepare_sample
 from distill.sources import (
     CALIBRATION_SHAPES,
+    CLASS_COUNT_SHAPES,
     REFERENCE_SHAPES,
     VALIDATION_SHAPES,
     SampleSource,
@@ -308,6 +309,10 @@ class PartSource(SampleSource):
     def reference_samples(self) -> list[ShapeSample]:
         cats = range(self.space.num_categories)
         return stratified(self.items, self._load, REFERENCE_SHAPES, cats, self._categories_of)
+
+    def class_count_samples(self) -> list[ShapeSample]:
+        cats = {c for item in self.items if item.with_units for c in self._categories_of(item)}
+        return stratified(self.items, self._load, CLASS_COUNT_SHAPES, cats, self._categories_of, self.is_train)
 
     def validation_chunks(self) -> Iterator[list[ShapeSample]]:
         if not self.has_validation:

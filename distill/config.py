@@ -266,6 +266,11 @@ class TrainConfig:
     """One student per category (the paper) instead of one student over all categories
     (category embedding + a head over the union of part slots, masked per category)."""
     augment: bool = True
+    class_weights: str = "batch"
+    """Where the loss's class weights w_c = clip(1 + log₄(total / (P·n_c)), 1, 4) count their
+    (point, unit) pairs: batch (each batch's own, as the official code) | corpus (once per
+    fit, from up to 64 training shapes of each category: a part's weight no longer jumps
+    with the ~2 shapes of its category a mixed batch holds)."""
     order_seed: int = -1
     """Seed of the training order alone (which shapes share a batch, in which epoch order);
     -1: the run's ``seed``. Separate from the seed of the initial weights, augmentation
@@ -292,6 +297,7 @@ class TrainConfig:
             raise ConfigError(f"train.val_fraction={self.val_fraction} not in [0, 1)")
         check_choice("train.device", self.device, ("auto", "cpu", "cuda"))
         check_choice("train.amp", self.amp, ("none", "bf16"))
+        check_choice("train.class_weights", self.class_weights, ("batch", "corpus"))
         if self.order_seed < -1:
             raise ConfigError(f"train.order_seed={self.order_seed} must be >= 0, or -1 for the run's seed")
 

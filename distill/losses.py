@@ -60,6 +60,15 @@ def _check_units(num_points: int, point_idx: Tensor, offsets: Tensor, unit_label
         raise ValueError(f"point_idx outside [0, {num_points}) (the batch's points)")
 
 
+def pair_counts(unit_label: Tensor, unit_size: Tensor, num_slots: int) -> Tensor:
+    """n_c: the (point, unit) coverage pairs of each slot. unit_label: (K,) int64 slot of
+    each unit · unit_size: (K,) points each unit covers → (S,) float64."""
+    if unit_label.shape != unit_size.shape:
+        raise ValueError(f"unit_label {tuple(unit_label.shape)} and unit_size {tuple(unit_size.shape)} differ")
+    n = torch.zeros(num_slots, dtype=torch.float64, device=unit_label.device)
+    return n.index_add_(0, unit_label.long(), unit_size.to(torch.float64))
+
+
 def class_weights(unit_label: Tensor, unit_size: Tensor, num_slots: int, slot_group: Tensor | None = None) -> Tensor:
     """Per-batch class weights w_c = clip(1 + log₄(total / (P · n_c)), 1, 4).
 
@@ -67,15 +76,18 @@ def class_weights(unit_label: Tensor, unit_size: Tensor, num_slots: int, slot_gr
     covers · slot_group: (S,) int64 category of each slot (None: one category, P = S)
     → (S,) float32. See the module docstring for what n_c, total and P count.
     """
-    if unit_label.shape != unit_size.shape:
-        raise ValueError(f"unit_label {tuple(unit_label.shape)} and unit_size {tuple(unit_size.shape)} differ")
-    device = unit_label.device
+    return weights_from_counts(pair_counts(unit_label, unit_size, num_slots), slot_group)
+
+
+def weights_from_counts(n: Tensor, slot_group: Tensor | None = None) -> Tensor:
+    """w_c = clip(1 + log₄(total / (P · n_c)), 1, 4) from the pair counts n: (S,) of a batch
+    or of a whole corpus (``train.class_weights=corpus``) → (S,) float32."""
+    num_slots, device = n.shape[0], n.device
+    n = n.to(torch.float64)
     if slot_group is None:
         slot_group = torch.zeros(num_slots, dtype=torch.long, device=device)
     if slot_group.shape != (num_slots,):
         raise ValueError(f"slot_group {tuple(slot_group.shape)} must be ({num_slots},)")
-    n = torch.zeros(num_slots, dtype=torch.float64, device=device)
-    n.index_add_(0, unit_label.long(), unit_size.to(torch.float64))
     groups = int(slot_group.max()) + 1 if num_slots else 0
     total = torch.zeros(groups, dtype=torch.float64, device=device).index_add_(0, slot_group, n)
     parts = torch.bincount(slot_group, minlength=groups).to(torch.float64)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from distill.augment import augment
 from distill.config import TrainConfig
 from distill.labels import LabelSpace, mask_logits
-from distill.losses import distillation_loss
+from distill.losses import distillation_loss, pair_counts, weights_from_counts
 from distill.metrics import MIoUTable
 from distill.records import Shape
 from distill.samples import Batch, ShapeSample, collate, prepare_sample, size_batches
@@ -80,12 +80,14 @@ def train_epoch(
     generator: torch.Generator | None = None,
     grad_clip: float = 0.0,
     amp: str = "none",
+    class_weight: Tensor | None = None,
 ) -> dict[str, float]:
     """One pass over ``batches``; the scheduler steps after every optimiser step.
 
     generator: draws the augmentation (None: no augmentation) · amp: ``train.amp``, the
     forward's autocast ("none" | "bf16"; the geometry stays float32, the loss is computed
-    in float32) → {"loss": mean batch loss, "steps", "shapes", "seconds"}.
+    in float32) · class_weight: (S,) the loss's class weights (None: each batch's own)
+    → {"loss": mean batch loss, "steps", "shapes", "seconds"}.
     """
     model.train()
     slot_group = space.slot_group().to(device)
@@ -106,6 +108,7 @@ def train_epoch(
             batch.unit_offsets,
             batch.unit_slot,
             batch.unit_score,
+            class_weight=class_weight,
             slot_group=slot_group,
             pair_weight=batch.pair_weight,
         )
@@ -125,6 +128,15 @@ def train_epoch(
         "seconds": time.perf_counter() - start,
         "first_batch_at": first_batch_at,
     }
+
+
+def corpus_class_weights(samples: Sequence[ShapeSample], space: LabelSpace) -> Tensor:
+    """The loss's class weights from the (point, unit) pairs of ``samples`` (the source's
+    ``class_count_samples``) instead of one batch's → (S,) float32."""
+    n = torch.zeros(space.num_slots, dtype=torch.float64)
+    for s in samples:
+        n += pair_counts(s.unit_slot, s.unit_offsets[1:] - s.unit_offsets[:-1], space.num_slots)
+    return weights_from_counts(n, space.slot_group())
 
 
 @torch.no_grad()

@@ -45,6 +45,10 @@ VALIDATION_SHAPES = 1024
 enough to rank checkpoints, and an epoch's validation never reads the whole corpus."""
 REFERENCE_SHAPES = 32
 """Shapes per category offered to the pose co-alignment (``student.align``)."""
+CLASS_COUNT_SHAPES = 64
+"""Training shapes per category whose units estimate the corpus's class frequencies
+(``train.class_weights=corpus``): the frequency of a part is a property of the category,
+so a bounded sample of each category measures it, at any corpus size."""
 
 
 def category_quota(total: int, num_categories: int) -> int:
@@ -142,6 +146,10 @@ class SampleSource:
         """Up to ``REFERENCE_SHAPES`` samples per category (pose co-alignment)."""
         raise NotImplementedError
 
+    def class_count_samples(self) -> list[ShapeSample]:
+        """Up to ``CLASS_COUNT_SHAPES`` training samples per category (class frequencies)."""
+        raise NotImplementedError
+
     def validation_chunks(self) -> Iterator[list[ShapeSample]]:
         """The validation samples, a bounded chunk at a time."""
         return iter(())
@@ -215,6 +223,9 @@ class InMemorySource(SampleSource):
 
     def reference_samples(self) -> list[ShapeSample]:
         return list(self.samples)
+
+    def class_count_samples(self) -> list[ShapeSample]:
+        return stratified([[self.samples[i] for i in self.train_idx]], lambda part: part, CLASS_COUNT_SHAPES)
 
     def validation_chunks(self) -> Iterator[list[ShapeSample]]:
         if self.val_samples:

@@ -34,7 +34,14 @@ from torch import nn
 from distill.backward import rescore_samples, rescore_samples_with_rule, units_of, units_with_scores
 from distill.config import TrainConfig
 from distill.labels import LabelSpace
-from distill.passes import make_optimizer, predict_samples, recalibrate_batchnorm, train_epoch, unwrap
+from distill.passes import (
+    corpus_class_weights,
+    make_optimizer,
+    predict_samples,
+    recalibrate_batchnorm,
+    train_epoch,
+    unwrap,
+)
 from distill.records import KnowledgeUnits
 from distill.rescore import knowledge_agreement, should_rescore
 from distill.samples import ShapeSample, mix_seed, steps_per_epoch
@@ -248,6 +255,9 @@ def distil(
     if source.in_memory:
         source.pair_weights = state.pair_weights  # type: ignore[attr-defined]
 
+    class_weight = None
+    if cfg.class_weights == "corpus":
+        class_weight = corpus_class_weights(source.class_count_samples(), space).to(device)
     cuda = [device.index or 0] if device.type == "cuda" else []
     recalibrated = state.epoch
     while state.epoch < cfg.epochs:
@@ -256,7 +266,9 @@ def distil(
         gen = torch.Generator().manual_seed(mix_seed(seed, epoch, workers.rank, 1)) if cfg.augment else None
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(mix_seed(seed, epoch, workers.rank, 2))  # dropout
-            stats = train_epoch(model, optimizer, scheduler, batches, device, space, gen, amp=cfg.amp)
+            stats = train_epoch(
+                model, optimizer, scheduler, batches, device, space, gen, amp=cfg.amp, class_weight=class_weight
+            )
         loss = float(workers.mean(stats["loss"]))
         state.epoch = epoch + 1
         state.losses.append(loss)

@@ -208,3 +208,16 @@ def test_order_seed_changes_the_order_alone(run):
     cfg = load_config(["train.order_seed=7", "seed=1"])
     assert cfg.train.data_order_seed(cfg.seed) == 7
     assert load_config(["seed=3"]).train.data_order_seed(3) == 3
+
+
+def test_class_count_samples_are_training_shapes_of_every_category(run):
+    from distill.sources import CLASS_COUNT_SHAPES
+
+    storage, _ = run
+    (plan,) = _plans(storage, per_category=False)
+    source = PartSource(storage, plan.tables(0), plan.items, plan.space, 32, 4, seed=0, val_fraction=0.3)
+    picked = source.class_count_samples()
+    assert all(source.is_train(s) for s in picked)
+    counts = np.bincount([s.category for s in picked], minlength=2)
+    assert counts.tolist() == [min(CLASS_COUNT_SHAPES, n) for n in np.bincount([s.category for s in (
+        s for chunk in source.scan() for s in chunk if source.is_train(s))], minlength=2)]  # fmt: skip

@@ -203,3 +203,24 @@ def test_augment_is_seeded_and_keeps_normals_unit():
     assert not torch.allclose(a, c)
     with pytest.raises(ValueError, match="points"):
         augment(torch.zeros(5, 3), torch.Generator())
+
+
+def test_corpus_class_weights_count_every_pair_of_the_samples():
+    from distill.labels import LabelSpace
+    from distill.losses import class_weights
+    from distill.passes import corpus_class_weights
+    from distill.records import KnowledgeUnits, Shape
+    from distill.samples import collate, prepare_sample
+
+    rng = np.random.default_rng(0)
+    shapes = [Shape(f"{c}/{i}", c, ["a", "b", "c"], rng.normal(size=(32, 3))) for c in ("A", "B") for i in range(3)]
+    space = LabelSpace.from_shapes(shapes)
+    samples = []
+    for s in shapes:
+        sets = [rng.choice(32, size=int(rng.integers(1, 20)), replace=False) for _ in range(4)]
+        u = KnowledgeUnits.from_lists(s.shape_id, [0] * 4, list(rng.integers(0, 3, 4)), [0.9] * 4, sets)
+        samples.append(prepare_sample(s, u, space))
+    batch = collate(samples)  # the whole corpus in one batch: the two counts agree
+    sizes = batch.unit_offsets[1:] - batch.unit_offsets[:-1]
+    expected = class_weights(batch.unit_slot, sizes, space.num_slots, space.slot_group())
+    torch.testing.assert_close(corpus_class_weights(samples, space), expected)

@@ -187,13 +187,14 @@ def test_split_validation_is_per_category_and_order_free(corpus):
 # ---------------------------------------------------------------- the loop
 
 
-def test_smoke_training_learns(corpus):
+@pytest.mark.parametrize("weights", ["batch", "corpus"])
+def test_smoke_training_learns(corpus, weights):
     shapes, units = corpus
     space = LabelSpace.from_shapes(shapes)
     samples = prepare_samples(shapes, units, space)
     model = _model(space)
     before = evaluate(model, shapes, "cpu").shape_mean()
-    cfg = TrainConfig(epochs=12, batch_size=3, bd_rounds=0)  # 48 steps
+    cfg = TrainConfig(epochs=12, batch_size=3, bd_rounds=0, class_weights=weights)  # 48 steps
     result = distil(model, samples, space, cfg, seed=0)
     losses = [h["loss"] for h in result.history]
     after = evaluate(result.model, shapes, "cpu")
