@@ -49,7 +49,8 @@ def load_snapshot(cfg: Config, storage: Storage, checkpoint: str, space: LabelSp
     if not state.get("pending_rescore"):
         raise ValueError(f"{storage.uri(checkpoint)} is not waiting for a re-scoring")
     model = build_student(cfg.student, space.num_slots, space.num_categories)
-    model.load_state_dict(state["model"])  # BatchNorm re-calibrated before the save
+    # BatchNorm re-calibrated before the save; with a weight average, its snapshot.
+    model.load_state_dict(state.get("rescore_snapshot") or state["model"])
     return model.to(device).eval(), state
 
 

@@ -271,6 +271,9 @@ class TrainConfig:
     (point, unit) pairs: batch (each batch's own, as the official code) | corpus (once per
     fit, from up to 64 training shapes of each category: a part's weight no longer jumps
     with the ~2 shapes of its category a mixed batch holds)."""
+    ema: float = 0.0
+    """Decay per optimiser step of the weights' moving average (0: off). With it on, the
+    averaged weights are what validation, re-scoring and the final model use."""
     order_seed: int = -1
     """Seed of the training order alone (which shapes share a batch, in which epoch order);
     -1: the run's ``seed``. Separate from the seed of the initial weights, augmentation
@@ -298,6 +301,8 @@ class TrainConfig:
         check_choice("train.device", self.device, ("auto", "cpu", "cuda"))
         check_choice("train.amp", self.amp, ("none", "bf16"))
         check_choice("train.class_weights", self.class_weights, ("batch", "corpus"))
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"train.ema={self.ema} must be in [0, 1) (0: no weight average)")
         if self.order_seed < -1:
             raise ConfigError(f"train.order_seed={self.order_seed} must be >= 0, or -1 for the run's seed")
 

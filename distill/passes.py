@@ -8,7 +8,7 @@ DDP or not), the batches or samples and the label space.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -81,12 +81,14 @@ def train_epoch(
     grad_clip: float = 0.0,
     amp: str = "none",
     class_weight: Tensor | None = None,
+    after_step: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """One pass over ``batches``; the scheduler steps after every optimiser step.
 
     generator: draws the augmentation (None: no augmentation) · amp: ``train.amp``, the
     forward's autocast ("none" | "bf16"; the geometry stays float32, the loss is computed
-    in float32) · class_weight: (S,) the loss's class weights (None: each batch's own)
+    in float32) · class_weight: (S,) the loss's class weights (None: each batch's own) ·
+    after_step: called after every optimiser step (the weight average's update)
     → {"loss": mean batch loss, "steps", "shapes", "seconds"}.
     """
     model.train()
@@ -119,6 +121,8 @@ def train_epoch(
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
+        if after_step is not None:
+            after_step()
         losses.append(float(loss.detach()))
         shapes += batch.points.shape[0]
     return {

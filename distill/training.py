@@ -33,6 +33,7 @@ from torch import nn
 
 from distill.backward import rescore_samples, rescore_samples_with_rule, units_of, units_with_scores
 from distill.config import TrainConfig
+from distill.ema import WeightAverage, maybe_applied
 from distill.labels import LabelSpace
 from distill.passes import (
     corpus_class_weights,
@@ -79,6 +80,12 @@ class DistilState:
     best_epoch: int = 0
     best_model: dict[str, torch.Tensor] | None = None
     pending_rescore: bool = False
+    average: WeightAverage | None = None
+    """The weights' moving average (``train.ema`` > 0): what validation, re-scoring and the
+    final model use; training goes on with the raw weights."""
+    rescore_snapshot: dict[str, torch.Tensor] | None = None
+    """With an average, the averaged weights (BatchNorm re-calibrated) an external
+    re-scoring pass predicts with; ``model`` keeps the raw weights training resumes from."""
 
     def state_dict(self) -> dict[str, Any]:
         """A ``torch.save``-able snapshot (tensors of the model cloned onto the CPU)."""
@@ -99,6 +106,8 @@ class DistilState:
             "best_epoch": self.best_epoch,
             "best_model": self.best_model,
             "pending_rescore": self.pending_rescore,
+            "average": None if self.average is None else self.average.state_dict(),
+            "rescore_snapshot": self.rescore_snapshot if self.pending_rescore else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -123,6 +132,10 @@ class DistilState:
         self.history = copy.deepcopy(state["history"])
         self.scores = {k: np.asarray(v, np.float32).copy() for k, v in state["scores"].items()}
         self.pair_weights = {k: np.asarray(v, np.float32).copy() for k, v in state.get("pair_weights", {}).items()}
+        if (state.get("average") is None) != (self.average is None):
+            raise ValueError("resume state and this run differ in train.ema (weight averaging on or off)")
+        if self.average is not None:
+            self.average.load_state_dict(state["average"])
 
 
 @dataclass
@@ -244,6 +257,8 @@ def distil(
     n_steps = steps_per_epoch(source.num_train, cfg.batch_size, workers.world_size)
     optimizer, scheduler = make_optimizer(model, cfg, n_steps)
     state = DistilState(model, optimizer, scheduler, seed)
+    if cfg.ema > 0:
+        state.average = WeightAverage(unwrap(model), cfg.ema)
     if source.in_memory:
         state.scores = source.initial_scores()  # type: ignore[attr-defined]
     if resume is not None:
@@ -267,7 +282,16 @@ def distil(
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(mix_seed(seed, epoch, workers.rank, 2))  # dropout
             stats = train_epoch(
-                model, optimizer, scheduler, batches, device, space, gen, amp=cfg.amp, class_weight=class_weight
+                model,
+                optimizer,
+                scheduler,
+                batches,
+                device,
+                space,
+                gen,
+                amp=cfg.amp,
+                class_weight=class_weight,
+                after_step=None if state.average is None else lambda: state.average.update(unwrap(model)),
             )
         loss = float(workers.mean(stats["loss"]))
         state.epoch = epoch + 1
@@ -282,20 +306,35 @@ def distil(
             "first_batch_at": stats["first_batch_at"],
         }
         rescore_now = should_rescore(state.epoch, state.losses[state.round_start :], cfg, state.round)
-        if source.has_validation or rescore_now:
-            # Eval-mode statistics from the current weights for the predictions below (see
-            # recalibrate_batchnorm); the final model gets its own after the loop. Training
-            # never reads the running statistics, so checkpoints in between need none.
-            recalibrate_batchnorm(model, source.calibration_samples(), device, space, cfg.batch_size)
-            recalibrated = state.epoch
-        if source.has_validation and (workers.rank == 0 or source.in_memory):
-            # A streaming run scores validation on rank 0 only: it alone keeps and saves the
-            # best snapshot, and the other workers need not read the held-out parts.
-            val = _validation_score(model, source.validation_chunks(), device, space, cfg.batch_size)
-            record["val_agreement"] = val
-            if val > state.best_score:
-                state.best_score, state.best_epoch = val, state.epoch
-                state.best_model = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
+        with maybe_applied(state.average, unwrap(model)):  # predictions use the averaged weights
+            if source.has_validation or rescore_now:
+                # Eval-mode statistics from the current weights for the predictions below (see
+                # recalibrate_batchnorm); the final model gets its own after the loop. Training
+                # never reads the running statistics, so checkpoints in between need none.
+                recalibrate_batchnorm(model, source.calibration_samples(), device, space, cfg.batch_size)
+                recalibrated = state.epoch
+            if source.has_validation and (workers.rank == 0 or source.in_memory):
+                # A streaming run scores validation on rank 0 only: it alone keeps and saves the
+                # best snapshot, and the other workers need not read the held-out parts.
+                val = _validation_score(model, source.validation_chunks(), device, space, cfg.batch_size)
+                record["val_agreement"] = val
+                if val > state.best_score:
+                    state.best_score, state.best_epoch = val, state.epoch
+                    state.best_model = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
+            if rescore_now and rescore_externally and state.average is not None:
+                state.rescore_snapshot = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
+            if rescore_now and not rescore_externally:
+                every = source.all_samples(state.scores)
+                if cfg.rescore == "agreement":
+                    state.scores = rescore_samples(model, every, space, state.scores, device, cfg.batch_size)
+                else:
+                    state.scores, state.pair_weights = rescore_samples_with_rule(model, every, space, cfg, device)
+                    source.pair_weights = state.pair_weights  # type: ignore[attr-defined]
+                state.round += 1
+                state.round_start = len(state.losses)
+                record["rescored"] = 1.0
+                if on_rescore is not None:
+                    on_rescore(state.round, units_with_scores(every, state.scores, state.round))
         if rescore_now and rescore_externally:
             state.pending_rescore = True
             record["rescore_pending"] = 1.0
@@ -304,24 +343,15 @@ def distil(
             if on_epoch_end is not None:
                 on_epoch_end(state)
             return DistilResult(model, state.epoch, state.history, {}, state.state_dict(), pending_rescore=True)
-        if rescore_now:
-            every = source.all_samples(state.scores)
-            if cfg.rescore == "agreement":
-                state.scores = rescore_samples(model, every, space, state.scores, device, cfg.batch_size)
-            else:
-                state.scores, state.pair_weights = rescore_samples_with_rule(model, every, space, cfg, device)
-                source.pair_weights = state.pair_weights  # type: ignore[attr-defined]
-            state.round += 1
-            state.round_start = len(state.losses)
-            record["rescored"] = 1.0
-            if on_rescore is not None:
-                on_rescore(state.round, units_with_scores(every, state.scores, state.round))
         state.history.append(record)
         log.info("epoch %d/%d %s", state.epoch, cfg.epochs, {k: round(v, 4) for k, v in record.items()})
         if on_epoch_end is not None and on_epoch_end(state):
             break
 
-    if recalibrated != state.epoch:  # the final weights, unless the last epoch just did
+    if state.average is not None:  # the final model is the average
+        state.average.copy_to(unwrap(model))
+        recalibrate_batchnorm(model, source.calibration_samples(), device, space, cfg.batch_size)
+    elif recalibrated != state.epoch:  # the final weights, unless the last epoch just did
         recalibrate_batchnorm(model, source.calibration_samples(), device, space, cfg.batch_size)
     selected = state.epoch
     if source.has_validation and state.best_model is not None:

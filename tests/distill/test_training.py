@@ -222,12 +222,13 @@ def test_backward_distillation_round(corpus):
     np.testing.assert_array_equal(result.units["stack0"].score, u.score)
 
 
-def test_resume_replays_the_uninterrupted_run(corpus):
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_resume_replays_the_uninterrupted_run(corpus, ema):
     shapes, units = corpus
     space = LabelSpace.from_shapes(shapes)
     samples = prepare_samples(shapes, units, space)
     student = StudentConfig(backbone="pointnet2", width=4, k=4, dropout=0.3)  # dropout: RNG streams matter
-    cfg = TrainConfig(epochs=5, batch_size=4, bd_rounds=1, bd_trigger="epoch", bd_epoch=2, rescore="agreement")
+    cfg = TrainConfig(epochs=5, batch_size=4, bd_rounds=1, bd_trigger="epoch", bd_epoch=2, rescore="agreement", ema=ema)
 
     full = distil(_model(space, 0, student), samples, space, cfg, seed=3)
 
@@ -249,6 +250,9 @@ def test_resume_replays_the_uninterrupted_run(corpus):
     np.testing.assert_array_equal(full.units["stack1"].score, resumed.units["stack1"].score)
     with pytest.raises(ValueError, match="seed"):
         distil(_model(space, 0, student), samples, space, cfg, seed=4, resume=saved["state"])
+    if ema:  # the final model is the average, not the last iterate
+        last = saved["state"]["model"]
+        assert any(not torch.equal(v, full.model.state_dict()[k]) for k, v in last.items() if v.is_floating_point())
 
 
 def test_training_never_reads_labels(corpus):
