@@ -34,7 +34,7 @@ from cluster.storage import Storage
 from distill.backward import apply_rescore
 from distill.errors import NotFoundError
 from distill.labels import LabelSpace
-from distill.samples import Batch
+from distill.samples import Batch, steps_per_epoch
 from distill.student import build_student
 from distill.training import ONE_WORKER, DistilState, Workers, distil
 
@@ -175,8 +175,9 @@ def fit_student(
     if resume is not None:
         log.info("student %s: resuming after epoch %d (round %d)", plan.name, resume["epoch"], at_round)
     data = part_source(cfg, storage, plan, at_round, stream)
+    train_cfg = cfg.train.with_steps(steps_per_epoch(data.num_train, cfg.train.batch_size, workers.world_size))
     bar = tqdm(
-        total=cfg.train.epochs,
+        total=train_cfg.epochs,
         initial=resume["epoch"] if resume else 0,
         desc=f"train {plan.name}",
         unit="epoch",
@@ -187,7 +188,7 @@ def fit_student(
         bar.set_postfix(loss=f"{state.history[-1]['loss']:.4f}", round=state.round)
         bar.update(1)
         saved = (
-            state.epoch % cfg.train.checkpoint_every == 0 or state.epoch == cfg.train.epochs or state.pending_rescore
+            state.epoch % cfg.train.checkpoint_every == 0 or state.epoch == train_cfg.epochs or state.pending_rescore
         )
         if saved and rank == 0:
             save_torch(storage, f"{ckpt}/last.pt", state.state_dict())
@@ -199,7 +200,7 @@ def fit_student(
         model,
         data,
         plan.space,
-        cfg.train,
+        train_cfg,
         device,
         cfg.seed,
         on_epoch_end=on_epoch_end,

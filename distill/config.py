@@ -12,7 +12,8 @@ Pure data: no IO.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 
 from distill.errors import UserError
 from distill.readers.registry import MIX_SOURCES
@@ -234,6 +235,13 @@ class TrainConfig:
     """Forward then backward distillation (docs/design.md §3)."""
 
     epochs: int = 25
+    """Epochs of a fit, at least (``min_steps`` may add some)."""
+    min_steps: int = 0
+    """Optimiser steps a fit takes at least: a small corpus is a few steps an epoch (95
+    shapes in batches of 16: 6), so its schedule is set in steps, and the fit trains
+    max(epochs, ⌈min_steps / steps per epoch⌉) epochs (``with_steps``)."""
+    warmup_steps: int = 0
+    """Steps of linear learning-rate warm-up before the cosine decay (0: none)."""
     batch_size: int = 16
     lr: float = 3e-3
     lr_min: float = 3e-5
@@ -291,6 +299,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_positive("train.epochs", self.epochs)
         check_positive("train.batch_size", self.batch_size)
+        check_positive("train.min_steps", self.min_steps, allow_zero=True)
+        check_positive("train.warmup_steps", self.warmup_steps, allow_zero=True)
         check_positive("train.lr", self.lr)
         check_positive("train.bd_rounds", self.bd_rounds, allow_zero=True)
         check_choice("train.bd_trigger", self.bd_trigger, ("plateau", "epoch"))
@@ -305,6 +315,12 @@ class TrainConfig:
             raise ConfigError(f"train.ema={self.ema} must be in [0, 1) (0: no weight average)")
         if self.order_seed < -1:
             raise ConfigError(f"train.order_seed={self.order_seed} must be >= 0, or -1 for the run's seed")
+
+    def with_steps(self, steps_per_epoch: int) -> TrainConfig:
+        """This config with ``epochs`` raised to cover ``min_steps`` at ``steps_per_epoch``
+        (idempotent: the result has ``min_steps`` = 0)."""
+        epochs = max(self.epochs, math.ceil(self.min_steps / max(1, steps_per_epoch)))
+        return replace(self, epochs=epochs, min_steps=0)
 
     def data_order_seed(self, seed: int) -> int:
         """The seed of the training order: ``order_seed``, or the run's ``seed`` when -1."""

@@ -7,6 +7,7 @@ DDP or not), the batches or samples and the label space.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
@@ -32,11 +33,22 @@ def unwrap(model: nn.Module) -> nn.Module:
 def make_optimizer(
     model: nn.Module, cfg: TrainConfig, steps_per_epoch: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """Adam at ``train.lr`` with a per-step cosine decay to ``train.lr_min`` over all epochs."""
+    """Adam at ``train.lr`` with a per-step cosine decay to ``train.lr_min`` over all epochs,
+    after ``train.warmup_steps`` of linear warm-up from ``lr / warmup_steps``."""
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = max(1, cfg.epochs * steps_per_epoch)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=cfg.lr_min)
-    return opt, sched
+    if cfg.warmup_steps == 0:
+        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=cfg.lr_min)
+    warm = min(cfg.warmup_steps, total - 1)
+    floor = cfg.lr_min / cfg.lr
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = (step - warm) / max(1, total - warm)
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def pose_rotations(model: nn.Module, batch: Batch) -> Tensor | None:

@@ -255,6 +255,7 @@ def distil(
     device = torch.device(device)
 
     n_steps = steps_per_epoch(source.num_train, cfg.batch_size, workers.world_size)
+    cfg = cfg.with_steps(n_steps)  # epochs enough for train.min_steps
     optimizer, scheduler = make_optimizer(model, cfg, n_steps)
     state = DistilState(model, optimizer, scheduler, seed)
     if cfg.ema > 0:

@@ -10,7 +10,7 @@ from distill.backward import apply_rescore, rescore_samples
 from distill.config import StudentConfig, TrainConfig
 from distill.labels import LabelSpace, group_for_students
 from distill.losses import distillation_loss
-from distill.passes import evaluate, predict
+from distill.passes import evaluate, make_optimizer, predict
 from distill.records import KnowledgeUnits, Shape
 from distill.samples import collate, epoch_batches, prepare_sample, prepare_samples, resample_units, split_validation
 from distill.student import build_student
@@ -413,3 +413,24 @@ def test_crossfit_snapshots_score_each_unit_from_its_fold(corpus):
         want, _ = rescore_rule("crossfit", units_of(s, space), [p[i] for p in probs], folds[s.shape_id])
         np.testing.assert_allclose(scores[s.shape_id], want, rtol=1e-6)
     assert pairs is None
+
+
+def test_min_steps_sets_the_epochs_and_warmup_ramps_the_rate(corpus):
+    shapes, units = corpus
+    space = LabelSpace.from_shapes(shapes)
+    samples = prepare_samples(shapes, units, space)
+    cfg = TrainConfig(epochs=2, batch_size=3, min_steps=9, warmup_steps=4, lr=1e-3, lr_min=1e-5)
+    assert cfg.with_steps(2).epochs == 5 and cfg.with_steps(2).with_steps(2) == cfg.with_steps(2)
+    assert cfg.with_steps(10).epochs == 2  # epochs stay a floor
+    result = distil(_model(space), samples, space, cfg, seed=0)  # 6 shapes: 2 steps an epoch
+    assert len(result.history) == 5
+    model = _model(space)
+    opt, sched = make_optimizer(model, cfg.with_steps(2), 2)  # 10 steps: 4 of warm-up, then cosine
+    rates = []
+    for _ in range(10):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert rates[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert rates[4] == pytest.approx(1e-3) and all(a > b for a, b in zip(rates[4:], rates[5:]))
+    assert rates[-1] > 1e-5
