@@ -210,6 +210,9 @@ class StudentConfig:
     k: int = 16
     """Neighbours per point for local geometric context."""
     use_normals: bool = False
+    category_input: bool = False
+    """pointnet2: the category (a learned code) is an input of the encoder too, not only of
+    the head (a multi-category student only)."""
     dropout: float = 0.3
     pretrained: str = ""
     """Optional state-dict file of a pretrained encoder."""

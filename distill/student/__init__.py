@@ -59,6 +59,11 @@ def build_student(cfg: StudentConfig, num_parts: int, num_categories: int = 1) -
         raise ValueError(f"num_parts={num_parts} must be >= 1")
     if num_categories < 1:
         raise ValueError(f"num_categories={num_categories} must be >= 1")
+    extra = {}
+    if cfg.category_input:
+        if cfg.backbone != "pointnet2":
+            raise ValueError(f"student.category_input is a pointnet2 option, not {cfg.backbone}'s")
+        extra["category_input"] = True
     model = STUDENTS[cfg.backbone](
         num_parts=num_parts,
         width=cfg.width,
@@ -66,6 +71,7 @@ def build_student(cfg: StudentConfig, num_parts: int, num_categories: int = 1) -
         use_normals=cfg.use_normals,
         dropout=cfg.dropout,
         num_categories=num_categories,
+        **extra,
     )
     if cfg.pretrained:
         report = load_pretrained_encoder(model, cfg.pretrained)

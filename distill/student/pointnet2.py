@@ -18,6 +18,9 @@ from torch import Tensor, nn
 from distill.student.layers import SegHead, group_max, input_features, mlp
 from distill.student.ops import ball_query, farthest_point_sample, fast_operators, gather, three_nn_interpolate
 
+CATEGORY_CODE = 8
+"""Width of the category code appended to each point's input (``student.category_input``)."""
+
 
 class SetAbstraction(nn.Module):
     """(xyz (B, N, 3), feat (B, N, C)) → (centres (B, M, 3), feat (B, M, C_out))."""
@@ -98,11 +101,22 @@ class PointNet2Seg(nn.Module):
         use_normals: bool = False,
         dropout: float = 0.3,
         num_categories: int = 1,
+        category_input: bool = False,
     ) -> None:
         super().__init__()
         self.use_normals = use_normals
-        self.encoder = PointNet2Encoder(6 if use_normals else 3, width, k)
+        # Category conditioning of the encoder (student.category_input): a learned code of
+        # the category appended to every point's input, so the geometry features are
+        # computed knowing the category, not only classified knowing it.
+        code = CATEGORY_CODE if category_input and num_categories > 1 else 0
+        self.category_code = nn.Embedding(num_categories, code) if code else None
+        self.encoder = PointNet2Encoder((6 if use_normals else 3) + code, width, k)
         self.head = SegHead(self.encoder.out_channels, 4 * width, num_parts, dropout, num_categories)
 
     def forward(self, xyz: Tensor, normals: Tensor | None = None, category: Tensor | None = None) -> Tensor:
-        return self.head(self.encoder(input_features(xyz, normals, self.use_normals)), category)
+        x = input_features(xyz, normals, self.use_normals)
+        if self.category_code is not None:
+            if category is None:
+                raise ValueError("category (B,) is required by a category-conditioned student")
+            x = torch.cat([x, self.category_code(category.long()).unsqueeze(1).expand(-1, x.shape[1], -1)], -1)
+        return self.head(self.encoder(x), category)

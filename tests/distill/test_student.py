@@ -172,3 +172,17 @@ def test_pretrained_encoder_shape_mismatch(tmp_path):
     wide = build_student(StudentConfig(backbone="pointnet", width=16), 4)
     with pytest.raises(ValueError, match="no key matches"):
         load_pretrained_encoder(wide, str(path))
+
+
+def test_category_conditioned_encoder():
+    from distill.config import StudentConfig
+    from distill.student import build_student
+
+    torch.manual_seed(0)
+    model = build_student(StudentConfig(width=8, k=4, category_input=True), num_parts=5, num_categories=2)
+    xyz = torch.randn(2, 64, 3)
+    a = model(xyz, category=torch.tensor([0, 0]))
+    b = model(xyz, category=torch.tensor([1, 1]))
+    assert a.shape == (2, 64, 5) and not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="pointnet2 option"):
+        build_student(StudentConfig(backbone="dgcnn", category_input=True), num_parts=5, num_categories=2)
