@@ -75,7 +75,8 @@ def run_test_fresh(test_file: str, test: str, flag: str, timeout: float = 600, s
     of the first Ray session a process joins, so tests that need a cluster of their own run
     this way. show: print the child's output (its figures) into this test's output."""
     run = run_fresh(
-        ["-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", f"{test_file}::{test}"],
+        # -m "": the child selects its one test by name, whatever lane the markers put it in
+        ["-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "-m", "", f"{test_file}::{test}"],
         env=fresh_env(**{flag: "1"}),
         timeout=timeout,
         tail=6000,
