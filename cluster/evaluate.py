@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from cluster.checkpoints import list_students, load_student
 from cluster.config import Config
+from cluster.curves import write_curves_png
 from cluster.layout import PartItem, plan_parts, shapes_manifest
 from cluster.samples import EVAL_COLUMNS, Tables, load_units
 from cluster.storage import Storage
@@ -194,6 +195,7 @@ def evaluate_run(
         log.warning("no student was trained for categories %s: their shapes are not segmented", unknown)
     md = markdown_table(tables)
     storage.write_bytes(f"{cfg.run}/evaluation.md", (md + "\n").encode())
+    curves = write_curves_png(storage, cfg.run, list_students(storage, cfg.run))
     evaluated = max(len(t) for t in tables.values())
     log.info("evaluation: %d shapes, table in %s", evaluated, storage.uri(cfg.run, "evaluation.md"))
     summary: dict[str, Any] = {m: round(t.category_mean(), 2) for m, t in tables.items() if len(t)}
@@ -202,4 +204,5 @@ def evaluate_run(
     summary["evaluated_shapes"] = evaluated
     summary["unsegmented_categories"] = unknown
     summary["table"] = md
+    summary["curves"] = None if curves is None else storage.uri(curves)
     return summary

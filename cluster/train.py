@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from cluster.checkpoints import checkpoint_dir, final_bundle, load_torch, save_torch, student_name
 from cluster.config import Config
+from cluster.curves import CurveLog
 from cluster.layout import PartItem, category_parts, plan_parts, shapes_manifest
 from cluster.rescore import rescore_local, todo_items
 from cluster.samples import PartSource, Tables, scores_dir
@@ -184,9 +185,13 @@ def fit_student(
         disable=not cfg.progress or rank != 0,
     )
 
+    curves = CurveLog(storage, cfg.run, plan.name) if rank == 0 else None
+
     def on_epoch_end(state: DistilState) -> None:
         bar.set_postfix(loss=f"{state.history[-1]['loss']:.4f}", round=state.round)
         bar.update(1)
+        if curves is not None:
+            curves.epoch(state.history[-1])
         saved = (
             state.epoch % cfg.train.checkpoint_every == 0 or state.epoch == train_cfg.epochs or state.pending_rescore
         )
@@ -209,6 +214,8 @@ def fit_student(
         rescore_externally=True,
     )
     bar.close()
+    if curves is not None:
+        curves.close()
     history = result.history
     info = {
         "student": plan.name,

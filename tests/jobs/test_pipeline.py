@@ -53,6 +53,44 @@ def smoke_run(tmp_path_factory):
     return root, argv, summary
 
 
+def test_smoke_run_leaves_training_curves(smoke_run):
+    from PIL import Image
+
+    root, _, summary = smoke_run
+    png = root / "smoke" / "training_curves.png"
+    assert Image.open(png).size[0] > 0
+    # One event file a fit: the first stops for the re-scoring pass, the second resumes.
+    files = sorted((root / "smoke" / "tensorboard" / "all").glob("events.out.tfevents.*"))
+    assert len(files) == 2
+    losses = sorted(p for f in files for p in scalars(f, "train/loss"))
+    assert [step for step, _ in losses] == [1, 2, 3, 4]
+    assert [v for _, v in losses] == pytest.approx([h for h in _history_losses(root)], abs=1e-4)
+
+
+def scalars(path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of ``tag`` in a TensorBoard event file (TFRecord framing: length,
+    its CRC, an ``Event`` proto, its CRC)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    out, data = [], path.read_bytes()
+    pos = 0
+    while pos < len(data):
+        (length,) = struct.unpack("<Q", data[pos : pos + 8])
+        event = Event.FromString(data[pos + 12 : pos + 12 + length])
+        pos += 12 + length + 4
+        out += [(event.step, v.simple_value) for v in event.summary.value if v.tag == tag]
+    return out
+
+
+def _history_losses(root) -> list[float]:
+    import torch
+
+    bundle = torch.load(root / "smoke" / "checkpoints" / "all" / "final.pt", weights_only=False)
+    return [h["loss"] for h in bundle["history"]]
+
+
 def test_smoke_pretrain_learns_and_reports(smoke_run):
     root, argv, summary = smoke_run
     assert summary["job"] == "pretrain" and summary["mode"] == "pre"
