@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from cluster.checkpoints import list_students, load_student
@@ -28,6 +30,7 @@ from cluster.layout import PartItem, plan_parts, shapes_manifest
 from cluster.samples import EVAL_COLUMNS, Tables, load_units
 from cluster.storage import Storage
 from distill.errors import NotFoundError
+from distill.labels import LabelSpace
 from distill.metrics import MIoUSums
 from distill.passes import predict
 from distill.records import KnowledgeUnits, Prediction, Shape, predictions_to_table, row_to_shape
@@ -114,21 +117,42 @@ def require_students(storage: Storage, run: str) -> None:
         )
 
 
-def load_students(storage: Storage, run: str) -> list[Any]:
-    """The finished students of ``run`` as ``(name, model, space)``, named ``<run>/<student>``
-    (the ``student`` column of the predictions tables)."""
-    return [(f"{run}/{name}", *load_student(storage, run, name)[:2]) for name in list_students(storage, run)]
+@dataclass(frozen=True)
+class LoadedStudent:
+    """A finished student ready to predict: ``name`` is ``<run>/<student>`` (the
+    ``student`` column of the predictions tables); ``trained``: the categories of its
+    space it had knowledge units for (the only ones it segments)."""
+
+    name: str
+    model: torch.nn.Module
+    space: LabelSpace
+    trained: frozenset[str]
+
+
+def load_students(storage: Storage, run: str) -> list[LoadedStudent]:
+    """The finished students of ``run``."""
+    out = []
+    for name in list_students(storage, run):
+        model, space, bundle = load_student(storage, run, name)
+        trained = frozenset(space.categories) - set(bundle.get("untrained_categories", ()))
+        out.append(LoadedStudent(f"{run}/{name}", model, space, trained))
+    return out
+
+
+def trained_categories(students: list[LoadedStudent]) -> set[str]:
+    return {c for s in students for c in s.trained}
 
 
 def student_predictions(
-    students: list[Any], shapes: list[Shape], batch_size: int
+    students: list[LoadedStudent], shapes: list[Shape], batch_size: int
 ) -> Iterator[tuple[str, Shape, np.ndarray]]:
-    """Each student's predictions of the ``shapes`` of its categories → ``(student name,
-    shape, labels (N,) int64)``, student by student (``students``: ``(name, model, space)``)."""
-    for name, model, space in students:
-        mine = [s for s in shapes if s.category in space.categories]
+    """Each student's predictions of the ``shapes`` of the categories it was trained for
+    → ``(student name, shape, labels (N,) int64)``, student by student."""
+    for st in students:
+        mine = [s for s in shapes if s.category in st.trained]
         if mine:
-            yield from ((name, s, pred) for s, pred in zip(mine, predict(model, mine, "cpu", batch_size, space)))
+            preds = predict(st.model, mine, "cpu", batch_size, st.space)
+            yield from ((st.name, s, pred) for s, pred in zip(mine, preds))
 
 
 def plan_items(storage: Storage, shapes_dir: str, units_dir: str) -> list[PartItem]:
@@ -189,11 +213,15 @@ def evaluate_run(
     tables, categories = evaluate_parts(cfg, storage, shapes_dir, units_dir, True, f"{cfg.run}/predictions", driver)
     if not categories:
         raise ValueError(f"{storage.uri(shapes_dir)}: no shapes to evaluate")
-    known = {c for _, _, space in load_students(storage, cfg.run) for c in space.categories}
-    unknown = sorted(categories - known)
+    unknown = sorted(categories - trained_categories(load_students(storage, cfg.run)))
     if unknown:
         log.warning("no student was trained for categories %s: their shapes are not segmented", unknown)
     md = markdown_table(tables)
+    if unknown:
+        md += (
+            f"\n\nstudent: untrained for {', '.join(unknown)} (no knowledge unit to learn from), "
+            "shown as —; its means are over the other categories."
+        )
     storage.write_bytes(f"{cfg.run}/evaluation.md", (md + "\n").encode())
     curves = write_curves_png(storage, cfg.run, list_students(storage, cfg.run))
     evaluated = max(len(t) for t in tables.values())

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from cluster.checkpoints import list_students
 from cluster.config import Config
-from cluster.evaluate import load_students, student_predictions
+from cluster.evaluate import load_students, student_predictions, trained_categories
 from cluster.layout import shapes_manifest
 from cluster.pipeline import ensure_shapes
 from cluster.rejects import write_rejects
@@ -47,7 +47,7 @@ def segment(cfg: Config, storage: Storage) -> dict[str, Any]:
         )
     ingested = ensure_shapes(cfg, storage, cfg.data, shapes_dir)
     loaded = load_students(storage, source_run)
-    known = [c for _, _, space in loaded for c in space.categories]
+    known = sorted(trained_categories(loaded))
     # A user's files name their category freely ("chair", "CHAIR"): match case-insensitively.
     canonical = {c.lower(): c for c in known}
     table = MIoUSums()

@@ -62,6 +62,9 @@ class StudentPlan:
     units_dir: str
     items: list[PartItem] = field(default_factory=list)
     with_units: int = 0
+    untrained: tuple[str, ...] = ()
+    """Categories of the space with no knowledge unit: the student learns nothing of them,
+    and evaluation and segmentation report them as untrained instead of scoring them."""
 
     def tables(self, round: int) -> Tables:
         """Where round ``round``'s fit reads: the shapes, round 0's units, the round's scores."""
@@ -75,12 +78,14 @@ class StudentPlan:
             "units_dir": self.units_dir,
             "items": [[i.shape_part, list(i.knowledge_parts), list(i.categories), i.with_units] for i in self.items],
             "with_units": self.with_units,
+            "untrained": list(self.untrained),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StudentPlan:
         items = [PartItem(p, tuple(k), tuple(c), int(n)) for p, k, c, n in d["items"]]
-        return cls(d["name"], LabelSpace.from_dict(d["space"]), d["shapes_dir"], d["units_dir"], items, d["with_units"])
+        space = LabelSpace.from_dict(d["space"])
+        return cls(d["name"], space, d["shapes_dir"], d["units_dir"], items, d["with_units"], tuple(d.get("untrained", ())))
 
 
 def plan_students(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str) -> list[StudentPlan]:
@@ -93,15 +98,26 @@ def plan_students(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str
     if not knowledge:
         raise NotFoundError(f"{storage.uri(units_dir)} holds no knowledge units — run jobs/extract.py first")
     parts = category_parts(shapes, where=f"{storage.uri(shapes_dir)}: ")
-    groups = [[c] for c in parts] if cfg.train.per_category else [list(parts)]
+    with_units: dict[str, int] = {}
+    for meta in knowledge.values():
+        for c, n in meta.get("with_units", {}).items():
+            with_units[c] = with_units.get(c, 0) + int(n)
+    untrained = [c for c in parts if not with_units.get(c)]
+    if len(untrained) == len(parts):
+        raise NotFoundError(
+            f"{storage.uri(units_dir)}: no shape has a knowledge unit to learn from — check the teacher's "
+            "output (teacher.score_threshold, the prompts) with jobs/extract.py"
+        )
+    if untrained:
+        log.warning("no knowledge unit for %s: no student learns them; evaluation reports them untrained", untrained)
+    groups = [[c] for c in parts if c not in untrained] if cfg.train.per_category else [list(parts)]
     plans = []
     for group in groups:
         space = LabelSpace(tuple(group), tuple(parts[c] for c in group))
         plan = plan_parts(shapes, knowledge, group, where=f"{storage.uri(units_dir)}: ")
-        if plan.with_units == 0:
-            raise ValueError(f"{storage.uri(units_dir)}: no shape of {group} has a knowledge unit to learn from")
         name = student_name(space, cfg.train.per_category)
-        plans.append(StudentPlan(name, space, shapes_dir, units_dir, plan.items, plan.with_units))
+        missing = tuple(c for c in group if c in untrained)
+        plans.append(StudentPlan(name, space, shapes_dir, units_dir, plan.items, plan.with_units, missing))
     return plans
 
 
@@ -221,6 +237,7 @@ def fit_student(
         "student": plan.name,
         "categories": list(plan.space.categories),
         "shapes": plan.with_units,
+        "untrained_categories": list(plan.untrained),
         "epochs": len(history),
         "rounds": int(history[-1]["round"]) if history else 0,
         "selected_epoch": result.selected_epoch,

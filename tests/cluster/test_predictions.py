@@ -8,13 +8,13 @@ import torch
 from cluster.checkpoints import checkpoint_dir, final_bundle, save_torch
 from cluster.config import load_config
 from cluster.evaluate import PartEvaluator, load_students
-from cluster.layout import PartItem, shape_summary
+from cluster.layout import PartItem, knowledge_part_name, shape_summary
 from cluster.samples import Tables
 from cluster.segment import segment
 from cluster.storage import Storage
 from distill.config import StudentConfig
 from distill.labels import LabelSpace
-from distill.records import PREDICTION_SCHEMA, shapes_to_table, table_to_predictions
+from distill.records import PREDICTION_SCHEMA, shapes_to_table, table_to_predictions, units_to_table
 from distill.student import build_student
 from generation.procedural import make_shape
 
@@ -53,3 +53,35 @@ def test_evaluate_and_segment_write_one_prediction_schema(tmp_path):
     # Segmentation keeps the points (its labels stand alone); evaluation's are in the shape table.
     assert all(p.points is None for p in a)
     assert all(np.array_equal(q.points, s.points) for q, s in zip(b, shapes))
+
+
+def test_an_untrained_category_is_reported_not_scored(tmp_path):
+    """A student whose plan had no knowledge unit for a category does not segment it:
+    evaluation leaves its cell empty (never a chance-level score) and segmentation rejects
+    its shapes with the reason."""
+    from cluster.evaluate import evaluate_run
+    from cluster.rejects import read_rejects
+
+    cfg = load_config(
+        [f"storage.root={tmp_path}", f"run={RUN}", "data.source=table", f"data.path={SHAPES}", "progress=false"]
+        + ["segment.pictures=0"]
+    )
+    storage = Storage.from_config(cfg.storage)
+    shapes = [make_shape(c, i, 0, 256) for c in ("chair", "lamp") for i in range(2)]
+    done = [s.shape_id for s in shapes]
+    part = storage.write_part(SHAPES, shapes_to_table(shapes), done_ids=done, summary=shape_summary(shapes))
+    units = f"{RUN}/knowledge/round_0"
+    storage.write_part(units, units_to_table([]), done, knowledge_part_name(part, done), {"shape_part": part})
+    space = LabelSpace.from_shapes(shapes)
+    student_cfg = StudentConfig(backbone="pointnet", width=8)
+    torch.manual_seed(0)
+    model = build_student(student_cfg, space.num_slots, space.num_categories)
+    bundle = final_bundle(model, space, student_cfg, untrained_categories=["Lamp"])
+    save_torch(storage, f"{checkpoint_dir(RUN, 'all')}/final.pt", bundle)
+    (loaded,) = load_students(storage, RUN)
+    assert loaded.trained == {"Chair"}
+    out = evaluate_run(cfg, storage, SHAPES, units)
+    assert set(out["per_category"]["student"]) == {"Chair"}
+    assert out["unsegmented_categories"] == ["Lamp"] and "untrained for Lamp" in out["table"]
+    assert segment(cfg, storage)["segmented"] == 2
+    assert {r["item"] for r in read_rejects(storage, RUN, "segment")} == {s.shape_id for s in shapes[2:]}

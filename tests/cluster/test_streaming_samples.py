@@ -221,3 +221,21 @@ def test_class_count_samples_are_training_shapes_of_every_category(run):
     counts = np.bincount([s.category for s in picked], minlength=2)
     assert counts.tolist() == [min(CLASS_COUNT_SHAPES, n) for n in np.bincount([s.category for s in (
         s for chunk in source.scan() for s in chunk if source.is_train(s))], minlength=2)]  # fmt: skip
+
+
+def test_a_category_without_units_is_planned_untrained(tmp_path):
+    storage = Storage(str(tmp_path))
+    _write(storage, "r", parts_per_category=1)
+    rng = np.random.default_rng(1)
+    cups = [Shape(f"Cup/{i}", "Cup", ["body", "handle"], rng.normal(size=(64, 3))) for i in range(3)]
+    name = "part-cups.parquet"
+    done = [s.shape_id for s in cups]
+    storage.write_part("r/shapes", shapes_to_table(cups), done, name, shape_summary(cups))
+    storage.write_part(
+        "r/knowledge/round_0", units_to_table([]), done, knowledge_part_name(name, done),
+        {"shape_part": name, "with_units": {"Cup": 0}, "units": 0},
+    )  # fmt: skip
+    (one,) = _plans(storage, per_category=False)
+    assert one.space.categories == ("Cup", "Lamp", "Mug") and one.untrained == ("Cup",)
+    assert StudentPlan.from_dict(one.to_dict()) == one
+    assert [p.name for p in _plans(storage, per_category=True)] == ["Lamp", "Mug"]
