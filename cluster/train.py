@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -156,11 +156,14 @@ class FitOutcome:
     rescore_due: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fit's summary, flat (``train_info.json``: what a user and bench/scale.py read),
+        with ``rescore_due`` beside its keys."""
+        return {**self.info, "rescore_due": self.rescore_due}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FitOutcome:
-        return cls(dict(d["info"]), bool(d["rescore_due"]))
+        info = {k: v for k, v in d.items() if k != "rescore_due"}
+        return cls(info, bool(d.get("rescore_due", False)))
 
 
 def fit_student(

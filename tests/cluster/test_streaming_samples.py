@@ -239,3 +239,11 @@ def test_a_category_without_units_is_planned_untrained(tmp_path):
     assert one.space.categories == ("Cup", "Lamp", "Mug") and one.untrained == ("Cup",)
     assert StudentPlan.from_dict(one.to_dict()) == one
     assert [p.name for p in _plans(storage, per_category=True)] == ["Lamp", "Mug"]
+
+
+def test_fit_outcome_is_a_flat_train_info():
+    from cluster.train import FitOutcome
+
+    outcome = FitOutcome({"student": "all", "epochs": 6}, rescore_due=True)
+    assert outcome.to_dict() == {"student": "all", "epochs": 6, "rescore_due": True}  # train_info.json
+    assert FitOutcome.from_dict(outcome.to_dict()) == outcome
