@@ -176,15 +176,22 @@ def main() -> None:
     parser.add_argument("--orders", type=int, nargs="+", default=[100, 101], help="data-order seeds (train.order_seed)")
     parser.add_argument("--modes", nargs="+", default=["pre", "tta"], choices=["pre", "tta"])
     parser.add_argument("--root", default=str(ROOT / "bench" / "results" / "quality_runs"))
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1: two modes side by side)")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "quality.json"))
+    parser.add_argument(
+        "--extract-only", action="store_true", help="extract the seeds' knowledge and stop (before side-by-side runs)"
+    )
     parser.add_argument("overrides", nargs="*", help="config keys, key=value")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     start = time.perf_counter()
     cfg = load_config([*DEFAULTS, *args.overrides])
     vocabulary = "each dataset's own part names (no mapping)"
     if cfg.data.vocabulary:  # the mappings used, said (distill/vocab.py)
         vocabulary = f"shared concepts of {cfg.data.vocabulary}"
     print(f"vocabulary: {vocabulary}", file=sys.stderr)
+    if args.extract_only:
+        args.modes = []
     runs = [run_seed(args.overrides, seed, args.orders, args.modes, Path(args.root)) for seed in args.seeds]
     what = f"{len(args.seeds)} seed(s) × {len(args.orders)} order(s)"
     summary: dict[str, Any] = {}
@@ -196,7 +203,7 @@ def main() -> None:
     summary["overrides"] = args.overrides
     summary["vocabulary"] = vocabulary
     summary["minutes"] = round((time.perf_counter() - start) / 60, 1)
-    out = ROOT / "bench" / "results" / "quality.json"
+    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2) + "\n")
     keys = (*METHODS, "lead", "lead_std", "student_std", "below_vote", "train_seconds")
