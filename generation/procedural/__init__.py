@@ -40,12 +40,12 @@ from distill.categories import (
 )
 from distill.records import Mesh, Shape
 from distill.sampling import derive_seed, shape_from_mesh
-from generation.procedural.creatures import _human
-from generation.procedural.furniture import _chair, _lamp, _table
-from generation.procedural.primitives import _box, _Builder
-from generation.procedural.tools import _glasses, _plier
-from generation.procedural.vehicles import _airplane, _car, _guitar, _rocket, _skateboard
-from generation.procedural.vessels import _cup, _vase
+from generation.procedural.creatures import build_human
+from generation.procedural.furniture import build_chair, build_lamp, build_table
+from generation.procedural.primitives import MeshBuilder, box_mesh
+from generation.procedural.tools import build_glasses, build_plier
+from generation.procedural.vehicles import build_airplane, build_car, build_guitar, build_rocket, build_skateboard
+from generation.procedural.vessels import build_cup, build_vase
 
 CATEGORIES = PROCEDURAL_SNP_CATEGORIES
 """The default corpus (ShapeNetPart categories)."""
@@ -60,19 +60,19 @@ than halves of one list: ``all``/``train`` make instances 0..n−1, ``val`` and 
 held-out instances (other indices, hence other seeds and proportions)."""
 
 _BUILDERS: dict[str, Callable[[np.random.Generator], tuple[Mesh, dict[str, Any]]]] = {
-    "Airplane": _airplane,
-    "Car": _car,
-    "Chair": _chair,
-    "Guitar": _guitar,
-    "Lamp": _lamp,
-    "Rocket": _rocket,
-    "Skateboard": _skateboard,
-    "Table": _table,
-    "Cup": _cup,
-    "Glasses": _glasses,
-    "Human": _human,
-    "Plier": _plier,
-    "Vase": _vase,
+    "Airplane": build_airplane,
+    "Car": build_car,
+    "Chair": build_chair,
+    "Guitar": build_guitar,
+    "Lamp": build_lamp,
+    "Rocket": build_rocket,
+    "Skateboard": build_skateboard,
+    "Table": build_table,
+    "Cup": build_cup,
+    "Glasses": build_glasses,
+    "Human": build_human,
+    "Plier": build_plier,
+    "Vase": build_vase,
 }
 
 __all__ = [
@@ -82,8 +82,8 @@ __all__ = [
     "PROCEDURAL_PARTS",
     "PSB_CATEGORIES",
     "SPLIT_START",
-    "_Builder",
-    "_box",
+    "MeshBuilder",
+    "box_mesh",
     "instance_rng",
     "make_mesh",
     "make_shape",

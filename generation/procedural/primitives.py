@@ -1,7 +1,7 @@
 """Closed triangle primitives and the labelled-mesh builder of the procedural corpus.
 
 Each primitive returns (vertices (V, 3) float64, faces (F, 3) int64), closed and
-consistently wound; ``_Builder.add`` turns every one outward.
+consistently wound; ``MeshBuilder.add`` turns every one outward.
 """
 
 from __future__ import annotations
@@ -10,15 +10,15 @@ import numpy as np
 
 from distill.records import Mesh
 
-_SECTIONS = 20  # segments around a surface of revolution: smooth enough at 800², few faces.
+SECTIONS = 20  # segments around a surface of revolution: smooth enough at 800², few faces.
 
 
 # --------------------------------------------------------------------------------------
 # Primitives: each returns (vertices (V, 3) float64, faces (F, 3) int64), closed and
-# consistently wound; ``_Builder.add`` turns every one outward.
+# consistently wound; ``MeshBuilder.add`` turns every one outward.
 
 
-def _rot(axis: str, deg: float) -> np.ndarray:
+def rot_matrix(axis: str, deg: float) -> np.ndarray:
     """3×3 rotation by ``deg`` degrees about the x, y or z axis (right-hand rule)."""
     c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
     return {
@@ -28,7 +28,7 @@ def _rot(axis: str, deg: float) -> np.ndarray:
     }[axis]
 
 
-def _loft(rings: list[np.ndarray], cap_start: bool = True, cap_end: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def loft_mesh(rings: list[np.ndarray], cap_start: bool = True, cap_end: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Join consecutive rings of k points (or single-point poles) into a tube.
 
     rings: list of (k, 3) arrays or (1, 3) poles, same k for all non-poles. Open ends of
@@ -65,51 +65,51 @@ def _loft(rings: list[np.ndarray], cap_start: bool = True, cap_end: bool = True)
     return np.concatenate(verts), np.concatenate(faces).astype(np.int64)
 
 
-def _circle(radius: float, sections: int = _SECTIONS) -> np.ndarray:
+def circle_ring(radius: float, sections: int = SECTIONS) -> np.ndarray:
     """(sections, 2) points of a circle, counter-clockwise."""
     t = np.linspace(0.0, 2.0 * np.pi, sections, endpoint=False)
     return radius * np.stack([np.cos(t), np.sin(t)], 1)
 
 
-def _revolve(profile: list[tuple[float, float]], sections: int = _SECTIONS) -> tuple[np.ndarray, np.ndarray]:
+def revolve_profile(profile: list[tuple[float, float]], sections: int = SECTIONS) -> tuple[np.ndarray, np.ndarray]:
     """Surface of revolution about +y. profile: (radius, y) pairs; radius 0 = a pole."""
     rings = []
     for r, y in profile:
         if r <= 1e-9:  # a pole (also catches cos(pi/2) rounding)
             rings.append(np.array([[0.0, y, 0.0]]))
         else:
-            c = _circle(r, sections)
+            c = circle_ring(r, sections)
             rings.append(np.stack([c[:, 0], np.full(sections, y), c[:, 1]], 1))
-    return _loft(rings)
+    return loft_mesh(rings)
 
 
-def _cylinder(r_bottom: float, r_top: float, height: float, sections: int = _SECTIONS) -> tuple:
+def cylinder_mesh(r_bottom: float, r_top: float, height: float, sections: int = SECTIONS) -> tuple:
     """Frustum (cylinder when radii agree, cone when r_top = 0) along +y from y=0 to y=height."""
-    return _revolve([(0.0, 0.0), (r_bottom, 0.0), (r_top, height), (0.0, height)], sections)
+    return revolve_profile([(0.0, 0.0), (r_bottom, 0.0), (r_top, height), (0.0, height)], sections)
 
 
-def _ellipsoid(rx: float, ry: float, rz: float, rings: int = 8, sections: int = _SECTIONS) -> tuple:
+def ellipsoid_mesh(rx: float, ry: float, rz: float, rings: int = 8, sections: int = SECTIONS) -> tuple:
     """Ellipsoid centred at the origin with semi-axes (rx, ry, rz)."""
     t = np.linspace(0.0, np.pi, rings + 1)
-    v, f = _revolve([(float(np.sin(a)), float(-np.cos(a))) for a in t], sections)
+    v, f = revolve_profile([(float(np.sin(a)), float(-np.cos(a))) for a in t], sections)
     return v * [rx, ry, rz], f
 
 
-def _box(size: tuple[float, float, float]) -> tuple:
+def box_mesh(size: tuple[float, float, float]) -> tuple:
     """Axis-aligned box of ``size`` centred at the origin."""
     sx, sy, sz = (s / 2.0 for s in size)
     rect = np.array([[sx, sz], [-sx, sz], [-sx, -sz], [sx, -sz]])
-    return _loft([np.stack([rect[:, 0], np.full(4, y), rect[:, 1]], 1) for y in (-sy, sy)])
+    return loft_mesh([np.stack([rect[:, 0], np.full(4, y), rect[:, 1]], 1) for y in (-sy, sy)])
 
 
-def _prism(polygon: np.ndarray, thickness: float) -> tuple:
+def prism_mesh(polygon: np.ndarray, thickness: float) -> tuple:
     """A convex polygon in the xz plane, (k, 2) as (x, z), extruded along y, centred on y=0."""
     p = np.asarray(polygon, np.float64)
     k = len(p)
-    return _loft([np.stack([p[:, 0], np.full(k, y), p[:, 1]], 1) for y in (-thickness / 2, thickness / 2)])
+    return loft_mesh([np.stack([p[:, 0], np.full(k, y), p[:, 1]], 1) for y in (-thickness / 2, thickness / 2)])
 
 
-def _tube(path: np.ndarray, profile: np.ndarray) -> tuple:
+def tube_mesh(path: np.ndarray, profile: np.ndarray) -> tuple:
     """Sweep a 2D cross-section (m, 2) along a 3D polyline path (P, 3), capped at both ends.
 
     The section's first axis follows a fixed reference direction projected off the
@@ -125,22 +125,22 @@ def _tube(path: np.ndarray, profile: np.ndarray) -> tuple:
         u /= np.linalg.norm(u)
         w = np.cross(t, u)
         rings.append(p + profile[:, :1] * u + profile[:, 1:] * w)
-    return _loft(rings)
+    return loft_mesh(rings)
 
 
-def _place(prim: tuple, rot: np.ndarray | None = None, at: tuple[float, float, float] = (0, 0, 0)) -> tuple:
+def placed(prim: tuple, rot: np.ndarray | None = None, at: tuple[float, float, float] = (0, 0, 0)) -> tuple:
     v, f = prim
     if rot is not None:
         v = v @ np.asarray(rot).T
     return v + np.asarray(at, np.float64), f
 
 
-def _mirror_x(prim: tuple) -> tuple:
+def mirror_x(prim: tuple) -> tuple:
     v, f = prim
     return v * [-1.0, 1.0, 1.0], f
 
 
-class _Builder:
+class MeshBuilder:
     """Accumulates primitives with part labels into one labelled mesh."""
 
     def __init__(self) -> None:
@@ -168,19 +168,19 @@ class _Builder:
         )
 
 
-def _frame(direction: np.ndarray) -> np.ndarray:
+def frame_of(direction: np.ndarray) -> np.ndarray:
     """3×3 rotation taking +y onto the unit vector along ``direction`` (3,)."""
     d = np.asarray(direction, np.float64)
     d = d / np.linalg.norm(d)
     y = np.array([0.0, 1.0, 0.0])
     v, c = np.cross(y, d), float(y @ d)
     if np.linalg.norm(v) < 1e-9:  # parallel or antiparallel to +y
-        return np.eye(3) if c > 0 else _rot("x", 180)
+        return np.eye(3) if c > 0 else rot_matrix("x", 180)
     k = np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
     return np.eye(3) + k + k @ k * (1.0 / (1.0 + c))
 
 
-def _segment(a: np.ndarray, b: np.ndarray, r_a: float, r_b: float, sections: int = 12) -> tuple:
+def segment_mesh(a: np.ndarray, b: np.ndarray, r_a: float, r_b: float, sections: int = 12) -> tuple:
     """A frustum from point ``a`` (radius ``r_a``) to point ``b`` (radius ``r_b``), both (3,)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return _place(_cylinder(r_a, r_b, float(np.linalg.norm(b - a)), sections), _frame(b - a), at=tuple(a))
+    return placed(cylinder_mesh(r_a, r_b, float(np.linalg.norm(b - a)), sections), frame_of(b - a), at=tuple(a))

@@ -13,15 +13,15 @@ import numpy as np
 
 from distill.records import Mesh
 from generation.procedural.primitives import (
-    _Builder,
-    _circle,
-    _cylinder,
-    _loft,
-    _place,
-    _prism,
-    _rot,
-    _segment,
-    _tube,
+    MeshBuilder,
+    circle_ring,
+    cylinder_mesh,
+    loft_mesh,
+    placed,
+    prism_mesh,
+    rot_matrix,
+    segment_mesh,
+    tube_mesh,
 )
 
 
@@ -39,9 +39,9 @@ def _lens_outline(rng: np.random.Generator, w: float, h: float) -> np.ndarray:
     return np.stack([x * w / 2, y * h / 2], 1)
 
 
-def _glasses(rng: np.random.Generator) -> tuple[Mesh, dict[str, Any]]:
+def build_glasses(rng: np.random.Generator) -> tuple[Mesh, dict[str, Any]]:
     lens, middle, skeleton = range(3)
-    b = _Builder()
+    b = MeshBuilder()
     w, h = rng.uniform(0.4, 0.6), rng.uniform(0.25, 0.45)
     gap = rng.uniform(0.12, 0.25)  # between the lenses' inner edges
     outline = _lens_outline(rng, w, h)
@@ -49,25 +49,25 @@ def _glasses(rng: np.random.Generator) -> tuple[Mesh, dict[str, Any]]:
     rim = rng.uniform(0.008, 0.02)
     rimless = rng.random() < 0.15
     cx = gap / 2 + w / 2
-    # Lens slab in the xy plane: _prism extrudes a (x, z) polygon along y, so turn it.
+    # Lens slab in the xy plane: prism_mesh extrudes a (x, z) polygon along y, so turn it.
     for side in (-1.0, 1.0):
         poly = outline * [side, 1.0]
-        v, f = _prism(poly[::-1] if side < 0 else poly, t_lens)
-        v = v @ _rot("x", 90).T + [side * cx, 0.0, 0.0]
+        v, f = prism_mesh(poly[::-1] if side < 0 else poly, t_lens)
+        v = v @ rot_matrix("x", 90).T + [side * cx, 0.0, 0.0]
         b.add((v, f), lens)
         if not rimless:
             ring = np.concatenate([poly, poly[:1]]) * 1.04 + [side * cx, 0.0]
             path = np.stack([ring[:, 0], ring[:, 1], np.zeros(len(ring))], 1)
-            b.add(_tube(path, _circle(rim, 8)), skeleton)
+            b.add(tube_mesh(path, circle_ring(rim, 8)), skeleton)
     # Bridge: an arc over the nose between the lenses' inner edges.
     yb = h * rng.uniform(0.0, 0.3)
     arc = rng.uniform(0.02, 0.08)
     t = np.linspace(-1.0, 1.0, 7)
     xs = t * (gap / 2 + rim * 2 + 0.02)
     bridge = np.stack([xs, yb + arc * (1 - t**2), np.zeros_like(t)], 1)
-    b.add(_tube(bridge, _circle(rng.uniform(0.015, 0.03), 8)), middle)
+    b.add(tube_mesh(bridge, circle_ring(rng.uniform(0.015, 0.03), 8)), middle)
     if rng.random() < 0.4:  # a second, straight bar above (double bridge)
-        b.add(_segment([-gap / 2 - 0.02, h * 0.42, 0], [gap / 2 + 0.02, h * 0.42, 0], rim, rim), middle)
+        b.add(segment_mesh([-gap / 2 - 0.02, h * 0.42, 0], [gap / 2 + 0.02, h * 0.42, 0], rim, rim), middle)
     # Temples: from the outer corners straight back along −z, bent down behind the ear;
     # open, half folded or folded flat behind the lenses.
     fold = float(rng.choice([0.0, 0.0, 0.0, rng.uniform(20, 70), 90.0]))
@@ -76,19 +76,19 @@ def _glasses(rng: np.random.Generator) -> tuple[Mesh, dict[str, Any]]:
     hinge_y = h * rng.uniform(0.1, 0.35)
     for side in (-1.0, 1.0):
         hinge = np.array([side * (cx + w / 2 + rim), hinge_y, -0.02])
-        d = _rot("y", side * fold) @ np.array([0.0, 0.0, -1.0])
+        d = rot_matrix("y", side * fold) @ np.array([0.0, 0.0, -1.0])
         bend = rng.uniform(0.12, 0.3)
         pts = [hinge, hinge + d * length * (1 - bend), hinge + d * length + [0.0, -bend * length * 0.6, 0.0]]
         path = np.stack([np.linspace(pts[0], pts[1], 6)[:-1], np.linspace(pts[1], pts[2], 6)[:-1]]).reshape(-1, 3)
-        b.add(_tube(np.concatenate([path, pts[2:]]), _circle(tt, 8) * [1.0, 1.6]), skeleton)
-        b.add(_segment(hinge - [side * 0.05, 0, 0], hinge, tt * 1.5, tt * 1.5), skeleton)  # end piece
+        b.add(tube_mesh(np.concatenate([path, pts[2:]]), circle_ring(tt, 8) * [1.0, 1.6]), skeleton)
+        b.add(segment_mesh(hinge - [side * 0.05, 0, 0], hinge, tt * 1.5, tt * 1.5), skeleton)  # end piece
     params = {"lens_width": w, "lens_height": h, "gap": gap, "rimless": rimless, "fold_deg": fold, "temple": length}
     return b.mesh(), params
 
 
-def _plier(rng: np.random.Generator) -> tuple[Mesh, dict[str, Any]]:
+def build_plier(rng: np.random.Generator) -> tuple[Mesh, dict[str, Any]]:
     center, edge, handle = range(3)
-    b = _Builder()
+    b = MeshBuilder()
     jaw = rng.uniform(0.35, 0.9)  # jaw length (long-nose pliers: long and thin)
     grip = rng.uniform(1.1, 1.8)  # handle length
     open_deg = rng.uniform(0.0, 25.0)  # how far the jaws stand open
@@ -107,7 +107,7 @@ def _plier(rng: np.random.Generator) -> tuple[Mesh, dict[str, Any]]:
         for t in np.linspace(0.0, 1.0, 5):
             half = wj / 2 * (1.0 - 0.6 * t)
             rings.append(np.array([tip * t + u * half * sx + [0.0, tk / 2 * sy, 0.0] for sx, sy in corners]))
-        b.add(_loft(rings), edge)
+        b.add(loft_mesh(rings), edge)
         # Handle: from the pivot towards −z, spreading out, slightly curved; a thicker grip.
         ah = np.radians(side * (open_deg / 2 + spread))
         s = np.linspace(0.0, 1.0, 8)
@@ -116,10 +116,10 @@ def _plier(rng: np.random.Generator) -> tuple[Mesh, dict[str, Any]]:
         hpath = np.stack([hx, np.zeros_like(s), hz], 1)
         section = np.array([[-wh / 2, -tk / 2], [wh / 2, -tk / 2], [wh / 2, tk / 2], [-wh / 2, tk / 2]])
         if rng.random() < 0.6:  # rubber grips: a rounder, fatter section
-            section = _circle(1.0, 10) * [wh * 0.7, tk * 0.8]
-        b.add(_tube(hpath[1:], section), handle)
+            section = circle_ring(1.0, 10) * [wh * 0.7, tk * 0.8]
+        b.add(tube_mesh(hpath[1:], section), handle)
     # Centre: the pivot boss, a disc along y, with the jaws' and handles' roots.
-    b.add(_place(_cylinder(pivot_r, pivot_r, tk * 1.3), at=(0.0, -tk * 0.65, 0.0)), center)
-    b.add(_place(_cylinder(pivot_r * 0.35, pivot_r * 0.35, tk * 1.6), at=(0.0, -tk * 0.8, 0.0)), center)
+    b.add(placed(cylinder_mesh(pivot_r, pivot_r, tk * 1.3), at=(0.0, -tk * 0.65, 0.0)), center)
+    b.add(placed(cylinder_mesh(pivot_r * 0.35, pivot_r * 0.35, tk * 1.6), at=(0.0, -tk * 0.8, 0.0)), center)
     params = {"jaw": jaw, "grip": grip, "open_deg": open_deg, "spread_deg": spread, "pivot_radius": pivot_r}
     return b.mesh(), params

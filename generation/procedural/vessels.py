@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from distill.records import Mesh
-from generation.procedural.primitives import _Builder, _circle, _revolve, _segment, _tube
+from generation.procedural.primitives import MeshBuilder, circle_ring, revolve_profile, segment_mesh, tube_mesh
 
 
 def _shell(radii: np.ndarray, ys: np.ndarray, wall: float) -> tuple:
@@ -23,7 +23,7 @@ def _shell(radii: np.ndarray, ys: np.ndarray, wall: float) -> tuple:
     outer = [(0.0, float(ys[0]))] + [(float(r), float(y)) for r, y in zip(radii, ys)]
     inner = [(max(float(r) - wall, wall * 0.5), float(y)) for r, y in zip(radii[::-1], ys[::-1])]
     inner[-1] = (inner[-1][0], float(ys[0]) + wall)
-    return _revolve(outer + inner + [(0.0, float(ys[0]) + wall)])
+    return revolve_profile(outer + inner + [(0.0, float(ys[0]) + wall)])
 
 
 def _handle(
@@ -38,12 +38,12 @@ def _handle(
     path = np.stack([x, y, np.zeros_like(t)], 1)
     thick = rng.uniform(0.04, 0.075)
     flat = rng.uniform(0.5, 1.0)  # flattened section: wider across than deep
-    return _tube(path, _circle(1.0, 10) * [thick * flat, thick])
+    return tube_mesh(path, circle_ring(1.0, 10) * [thick * flat, thick])
 
 
-def _cup(rng: np.random.Generator) -> tuple[Mesh, dict[str, Any]]:
+def build_cup(rng: np.random.Generator) -> tuple[Mesh, dict[str, Any]]:
     body, handle = range(2)
-    b = _Builder()
+    b = MeshBuilder()
     h = rng.uniform(0.6, 1.4)
     r_bottom = rng.uniform(0.3, 0.5)
     r_top = r_bottom * rng.uniform(0.85, 1.4)
@@ -66,9 +66,9 @@ def _cup(rng: np.random.Generator) -> tuple[Mesh, dict[str, Any]]:
     return b.mesh(), params
 
 
-def _vase(rng: np.random.Generator) -> tuple[Mesh, dict[str, Any]]:
+def build_vase(rng: np.random.Generator) -> tuple[Mesh, dict[str, Any]]:
     base, body, handle, spout, top = range(5)
-    b = _Builder()
+    b = MeshBuilder()
     h = rng.uniform(0.8, 1.8)  # body height
     r_max = rng.uniform(0.3, 0.6)
     belly = rng.uniform(0.25, 0.65)  # where the body is widest, as a fraction of its height
@@ -89,9 +89,9 @@ def _vase(rng: np.random.Generator) -> tuple[Mesh, dict[str, Any]]:
     if has_base:  # a foot ring under the body, narrower or wider than its bottom
         bh = rng.uniform(0.06, 0.18) * h
         rb = r_foot * rng.uniform(0.7, 1.3)
-        b.add(_revolve([(0.0, 0.0), (rb, 0.0), (rb * 0.95, bh * 0.4), (r_foot * 0.8, bh), (0.0, bh)]), base)
+        b.add(revolve_profile([(0.0, 0.0), (rb, 0.0), (rb * 0.95, bh * 0.4), (r_foot * 0.8, bh), (0.0, bh)]), base)
         y0 = bh
-    b.add(_revolve([(0.0, y0)] + [(float(r), float(y + y0)) for r, y in zip(radii, ys)] + [(0.0, h + y0)]), body)
+    b.add(revolve_profile([(0.0, y0)] + [(float(r), float(y + y0)) for r, y in zip(radii, ys)] + [(0.0, h + y0)]), body)
     # Top: neck and lip, an open shell from the shoulder up.
     nh = rng.uniform(0.12, 0.45) * h
     r_neck = r_shoulder * rng.uniform(0.6, 1.0)
@@ -117,7 +117,7 @@ def _vase(rng: np.random.Generator) -> tuple[Mesh, dict[str, Any]]:
         start = np.array([-rs * 0.8, ys_, 0.0])
         end = start + length * np.array([-np.cos(ang), np.sin(ang), 0.0])
         r0 = rng.uniform(0.07, 0.12)
-        b.add(_segment(start, end, r0, r0 * rng.uniform(0.4, 0.8)), spout)
+        b.add(segment_mesh(start, end, r0, r0 * rng.uniform(0.4, 0.8)), spout)
     params = {"height": h, "radius": r_max, "belly": belly, "base": has_base, "neck": nh, "handles": n_handles}
     params |= {"spout": has_spout}
     return b.mesh(), params

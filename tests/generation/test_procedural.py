@@ -11,7 +11,7 @@ import trimesh
 import generation
 from distill.categories import SHAPENETPART_PARTS
 from distill.sampling import face_areas_normals
-from generation.procedural import CATEGORIES, PROCEDURAL_PARTS, _box, _Builder, make_mesh, make_shape
+from generation.procedural import CATEGORIES, PROCEDURAL_PARTS, MeshBuilder, box_mesh, make_mesh, make_shape
 
 INSTANCES = 8
 
@@ -90,8 +90,8 @@ def test_meshes_are_closed_and_outward(corpus):
 
 
 def test_builder_flips_inward_primitives():
-    v, f = _box((1.0, 2.0, 3.0))
-    b = _Builder()
+    v, f = box_mesh((1.0, 2.0, 3.0))
+    b = MeshBuilder()
     b.add((v * [-1.0, 1.0, 1.0], f), 0)  # a mirror turns the winding inwards
     mesh = b.mesh()
     assert np.isclose(trimesh.Trimesh(mesh.vertices, mesh.faces, process=False).volume, 6.0)

@@ -9,7 +9,7 @@ from distill.categories import PSB_PARTS
 from distill.sampling import face_areas_normals
 from generation.procedural import ALL_CATEGORIES, CATEGORIES, PSB_CATEGORIES, make_mesh, make_shape
 from generation.procedural.creatures import POSES
-from generation.procedural.primitives import _frame, _segment
+from generation.procedural.primitives import frame_of, segment_mesh
 
 INSTANCES = 12
 
@@ -69,8 +69,8 @@ def test_variety_in_part_counts_and_poses():
 
 def test_segment_and_frame():
     d = np.array([1.0, 2.0, -2.0])
-    assert np.allclose(_frame(d) @ [0, 1, 0], d / 3)
-    assert np.allclose(_frame([0, -1, 0]) @ [0, 1, 0], [0, -1, 0])
-    v, _ = _segment([0, 0, 0], [0, 0, 2], 0.1, 0.1)
+    assert np.allclose(frame_of(d) @ [0, 1, 0], d / 3)
+    assert np.allclose(frame_of([0, -1, 0]) @ [0, 1, 0], [0, -1, 0])
+    v, _ = segment_mesh([0, 0, 0], [0, 0, 2], 0.1, 0.1)
     assert np.isclose(v[:, 2].min(), 0) and np.isclose(v[:, 2].max(), 2)
     assert np.isclose(np.abs(v[:, :2]).max(), 0.1)
