@@ -293,16 +293,19 @@ class PartSource(SampleSource):
         """The label-space indices of an item's categories (from its manifest)."""
         return [self.space.categories.index(c) for c in item.categories if c in self.space.categories]
 
-    def _pick(self, total: int, keep: Callable[[ShapeSample], bool], trained_only: bool) -> Iterator[list[ShapeSample]]:
-        """``total`` samples spread over the categories (``stratified_chunks``), reading only
-        parts whose categories still need some."""
-        cats = {c for item in self.items if item.with_units or not trained_only for c in self._categories_of(item)}
-        quota = category_quota(total, len(cats))
-        return stratified_chunks(self.items, self._load, quota, cats, self._categories_of, keep)
+    def _trained_categories(self) -> set[int]:
+        """The categories of parts that hold shapes with units (from the manifests)."""
+        return {c for item in self.items if item.with_units for c in self._categories_of(item)}
+
+    def _pick(self, total: int, keep: Callable[[ShapeSample], bool]) -> Iterator[list[ShapeSample]]:
+        """``total`` samples shared by the trained categories (``stratified_chunks``), reading
+        only parts whose categories still need some."""
+        cats = self._trained_categories()
+        return stratified_chunks(self.items, self._load, category_quota(total, len(cats)), cats, self._categories_of, keep)
 
     def calibration_samples(self) -> list[ShapeSample]:
         if self._calibration is None:
-            chunks = self._pick(CALIBRATION_SHAPES, self.is_train, trained_only=True)
+            chunks = self._pick(CALIBRATION_SHAPES, self.is_train)
             self._calibration = sorted((s for chunk in chunks for s in chunk), key=lambda s: s.category)
         return self._calibration
 
@@ -311,7 +314,7 @@ class PartSource(SampleSource):
         return stratified(self.items, self._load, REFERENCE_SHAPES, cats, self._categories_of)
 
     def class_count_samples(self) -> list[ShapeSample]:
-        cats = {c for item in self.items if item.with_units for c in self._categories_of(item)}
+        cats = self._trained_categories()
         return stratified(self.items, self._load, CLASS_COUNT_SHAPES, cats, self._categories_of, self.is_train)
 
     def validation_chunks(self) -> Iterator[list[ShapeSample]]:
@@ -321,4 +324,4 @@ class PartSource(SampleSource):
         def held_out(s: ShapeSample) -> bool:
             return s.num_units > 0 and in_validation(s.shape_id, self.seed, self.val_fraction)
 
-        return self._pick(VALIDATION_SHAPES, held_out, trained_only=True)
+        return self._pick(VALIDATION_SHAPES, held_out)

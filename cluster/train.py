@@ -220,21 +220,23 @@ def fit_student(
             report(state, f"{ckpt}/last.pt" if saved else None)
 
     start = time.perf_counter()
-    result = distil(
-        model,
-        data,
-        plan.space,
-        train_cfg,
-        device,
-        cfg.seed,
-        on_epoch_end=on_epoch_end,
-        resume=resume,
-        workers=workers,
-        rescore_externally=True,
-    )
-    bar.close()
-    if curves is not None:
-        curves.close()
+    try:
+        result = distil(
+            model,
+            data,
+            plan.space,
+            train_cfg,
+            device,
+            cfg.seed,
+            on_epoch_end=on_epoch_end,
+            resume=resume,
+            workers=workers,
+            rescore_externally=True,
+        )
+    finally:  # a failed fit still leaves its curves, and no temporary folder
+        bar.close()
+        if curves is not None:
+            curves.close()
     history = result.history
     info = {
         "student": plan.name,
