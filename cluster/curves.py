@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -35,7 +36,10 @@ class CurveLog:
 
         self.storage, self.dest = storage, tensorboard_dir(run, student)
         self.local = tempfile.mkdtemp(prefix="partdistill-tb-")
-        self.writer = SummaryWriter(self.local, flush_secs=3600)
+        # tensorboardX names a file by the second and the host: a resumed fit that starts
+        # within the second of the first would overwrite its events without a suffix.
+        suffix = f".{uuid.uuid4().hex[:8]}"
+        self.writer = SummaryWriter(self.local, flush_secs=3600, filename_suffix=suffix)
 
     def epoch(self, record: dict[str, float]) -> None:
         step = int(record["epoch"])
