@@ -80,7 +80,9 @@ def write_corpus(storage: Storage, run: str, size: int, part_shapes: int, seed: 
                 scores.append(float(rng.uniform(0.5, 0.95)))
             units.append(KnowledgeUnits.from_lists(sid, views, labs, scores, sets, teacher="synthetic"))
         name = f"part-{n // part_shapes:06d}.parquet"
-        storage.write_part(f"{run}/shapes", shapes_to_table(shapes), [s.shape_id for s in shapes], name, shape_summary(shapes))
+        storage.write_part(
+            f"{run}/shapes", shapes_to_table(shapes), [s.shape_id for s in shapes], name, shape_summary(shapes)
+        )
         ids = [s.shape_id for s in shapes]
         summary = {"shape_part": name, "with_units": {cat: count}, "units": 12 * count}
         storage.write_part(
@@ -232,7 +234,7 @@ def _history(storage: Storage, run: str) -> list[dict[str, Any]]:
     return load_torch(storage, f"{run}/checkpoints/all/final.pt")["history"]
 
 
-def start_cluster() -> Any:
+def start_cluster(store_mib: int = 256) -> Any:
     import ray
     from ray.cluster_utils import Cluster
 
@@ -242,10 +244,10 @@ def start_cluster() -> Any:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 0, "object_store_memory": 256 * 2**20, "node_ip_address": "127.0.0.1"},
+        head_node_args={"num_cpus": 0, "object_store_memory": store_mib * 2**20, "node_ip_address": "127.0.0.1"},
     )
     for _ in range(2):
-        cluster.add_node(num_cpus=1, object_store_memory=256 * 2**20, node_ip_address="127.0.0.1")
+        cluster.add_node(num_cpus=1, object_store_memory=store_mib * 2**20, node_ip_address="127.0.0.1")
     ray.init(address=cluster.address, logging_level="WARNING")
     return cluster
 
@@ -284,12 +286,16 @@ def main() -> None:
 
             ray.shutdown()
             cluster.shutdown()
-    print("\n| backend | shapes | driver peak USS (MiB) | largest worker peak USS (MiB) | object store peak (MiB) "
-          "| spilled (MiB) | fit start-up (s) | training shapes/s |")
+    print(
+        "\n| backend | shapes | driver peak USS (MiB) | largest worker peak USS (MiB) | object store peak (MiB) "
+        "| spilled (MiB) | fit start-up (s) | training shapes/s |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['backend']} | {r['size']} | {r['driver_peak_mib']:.0f} | {r['worker_peak_mib']:.0f} | "
-              f"{r['store_peak_mib']:.0f} | {r['spilled_mib']:.0f} | {r['startup_s']:.1f} | {r['throughput']:.0f} |")
+        print(
+            f"| {r['backend']} | {r['size']} | {r['driver_peak_mib']:.0f} | {r['worker_peak_mib']:.0f} | "
+            f"{r['store_peak_mib']:.0f} | {r['spilled_mib']:.0f} | {r['startup_s']:.1f} | {r['throughput']:.0f} |"
+        )
 
     def ratios(backend: str) -> dict[str, float]:
         mine = [r for r in rows if r["backend"] == backend]

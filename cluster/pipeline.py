@@ -16,6 +16,8 @@ the evaluated ones.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from cluster.config import Config
@@ -28,6 +30,19 @@ if TYPE_CHECKING:
     from cluster.evaluate import EvaluateDriver
 
 log = logging.getLogger(__name__)
+
+
+def timed(name: str, step: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """``step``'s summary with when it started (``started_at``, epoch seconds) and its wall
+    ``seconds``: a run's summary says where its time went, stage by stage. The start and
+    the end are logged as ``stage <name> started at <t>`` / ``stage <name> done at <t>``,
+    so an interrupted run's log still says how far each stage got."""
+    started = time.time()
+    log.info("stage %s started at %.3f", name, started)
+    summary = step(*args, **kwargs)
+    done = time.time()
+    log.info("stage %s done at %.3f (%.1f s)", name, done, done - started)
+    return {**summary, "started_at": round(started, 3), "seconds": round(done - started, 2)}
 
 
 def dirs(cfg: Config, evaluated: bool = False) -> tuple[str, str]:
@@ -94,9 +109,10 @@ def extract_stage(cfg: Config, storage: Storage, evaluated: bool = False) -> dic
     shapes_dir, units_dir = dirs(cfg, evaluated)
     if data.source == "table":
         shapes_dir = data.path
-    summary = {"ingest": ensure_shapes(cfg, storage, data, shapes_dir)}
-    summary["extract"] = extract(cfg, storage, shapes_dir, units_dir)
-    summary["baselines"] = baselines(cfg, storage, shapes_dir, units_dir)
+    prefix = "eval/" if evaluated and cfg.mode == "pre" else ""
+    summary = {"ingest": timed(f"{prefix}ingest", ensure_shapes, cfg, storage, data, shapes_dir)}
+    summary["extract"] = timed(f"{prefix}extract", extract, cfg, storage, shapes_dir, units_dir)
+    summary["baselines"] = timed(f"{prefix}baselines", baselines, cfg, storage, shapes_dir, units_dir)
     return summary
 
 
@@ -134,8 +150,8 @@ def evaluate_stage(cfg: Config, storage: Storage) -> dict[str, Any]:
 def pretrain(cfg: Config, storage: Storage) -> dict[str, Any]:
     """The whole pipeline; the summary keeps the headline numbers at the top."""
     extracted = extract_stage(cfg, storage)
-    trained = train_stage(cfg, storage)
-    evaluated = evaluate_stage(cfg, storage) if cfg.eval.enabled else {}
+    trained = timed("train", train_stage, cfg, storage)
+    evaluated = timed("evaluate", evaluate_stage, cfg, storage) if cfg.eval.enabled else {}
     head = {k: evaluated[k] for k in ("voting", "voting_nearest", "student") if k in evaluated}
     if head:
         print("\n" + evaluated["table"] + "\n", flush=True)
@@ -146,4 +162,5 @@ def pretrain(cfg: Config, storage: Storage) -> dict[str, Any]:
         "per_category": evaluated.get("per_category", {}),
         "extract": extracted,
         "train": trained,
+        "evaluate_seconds": evaluated.get("seconds", 0.0),
     }
