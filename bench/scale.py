@@ -238,13 +238,22 @@ def start_cluster(store_mib: int = 256) -> Any:
     import ray
     from ray.cluster_utils import Cluster
 
-    from cluster.runtime import loopback_only
+    from cluster.runtime import local_worker_soft_limit, loopback_only
 
     loopback_only()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 0, "object_store_memory": store_mib * 2**20, "node_ip_address": "127.0.0.1"},
+        head_node_args={
+            "num_cpus": 0,
+            "object_store_memory": store_mib * 2**20,
+            "node_ip_address": "127.0.0.1",
+            # One-CPU nodes would keep one idle worker each (Ray's default soft limit is the
+            # node's CPUs) and kill the zero-CPU data tasks' workers as soon as they idle, so
+            # every shape part would pay a new process and torch's import. Real nodes have
+            # 16-48 CPUs; a local Ray gets the same limit (cluster.runtime.local_worker_soft_limit).
+            "_system_config": {"num_workers_soft_limit": local_worker_soft_limit(2)},
+        },
     )
     for _ in range(2):
         cluster.add_node(num_cpus=1, object_store_memory=store_mib * 2**20, node_ip_address="127.0.0.1")
