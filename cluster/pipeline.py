@@ -15,7 +15,10 @@ the evaluated ones.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import posixpath
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -96,11 +99,42 @@ def evaluate_driver(cfg: Config) -> EvaluateDriver:
     return evaluate_local
 
 
+BASELINES = "_baselines.json"
+"""Beside the knowledge parts: the voting baselines last computed on them, and their key."""
+
+
 def baselines(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str) -> dict[str, Any]:
-    """Both voting baselines' mIoU on the labelled shapes of ``shapes_dir`` (streamed)."""
+    """Both voting baselines' mIoU on the labelled shapes of ``shapes_dir`` (streamed).
+
+    A pass over every shape, so its result is kept in ``{units_dir}/_baselines.json`` under
+    a key of the two tables' part names (each a digest of the ids it holds) and of the
+    settings that shape the vote: a re-run of an interrupted job reads it back instead of
+    voting again, and any new part or changed setting computes it anew."""
     from cluster.evaluate import baselines as voting_baselines
 
-    return voting_baselines(cfg, storage, shapes_dir, units_dir, evaluate_driver(cfg))
+    key = baselines_key(cfg, storage, shapes_dir, units_dir)
+    cached_at = posixpath.join(units_dir, BASELINES)
+    if storage.exists(cached_at):
+        try:
+            cached = storage.read_json(cached_at)
+            if cached.get("key") == key:
+                log.info("voting baselines of %s: unchanged parts, read back", storage.uri(units_dir))
+                return cached["baselines"]
+        except (ValueError, TypeError, AttributeError, KeyError):
+            log.warning("%s is unreadable: the baselines are computed again", storage.uri(cached_at))
+    result = voting_baselines(cfg, storage, shapes_dir, units_dir, evaluate_driver(cfg))
+    storage.write_json(cached_at, {"key": key, "baselines": result})
+    return result
+
+
+def baselines_key(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str) -> str:
+    """Digest of the parts of both tables and of every setting but training's and Ray's."""
+    from cluster.config import to_dict
+
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in ("train", "student", "cluster", "progress")}
+    parts = [storage.list_parts(shapes_dir), storage.list_parts(units_dir)]
+    text = json.dumps({"settings": settings, "parts": parts}, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()
 
 
 def extract_stage(cfg: Config, storage: Storage, evaluated: bool = False) -> dict[str, Any]:

@@ -129,12 +129,41 @@ def test_smoke_pretrain_learns_and_reports(smoke_run):
         assert (root / "smoke" / rel).exists(), rel
 
 
-def test_rerun_skips_finished_work(smoke_run):
+def test_rerun_skips_finished_work(smoke_run, monkeypatch):
     _, argv, first = smoke_run
+    import cluster.evaluate
+
+    def no_second_vote(*args, **kwargs):
+        raise AssertionError("the voting baselines of unchanged parts were computed again")
+
+    monkeypatch.setattr(cluster.evaluate, "baselines", no_second_vote)
     again = run_job("pretrain", pretrain, argv)
     assert again["extract"]["extract"]["new"] == 0 and again["extract"]["extract"]["skipped"] == 12
+    assert again["extract"]["baselines"]["voting"] == first["extract"]["baselines"]["voting"]
     assert again["train"]["skipped"] == ["all"] and again["train"]["students"] == []
     assert again["student"] == first["student"]
+    stages = ("ingest", "extract", "baselines")
+    assert all(again["extract"][k]["seconds"] >= 0 and again["extract"][k]["started_at"] > 0 for k in stages)
+
+
+def test_baselines_are_voted_again_when_the_parts_change(smoke_run, tmp_path):
+    root, argv, first = smoke_run
+    from cluster.pipeline import baselines
+
+    cfg = load_config(argv)
+    # A copy of the run's tables without one shape part and its knowledge, the cached vote kept.
+    src = root / "smoke"
+    dropped = sorted((src / "shapes").glob("*.parquet"))[0].stem
+    for table in ("shapes", "knowledge/round_0"):
+        (tmp_path / table).mkdir(parents=True)
+        for p in (src / table).iterdir():
+            if p.suffix == ".parquet" and not p.stem.startswith(dropped) or p.name == "_baselines.json":
+                (tmp_path / table / p.name).write_bytes(p.read_bytes())
+    fewer = baselines(cfg, Storage(str(tmp_path)), "shapes", "knowledge/round_0")
+    assert 0 < fewer["voting"]["num_shapes"] < first["extract"]["baselines"]["voting"]["num_shapes"]
+    storage = Storage.from_config(cfg.storage)
+    again = baselines(cfg, storage, "smoke/shapes", "smoke/knowledge/round_0")
+    assert again == {k: first["extract"]["baselines"][k] for k in ("voting", "voting_nearest")}
 
 
 def test_segment_user_files_gives_labels_ply_and_pictures(smoke_run, tmp_path):
