@@ -1,6 +1,7 @@
 """The whole pipeline at scale: ``jobs/pretrain.py`` on a small and a 10× larger corpus.
 
-    python bench/scale_e2e.py --sizes 5000 50000 --backend ray     # ~1 h 15 on 2 cores
+    python bench/scale_e2e.py --sizes 5000 50000 --backend ray     # ~32 min on 2 cores
+    python bench/scale_e2e.py --sizes 5000 50000 --backend local   # ~27 min
     python bench/scale_e2e.py --sizes 200 2000 --backend local       # a quick look
 
 For each size, in one invocation and the same way:
@@ -14,9 +15,11 @@ For each size, in one invocation and the same way:
   ``--backend ray``: on a multi-node cluster made here (``ray.cluster_utils.Cluster``: a
   head with no CPUs for tasks and two one-CPU worker nodes, object stores capped at
   ``--store-mib`` with spilling on), the job joining it through ``RAY_ADDRESS``;
-* **faults** (unless ``--no-kill``): the driver is killed (SIGKILL) once when half the
-  knowledge parts are written and once half-way through the second epoch; the same
-  command is re-run after each kill and finishes the run.
+* **faults** (unless ``--no-kill``): the driver is killed (SIGKILL) once during extraction
+  (when the knowledge pieces written number half the shape parts; a shape part is written
+  in about two pieces, so a quarter to a half of the shapes are done) and once half-way
+  through the second epoch; the same command is re-run after each kill and finishes the
+  run.
 
 A sampler records every second the USS of the driver (the job's process) and of every Ray
 worker process of this benchmark's cluster, the largest Ray system process (GCS, raylet),
@@ -86,7 +89,7 @@ def write_corrupt_files(folder: Path, count: int, seed: int = 0) -> list[str]:
     """``count`` unreadable mesh files, one kind after another, in category folders;
     returns their paths (ingest's rejects name the file)."""
     rng = np.random.default_rng(seed)
-    ids = []
+    paths = []
     for i in range(count):
         kind = CORRUPT_KINDS[i % len(CORRUPT_KINDS)]
         category = CATEGORIES[i % len(CATEGORIES)].lower()
@@ -102,8 +105,8 @@ def write_corrupt_files(folder: Path, count: int, seed: int = 0) -> list[str]:
         }[kind]
         path = folder / category / (stem + ext)
         path.write_bytes(_corrupt_bytes(kind, rng))
-        ids.append(str(path))
-    return ids
+        paths.append(str(path))
+    return paths
 
 
 def _corrupt_bytes(kind: str, rng: np.random.Generator) -> bytes:
@@ -260,6 +263,7 @@ def run_size(size: int, backend: str, root: Path, kill: bool, env: dict[str, str
     if kill:
 
         def half_extracted() -> bool:
+            """Knowledge pieces for half the shape parts (pieces, not parts: see above)."""
             return knowledge.is_dir() and len(list(knowledge.glob("*.parquet"))) >= expected_parts // 2
 
         at = kill_when(proc, half_extracted)
@@ -268,16 +272,16 @@ def run_size(size: int, backend: str, root: Path, kill: bool, env: dict[str, str
             kept_parts.update({p.name: p.stat().st_mtime for p in knowledge.glob("*.parquet")})
             proc = go()
 
-        seen: list[float] = []
+        kill_at: list[float] = []
 
         def mid_second_epoch() -> bool:
             """Half an epoch (the first's time) after the second fit's resume line."""
-            if not seen:
+            if not kill_at:
                 if "resuming after epoch 1" not in log_path.read_text(errors="replace"):
                     return False
-                seen.append(time.time())
-            epoch_s = load_torch(storage, f"{run}/checkpoints/all/last.pt")["history"][0]["seconds"]
-            return time.time() - seen[0] >= epoch_s / 2
+                epoch_s = load_torch(storage, f"{run}/checkpoints/all/last.pt")["history"][0]["seconds"]
+                kill_at.append(time.time() + epoch_s / 2)
+            return time.time() >= kill_at[0]
 
         at = kill_when(proc, mid_second_epoch)
         if at is not None:
@@ -353,7 +357,7 @@ def collect(
         "epochs": epochs,
         "checks": checks,
         "stages": stages,
-        "fit_startup_s": [round(h["first_batch_at"] - s, 2) for h, s in _fit_starts(history, log_path)],
+        "fit_startup_s": first_fit_startup(history, log_path),
         "disk_mib": _du(root / run) / 2**20,
         "store_peak_mib": max((r[5] for r in sampler.rows), default=0.0) / 2**20,
         "spilled_mib": spilled_bytes() / 2**20 if sampler.ray_store else 0.0,
@@ -370,29 +374,20 @@ def _column_by_part(table: Path, name: str) -> list[list[str]]:
 
 
 def _column(table: Path, name: str) -> list[str]:
-    import pyarrow.parquet as pq
-
-    out: list[str] = []
-    for part in sorted(table.glob("*.parquet")):
-        out += pq.read_table(part, columns=[name]).column(name).to_pylist()
-    return out
+    return [v for values in _column_by_part(table, name) for v in values]
 
 
 def _du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _fit_starts(history: list[dict[str, Any]], log_path: Path) -> list[tuple[dict[str, Any], float]]:
-    """(first epoch record of a fit, when its train stage was entered): fit start-up is
-    stage entry → first batch, which includes planning, Ray Train's start and the first
-    shard's read. Fits are the epochs whose ``first_batch_at`` follows a train start."""
+def first_fit_startup(history: list[dict[str, Any]], log_path: Path) -> float | None:
+    """Seconds from the train stage's entry to the first fit's first batch (planning, Ray
+    Train's start and the first shard's read); None when the log has no train start."""
+    first_batch = history[0]["first_batch_at"]
     starts = [t for name, what, t in stage_events(log_path) if name == "train" and what == "started"]
-    pairs = []
-    for h in history:
-        before = [t for t in starts if t <= h["first_batch_at"]]
-        if before and (not pairs or pairs[-1][1] != before[-1]):
-            pairs.append((h, before[-1]))
-    return pairs[:1]
+    before = [t for t in starts if t <= first_batch]
+    return round(first_batch - before[-1], 2) if before else None
 
 
 def stage_table(
@@ -481,7 +476,7 @@ def main() -> None:
         "sizes": [r["size"] for r in rows],
         "driver_peak_ratio": round(drv[1] / drv[0], 3) if drv[0] else None,
         "worker_peak_ratio": round(wrk[1] / wrk[0], 3) if wrk[0] else None,
-        "fit_startup_ratio": round(hi["fit_startup_s"][0] / lo["fit_startup_s"][0], 3)
+        "fit_startup_ratio": round(hi["fit_startup_s"] / lo["fit_startup_s"], 3)
         if lo["fit_startup_s"] and hi["fit_startup_s"]
         else None,
         **ratios,
