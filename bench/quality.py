@@ -5,7 +5,9 @@ for a VLM, never presented as one), per category, mean ± std over init seeds ×
 
 * ``voting``          per point, the best-scored part over the units covering it (PartSLIP-style);
 * ``voting_nearest``  the same, uncovered points taking their nearest covered point's label;
-* ``student``         the student, trained and scored by the jobs' own code.
+* ``voting_views``    the vote with the units' evidence against (``distill.evidence``);
+* ``student``         the student, trained and scored by the jobs' own code;
+* ``student_units``   the student combined with each scored shape's units (``eval.units_weight``).
 
 The student is the job's: every run goes through ``cluster.pipeline.train_stage`` (the
 streaming ``PartSource``, its calibration and pose references, checkpoints, the
@@ -48,7 +50,8 @@ from cluster.pipeline import dirs, evaluate_stage, extract_stage, train_stage  #
 from cluster.storage import Storage  # noqa: E402
 from distill.records import SHAPE_SCHEMA, UNIT_SCHEMA, KnowledgeUnits, Shape, table_to_shapes, table_to_units  # noqa: E402
 
-METHODS = ("voting", "voting_nearest", "student")
+METHODS = ("voting", "voting_nearest", "voting_views", "student", "student_units")
+STUDENTS = ("student", "student_units")
 PSB = ROOT.parent / "shared" / "data" / "labeled_psb"
 DEFAULTS = [
     "data.source=psb",
@@ -95,15 +98,22 @@ def job_student(argv: list[str], root: Path, src: str, seed: int, order: int, mo
     run = f"{src}-{mode}-o{order}"
     link_run(root, src, run, mode)
     cfg = load_config(
-        [*DEFAULTS, *argv, f"seed={seed}", f"train.order_seed={order}", f"run={run}", f"mode={mode}", f"storage.root={root}"]
+        [
+            *DEFAULTS,
+            *argv,
+            f"seed={seed}",
+            f"train.order_seed={order}",
+            f"run={run}",
+            f"mode={mode}",
+            f"storage.root={root}",
+        ]
     )
     storage = Storage.from_config(cfg.storage)
     trained = train_stage(cfg, storage)
     evaluated = evaluate_stage(cfg, storage)
+    seconds = round(sum(s["seconds"] for s in trained["students"]), 1)
     return {
-        "student": evaluated["student"],
-        "per_category": evaluated["per_category"]["student"],
-        "seconds": round(sum(s["seconds"] for s in trained["students"]), 1),
+        m: {"mean": evaluated[m], "per_category": evaluated["per_category"][m], "seconds": seconds} for m in STUDENTS
     }
 
 
@@ -122,9 +132,10 @@ def run_seed(argv: list[str], seed: int, orders: list[int], modes: list[str], ro
     for mode in modes:
         for order in orders:
             student = job_student(argv, root, src, seed, order, mode)
-            out[mode].append({**{m: {"per_category": v} for m, v in votes.items()}, "student": student})
-            print(f"seed {seed} order {order} {mode}: student {student['student']:.1f} "
-                  f"({student['seconds']:.0f}s training)", file=sys.stderr)  # fmt: skip
+            out[mode].append({**{m: {"per_category": v} for m, v in votes.items()}, **student})
+            print(f"seed {seed} order {order} {mode}: student {student['student']['mean']:.1f}, with the units "
+                  f"{student['student_units']['mean']:.1f} ({student['student']['seconds']:.0f}s training)",
+                  file=sys.stderr)  # fmt: skip
     return out
 
 
@@ -141,11 +152,14 @@ def aggregate(runs: list[dict]) -> dict[str, Any]:
         means[m] = [float(np.mean(list(r[m]["per_category"].values()))) for r in runs]
         result[m] = round(float(np.mean(means[m])), 2)
         result[f"{m}_std"] = round(float(np.std(means[m])), 2)
-        result["per_category"][m] = {c: [round(float(np.mean(v)), 2), round(float(np.std(v)), 2)] for c, v in cats.items()}
-    lead = np.subtract(means["student"], means["voting_nearest"])
-    result["lead"], result["lead_std"] = round(float(lead.mean()), 2), round(float(lead.std()), 2)
-    below = [c for c, (v, _) in result["per_category"]["student"].items() if v < result["per_category"]["voting_nearest"][c][0]]
-    result["below_vote"] = sorted(below)
+        result["per_category"][m] = {
+            c: [round(float(np.mean(v)), 2), round(float(np.std(v)), 2)] for c, v in cats.items()
+        }
+    for m, suffix in (("student", ""), ("student_units", "_units")):
+        lead = np.subtract(means[m], means["voting_nearest"])
+        result[f"lead{suffix}"], result[f"lead{suffix}_std"] = round(float(lead.mean()), 2), round(float(lead.std()), 2)
+        votes = result["per_category"]["voting_nearest"]
+        result[f"below_vote{suffix}"] = sorted(c for c, (v, _) in result["per_category"][m].items() if v < votes[c][0])
     result["train_seconds"] = round(float(np.mean([r["student"]["seconds"] for r in runs])), 1)
     return result
 
@@ -153,7 +167,8 @@ def aggregate(runs: list[dict]) -> dict[str, Any]:
 def markdown(mode: str, agg: dict[str, Any], what: str) -> str:
     cats = sorted(agg["per_category"]["voting"])
     lines = [
-        f"**{mode}** (mIoU, mean ± std over {what}; student − voting_nearest {agg['lead']:+.1f} ± {agg['lead_std']:.1f}; "
+        f"**{mode}** (mIoU, mean ± std over {what}; student − voting_nearest {agg['lead']:+.1f} ± {agg['lead_std']:.1f}, "
+        f"student_units − voting_nearest {agg['lead_units']:+.1f} ± {agg['lead_units_std']:.1f}; "
         f"{agg['train_seconds']:.0f} s training a student)",
         "",
         "| category | " + " | ".join(METHODS) + " |",
@@ -206,7 +221,8 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2) + "\n")
-    keys = (*METHODS, "lead", "lead_std", "student_std", "below_vote", "train_seconds")
+    keys = (*METHODS, "lead", "lead_std", "student_std", "below_vote", "lead_units", "lead_units_std")
+    keys += ("student_units_std", "below_vote_units", "train_seconds")
     print(json.dumps({m: {k: summary[m][k] for k in keys} for m in args.modes}))
 
 

@@ -4,7 +4,9 @@ Streams the shape table one part at a time (with its co-partitioned knowledge): 
 part, ``PartEvaluator`` computes the voting baselines — ``voting`` (teacher votes,
 uncovered points unlabelled) and ``voting_nearest`` (uncovered points take their nearest
 covered point's label) — and every finished student's predictions of the shapes of its
-categories, writes those predictions as ``{run}/predictions/<shape part>``
+categories (``student``) and, where the teacher's units of the part exist, the student
+combined with them (``student_units``, ``distill.evidence``; ``eval.units_weight``),
+writes those predictions as ``{run}/predictions/<shape part>``
 (``distill.records.PREDICTION_SCHEMA``) and returns per-category sums of shape mIoU (``MIoUSums``),
 never the predictions, to the driver. ``evaluate_local`` streams the parts in this
 process; ``cluster.evaluate_ray.evaluate_on_ray`` through an actor pool that loads the
@@ -30,15 +32,20 @@ from cluster.layout import PartItem, plan_parts, shapes_manifest
 from cluster.samples import EVAL_COLUMNS, Tables, load_units
 from cluster.storage import Storage
 from distill.errors import NotFoundError
+from distill.evidence import combine, evidence_vote, unit_evidence
 from distill.labels import LabelSpace
 from distill.metrics import MIoUSums
-from distill.passes import predict
+from distill.passes import predict_log_probs
 from distill.records import KnowledgeUnits, Prediction, Shape, predictions_to_table, row_to_shape
 from distill.voting import vote, vote_nearest
 
 log = logging.getLogger(__name__)
 
-METHODS = ("voting", "voting_nearest", "student")
+METHODS = ("voting", "voting_nearest", "voting_views", "student", "student_units")
+BASELINE_METHODS = METHODS[:3]
+"""The teacher-only rows; ``voting_views`` is the vote with the units' evidence against
+(``distill.evidence.evidence_vote``), what ``student_units`` adds to the student without
+the student."""
 
 PartSums = tuple[dict[str, MIoUSums], set[str]]
 """What evaluating shape parts gives: per method its ``MIoUSums``, and the categories seen."""
@@ -47,18 +54,23 @@ EvaluateDriver = Callable[[Config, Storage, list[PartItem], Tables, bool, str], 
 ``PartSums`` (``evaluate_local`` or ``cluster.evaluate_ray.evaluate_on_ray``)."""
 
 
-def voting_tables(shapes: list[Shape], units: dict[str, KnowledgeUnits], tables: dict[str, Any] | None = None) -> Any:
-    """Both voting baselines over the labelled ``shapes``, added to ``tables`` (default:
-    new ``MIoUSums``) → the tables."""
-    tables = tables if tables is not None else {"voting": MIoUSums(), "voting_nearest": MIoUSums()}
+def voting_tables(
+    shapes: list[Shape], units: dict[str, KnowledgeUnits], tables: dict[str, Any] | None = None, negative: float = 1.0
+) -> Any:
+    """The voting baselines (``BASELINE_METHODS``) over the labelled ``shapes``, added to
+    ``tables`` (default: new ``MIoUSums``) → the tables. negative: ``voting_views``'s λ."""
+    tables = tables if tables is not None else {m: MIoUSums() for m in BASELINE_METHODS}
     for s in shapes:
         if s.labels is None:
             continue
         u = units.get(s.shape_id) or KnowledgeUnits.empty(s.shape_id)
-        tables["voting"].add(s.shape_id, s.category, vote(u, s.num_points, s.num_parts), s.labels, s.num_parts)
-        tables["voting_nearest"].add(
-            s.shape_id, s.category, vote_nearest(u, s.points, s.num_parts), s.labels, s.num_parts
-        )
+        votes = {
+            "voting": vote(u, s.num_points, s.num_parts),
+            "voting_nearest": vote_nearest(u, s.points, s.num_parts),
+            "voting_views": evidence_vote(u, s.points, s.num_parts, negative),
+        }
+        for m, pred in votes.items():
+            tables[m].add(s.shape_id, s.category, pred, s.labels, s.num_parts)
     return tables
 
 
@@ -79,27 +91,57 @@ def markdown_table(tables: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class UnitsPrior:
+    """How ``student_units`` combines a student with a shape's units (``eval.units_weight``,
+    ``eval.units_negative``; ``distill.evidence.combine``); weight 0: not scored."""
+
+    weight: float = 0.0
+    negative: float = 1.0
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> UnitsPrior:
+        return cls(cfg.eval.units_weight, cfg.eval.units_negative)
+
+    def labels(self, log_probs: np.ndarray, units: KnowledgeUnits) -> np.ndarray:
+        """The combined labels of one shape (no unit: the student's)."""
+        return combine(log_probs, *unit_evidence(units, *log_probs.shape), self.weight, self.negative)
+
+
 class PartEvaluator:
     """Evaluates one shape part at a time: ``(item) → {method: MIoUSums}`` plus the
-    categories of its shapes; students loaded once (``students``: ``(name, model, space)``)."""
+    categories of its shapes; students loaded once (``students``: ``(name, model, space)``).
+    With a ``units_prior`` the students' predictions combined with each shape's units are
+    scored as ``student_units`` and written as the predictions of ``<student>+units``."""
 
     def __init__(
-        self, storage: Storage, tables: Tables, students: list[Any], predictions_dir: str = "", batch_size: int = 8
+        self,
+        storage: Storage,
+        tables: Tables,
+        students: list[Any],
+        predictions_dir: str = "",
+        batch_size: int = 8,
+        units_prior: UnitsPrior = UnitsPrior(),
     ) -> None:
         self.storage, self.tables, self.students = storage, tables, students
-        self.predictions_dir, self.batch_size = predictions_dir, batch_size
+        self.predictions_dir, self.batch_size, self.units_prior = predictions_dir, batch_size, units_prior
 
     def __call__(self, item: PartItem) -> tuple[dict[str, MIoUSums], set[str]]:
         table = self.storage.read_part(self.tables.shapes_dir, item.shape_part, EVAL_COLUMNS)
         shapes = [row_to_shape(r) for r in table.to_pylist()]
         units, _ = load_units(self.storage, self.tables, item)
-        sums = voting_tables(shapes, units)
-        sums["student"] = MIoUSums()
+        sums = voting_tables(shapes, units, negative=self.units_prior.negative)
+        sums["student"], sums["student_units"] = MIoUSums(), MIoUSums()
         preds: list[Prediction] = []
-        for name, s, pred in student_predictions(self.students, shapes, self.batch_size):
-            preds.append(Prediction(s.shape_id, s.category, name, pred))
-            if s.labels is not None:
-                sums["student"].add(s.shape_id, s.category, pred, s.labels, s.num_parts)
+        for name, s, log_probs in student_log_probs(self.students, shapes, self.batch_size):
+            labelled = [("student", name, log_probs.argmax(1).astype(np.int64))]
+            if self.units_prior.weight > 0 and units:  # a part the teacher saw; its unseen shapes: the student's
+                own = units.get(s.shape_id) or KnowledgeUnits.empty(s.shape_id)
+                labelled.append(("student_units", f"{name}+units", self.units_prior.labels(log_probs, own)))
+            for method, who, pred in labelled:
+                preds.append(Prediction(s.shape_id, s.category, who, pred))
+                if s.labels is not None:
+                    sums[method].add(s.shape_id, s.category, pred, s.labels, s.num_parts)
         if self.predictions_dir:
             done = [p.shape_id for p in preds]
             self.storage.write_part(
@@ -143,16 +185,25 @@ def trained_categories(students: list[LoadedStudent]) -> set[str]:
     return {c for s in students for c in s.trained}
 
 
+def student_log_probs(
+    students: list[LoadedStudent], shapes: list[Shape], batch_size: int
+) -> Iterator[tuple[str, Shape, np.ndarray]]:
+    """Each student's log-probabilities over the parts of the ``shapes`` of the categories
+    it was trained for → ``(student name, shape, (N, P) float32)``, student by student."""
+    for st in students:
+        mine = [s for s in shapes if s.category in st.trained]
+        if mine:
+            out = predict_log_probs(st.model, mine, "cpu", batch_size, st.space)
+            yield from ((st.name, s, lp) for s, lp in zip(mine, out))
+
+
 def student_predictions(
     students: list[LoadedStudent], shapes: list[Shape], batch_size: int
 ) -> Iterator[tuple[str, Shape, np.ndarray]]:
     """Each student's predictions of the ``shapes`` of the categories it was trained for
     → ``(student name, shape, labels (N,) int64)``, student by student."""
-    for st in students:
-        mine = [s for s in shapes if s.category in st.trained]
-        if mine:
-            preds = predict(st.model, mine, "cpu", batch_size, st.space)
-            yield from ((st.name, s, pred) for s, pred in zip(mine, preds))
+    for name, s, log_probs in student_log_probs(students, shapes, batch_size):
+        yield name, s, log_probs.argmax(1).astype(np.int64)
 
 
 def plan_items(storage: Storage, shapes_dir: str, units_dir: str) -> list[PartItem]:
@@ -174,7 +225,9 @@ def evaluate_local(
     total = empty_sums()
     categories: set[str] = set()
     students = load_students(storage, cfg.run) if with_students else []
-    evaluator = PartEvaluator(storage, tables, students, predictions_dir, cfg.train.batch_size)
+    evaluator = PartEvaluator(
+        storage, tables, students, predictions_dir, cfg.train.batch_size, UnitsPrior.from_config(cfg)
+    )
     for item in tqdm(items, desc="evaluate", unit="part", disable=not cfg.progress):
         sums, cats = evaluator(item)
         categories |= cats
@@ -200,9 +253,9 @@ def evaluate_parts(
 def baselines(
     cfg: Config, storage: Storage, shapes_dir: str, units_dir: str, driver: EvaluateDriver = evaluate_local
 ) -> dict[str, Any]:
-    """Both voting baselines' mIoU on the labelled shapes of ``shapes_dir`` (empty if none)."""
+    """The voting baselines' mIoU on the labelled shapes of ``shapes_dir`` (empty if none)."""
     sums, _ = evaluate_parts(cfg, storage, shapes_dir, units_dir, False, "", driver)
-    return {m: t.summary() for m, t in sums.items() if m != "student" and len(t)}
+    return {m: t.summary() for m, t in sums.items() if not m.startswith("student") and len(t)}
 
 
 def evaluate_run(

@@ -104,7 +104,7 @@ BASELINES = "_baselines.json"
 
 
 def baselines(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str) -> dict[str, Any]:
-    """Both voting baselines' mIoU on the labelled shapes of ``shapes_dir`` (streamed).
+    """The voting baselines' mIoU on the labelled shapes of ``shapes_dir`` (streamed).
 
     A pass over every shape, so its result is kept in ``{units_dir}/_baselines.json`` under
     a key of the two tables' part names (each a digest of the ids it holds) and of the
@@ -130,10 +130,11 @@ def baselines(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str) ->
 def baselines_key(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str) -> str:
     """Digest of the parts of both tables and of every setting but training's and Ray's."""
     from cluster.config import to_dict
+    from cluster.evaluate import BASELINE_METHODS
 
     settings = {k: v for k, v in to_dict(cfg).items() if k not in ("train", "student", "cluster", "progress")}
     parts = [storage.list_parts(shapes_dir), storage.list_parts(units_dir)]
-    text = json.dumps({"settings": settings, "parts": parts}, sort_keys=True, default=str)
+    text = json.dumps({"settings": settings, "parts": parts, "methods": BASELINE_METHODS}, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()
 
 
@@ -186,7 +187,9 @@ def pretrain(cfg: Config, storage: Storage) -> dict[str, Any]:
     extracted = extract_stage(cfg, storage)
     trained = timed("train", train_stage, cfg, storage)
     evaluated = timed("evaluate", evaluate_stage, cfg, storage) if cfg.eval.enabled else {}
-    head = {k: evaluated[k] for k in ("voting", "voting_nearest", "student") if k in evaluated}
+    from cluster.evaluate import METHODS
+
+    head = {k: evaluated[k] for k in METHODS if k in evaluated}
     if head:
         print("\n" + evaluated["table"] + "\n", flush=True)
     return {

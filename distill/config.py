@@ -124,6 +124,19 @@ class EvalConfig:
 
     data: DataConfig = field(default_factory=lambda: DataConfig(source="procedural", split="test"))
     enabled: bool = True
+    units_weight: float = 0.5
+    """Evaluated shapes with knowledge units are also scored as ``student_units``: per point
+    argmax of log p_student + units_weight · (pos − units_negative · neg), the units'
+    evidence for and against each part (``distill.evidence``). 0: not scored. 0.5 and 1.0
+    were chosen on the Labeled PSB sample's TTA runs (docs/results.md, "The student with
+    the units"); the student's own row is unchanged."""
+    units_negative: float = 1.0
+    """λ above: the weight of the evidence against a part (views that found the part
+    elsewhere and saw the point) relative to the evidence for it."""
+
+    def __post_init__(self) -> None:
+        check_positive("eval.units_weight", self.units_weight, allow_zero=True)
+        check_positive("eval.units_negative", self.units_negative, allow_zero=True)
 
 
 @dataclass

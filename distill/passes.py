@@ -260,8 +260,28 @@ def predict(
     space: the student's label space (may be omitted for a one-category student when all
     shapes are of that category).
     """
+    return [lp.argmax(1).astype(np.int64) for lp in predict_log_probs(model, shapes, device, batch_size, space)]
+
+
+@torch.no_grad()
+def predict_log_probs(
+    model: nn.Module,
+    shapes: Sequence[Shape],
+    device: torch.device | str,
+    batch_size: int = 8,
+    space: LabelSpace | None = None,
+) -> list[np.ndarray]:
+    """Per shape, the student's log-probability of each of its category's parts at each
+    point: (N, P) float32, columns in the shape's own part indices (see ``predict``)."""
     space = _space_for(shapes, space)
-    return predict_samples(model, [prepare_sample(s, None, space) for s in shapes], device, space, batch_size)
+    samples = [prepare_sample(s, None, space) for s in shapes]
+    out: list[np.ndarray | None] = [None] * len(samples)
+    for chunk, logits in eval_logits(model, samples, device, space, batch_size):
+        for row, i in enumerate(chunk):
+            c = samples[i].category
+            own = logits[row, :, space.offsets[c] : space.offsets[c + 1]].float()
+            out[i] = torch.log_softmax(own, dim=-1).cpu().numpy()
+    return out  # type: ignore[return-value]
 
 
 def evaluate(

@@ -44,7 +44,12 @@ def vote_nearest(units: KnowledgeUnits, points: np.ndarray, num_parts: int) -> n
     points = np.asarray(points)
     if points.ndim != 2 or points.shape[1] != 3:
         raise ValueError(f"points must be (N, 3), got {points.shape}")
-    labels = vote(units, len(points), num_parts)
+    return fill_nearest(vote(units, len(points), num_parts), points)
+
+
+def fill_nearest(labels: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Every −1 of ``labels`` (N,) takes the label of its nearest labelled point of
+    ``points`` (N, 3); unchanged when none or all are labelled."""
     known = labels >= 0
     if known.all() or not known.any():
         return labels

@@ -85,3 +85,51 @@ def test_an_untrained_category_is_reported_not_scored(tmp_path):
     assert out["unsegmented_categories"] == ["Lamp"] and "untrained for Lamp" in out["table"]
     assert segment(cfg, storage)["segmented"] == 2
     assert {r["item"] for r in read_rejects(storage, RUN, "segment")} == {s.shape_id for s in shapes[2:]}
+
+
+def test_the_student_with_the_units_is_scored_and_written_beside_the_student(tmp_path):
+    """Where a part has knowledge units, evaluation also scores the student combined with
+    each shape's units (``student_units``) and writes those labels as ``<student>+units``;
+    a shape of the part without units keeps the student's labels; weight 0 turns it off."""
+    from cluster.evaluate import UnitsPrior
+    from distill.evidence import combine, unit_evidence
+    from distill.passes import predict_log_probs
+    from distill.records import KnowledgeUnits
+
+    storage = Storage.from_config(load_config([f"storage.root={tmp_path}"]).storage)
+    shapes = [make_shape("chair", i, 0, 256) for i in range(2)]
+    done = [s.shape_id for s in shapes]
+    part = storage.write_part(SHAPES, shapes_to_table(shapes), done_ids=done, summary=shape_summary(shapes))
+    truth = shapes[0].labels  # units that tell the truth about shape 0 from two views; none for shape 1
+    sets = [np.nonzero(truth == c)[0] for c in range(shapes[0].num_parts)]
+    labels = [c for c, ids in enumerate(sets) if len(ids)]
+    units = KnowledgeUnits.from_lists(
+        done[0],
+        [0] * len(labels) + [1] * len(labels),
+        labels * 2,
+        [0.9] * 2 * len(labels),
+        [sets[c] for c in labels] * 2,
+    )
+    knowledge = f"{RUN}/knowledge/round_0"
+    storage.write_part(knowledge, units_to_table([units]), done, knowledge_part_name(part, done), {"shape_part": part})
+    space = LabelSpace.from_shapes(shapes)
+    student_cfg = StudentConfig(backbone="pointnet", width=8)
+    torch.manual_seed(0)
+    model = build_student(student_cfg, space.num_slots, space.num_categories)
+    save_torch(storage, f"{checkpoint_dir(RUN, 'all')}/final.pt", final_bundle(model, space, student_cfg))
+    students = load_students(storage, RUN)
+    item = PartItem(part, (knowledge_part_name(part, done),))
+
+    prior = UnitsPrior(weight=0.5, negative=1.0)
+    sums, _ = PartEvaluator(storage, Tables(SHAPES, knowledge), students, f"{RUN}/predictions", 8, prior)(item)
+    rows = {(p.shape_id, p.student): p.labels for p in table_to_predictions(storage.read_table(f"{RUN}/predictions"))}
+    assert set(rows) == {(i, f"{RUN}/all{suffix}") for i in done for suffix in ("", "+units")}
+    log_probs = predict_log_probs(students[0].model, shapes, "cpu", 8, space)
+    expected = combine(log_probs[0], *unit_evidence(units, 256, shapes[0].num_parts), 0.5, 1.0)
+    np.testing.assert_array_equal(rows[(done[0], f"{RUN}/all+units")], expected)
+    np.testing.assert_array_equal(rows[(done[1], f"{RUN}/all+units")], rows[(done[1], f"{RUN}/all")])
+    # Truthful units from two views overrule an untrained student on shape 0.
+    assert sums["student_units"].summary()["per_category"]["Chair"] > sums["student"].summary()["per_category"]["Chair"]
+
+    off, _ = PartEvaluator(storage, Tables(SHAPES, knowledge), students, "", 8, UnitsPrior(weight=0.0))(item)
+    assert len(off["student_units"]) == 0 and len(off["student"]) == 2

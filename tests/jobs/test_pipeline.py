@@ -94,8 +94,8 @@ def _history_losses(root) -> list[float]:
 def test_smoke_pretrain_learns_and_reports(smoke_run):
     root, argv, summary = smoke_run
     assert summary["job"] == "pretrain" and summary["mode"] == "pre"
-    for key in ("voting", "voting_nearest", "student"):
-        assert 0.0 <= summary[key] <= 100.0
+    for key in ("voting", "voting_nearest", "voting_views", "student", "student_units"):
+        assert 0.0 <= summary[key] <= 100.0 and key in summary["per_category"]
     (student,) = summary["train"]["students"]
     assert student["epochs"] == 4 and student["rounds"] == 1
     assert student["last_loss"] < student["first_loss"]
@@ -163,7 +163,8 @@ def test_baselines_are_voted_again_when_the_parts_change(smoke_run, tmp_path):
     assert 0 < fewer["voting"]["num_shapes"] < first["extract"]["baselines"]["voting"]["num_shapes"]
     storage = Storage.from_config(cfg.storage)
     again = baselines(cfg, storage, "smoke/shapes", "smoke/knowledge/round_0")
-    assert again == {k: first["extract"]["baselines"][k] for k in ("voting", "voting_nearest")}
+    methods = ("voting", "voting_nearest", "voting_views")
+    assert set(again) == set(methods) and again == {m: first["extract"]["baselines"][m] for m in methods}
 
 
 def test_segment_user_files_gives_labels_ply_and_pictures(smoke_run, tmp_path):
