@@ -111,7 +111,8 @@ def job_student(argv: list[str], root: Path, src: str, seed: int, order: int, mo
     storage = Storage.from_config(cfg.storage)
     trained = train_stage(cfg, storage)
     evaluated = evaluate_stage(cfg, storage)
-    seconds = round(sum(s["seconds"] for s in trained["students"]), 1)
+    fits = [trained, *(g["train"] for g in trained.get("generations", []))]  # self-training: every generation
+    seconds = round(sum(s["seconds"] for t in fits for s in t["students"]), 1)
     return {
         m: {"mean": evaluated[m], "per_category": evaluated["per_category"][m], "seconds": seconds} for m in STUDENTS
     }

@@ -152,7 +152,10 @@ def extract_stage(cfg: Config, storage: Storage, evaluated: bool = False) -> dic
 
 
 def train_stage(cfg: Config, storage: Storage, fault_hook: Any = None) -> dict[str, Any]:
-    """The run's students from its knowledge (``fault_hook``: tests only, ``cluster.train_ray``)."""
+    """The run's students from its knowledge (``fault_hook``: tests only, ``cluster.train_ray``),
+    then ``train.relabel_rounds`` self-training generations (``cluster.relabel``), each
+    from the relabel pass of the one before; → the last generation's summary with its
+    ``relabel`` pass, the earlier generations under ``generations``."""
     shapes_dir, units_dir = dirs(cfg)
     if cfg.data.source == "table":
         shapes_dir = cfg.data.path
@@ -160,10 +163,32 @@ def train_stage(cfg: Config, storage: Storage, fault_hook: Any = None) -> dict[s
         from cluster.train_ray import train_on_ray
 
         join_ray(cfg)
-        return train_on_ray(cfg, storage, shapes_dir, units_dir, fault_hook)
-    from cluster.train import train_local
 
-    return train_local(cfg, storage, shapes_dir, units_dir)
+        def train(c: Config, units: str) -> dict[str, Any]:
+            return train_on_ray(c, storage, shapes_dir, units, fault_hook)
+    else:
+        from cluster.train import train_local
+
+        def train(c: Config, units: str) -> dict[str, Any]:
+            return train_local(c, storage, shapes_dir, units)
+
+    if cfg.train.relabel_rounds == 0:
+        return train(cfg, units_dir)
+    from cluster.evaluate import plan_items
+    from cluster.relabel import generation_config, relabel, relabel_dir
+
+    generations: list[dict[str, Any]] = []
+    for g in range(cfg.train.relabel_rounds + 1):
+        step: dict[str, Any] = {"generation": g}
+        if g > 0:
+            items = plan_items(storage, shapes_dir, units_dir)
+            step["relabel"] = timed(f"relabel_{g}", relabel, cfg, storage, items, shapes_dir, units_dir, g)
+        step["train"] = timed(
+            f"train_{g}", train, generation_config(cfg, g), relabel_dir(cfg.run, g) if g else units_dir
+        )
+        generations.append(step)
+    last = generations.pop()
+    return {**last["train"], "relabel": last["relabel"], "generations": generations}
 
 
 def evaluate_stage(cfg: Config, storage: Storage) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from cluster.rescore import rescore_local, todo_items
 from cluster.samples import PartSource, Tables, scores_dir
 from cluster.storage import Storage
 from distill.backward import apply_rescore
+from distill.config import ConfigError
 from distill.errors import NotFoundError
 from distill.labels import LabelSpace
 from distill.samples import Batch, steps_per_epoch
@@ -85,7 +86,9 @@ class StudentPlan:
     def from_dict(cls, d: dict[str, Any]) -> StudentPlan:
         items = [PartItem(p, tuple(k), tuple(c), int(n)) for p, k, c, n in d["items"]]
         space = LabelSpace.from_dict(d["space"])
-        return cls(d["name"], space, d["shapes_dir"], d["units_dir"], items, d["with_units"], tuple(d.get("untrained", ())))
+        return cls(
+            d["name"], space, d["shapes_dir"], d["units_dir"], items, d["with_units"], tuple(d.get("untrained", ()))
+        )
 
 
 def plan_students(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str) -> list[StudentPlan]:
@@ -243,6 +246,7 @@ def fit_student(
         "categories": list(plan.space.categories),
         "shapes": plan.with_units,
         "untrained_categories": list(plan.untrained),
+        "knowledge": plan.units_dir,
         "epochs": len(history),
         "rounds": int(history[-1]["round"]) if history else 0,
         "selected_epoch": result.selected_epoch,
@@ -327,6 +331,23 @@ def train_student(
     raise RuntimeError(f"student {plan.name}: still waiting for a re-scoring after {cfg.train.bd_rounds} rounds")
 
 
+def is_finished(storage: Storage, run: str, plan: StudentPlan) -> bool:
+    """Whether ``plan``'s student has its ``final.pt`` in ``run`` (a re-run skips it). One
+    trained from another knowledge table (``train.relabel_rounds`` changed since) is
+    refused: skipping it would report the wrong generation."""
+    rel = f"{checkpoint_dir(run, plan.name)}/final.pt"
+    if not storage.exists(rel):
+        return False
+    trained_from = load_torch(storage, rel).get("knowledge", "")
+    if trained_from != plan.units_dir and (trained_from or "/relabel_" in plan.units_dir):
+        raise ConfigError(
+            f"{storage.uri(rel)} was trained from {trained_from or 'the teacher units'}, this run's settings "
+            f"train it from {plan.units_dir} (train.relabel_rounds changed?): use a new run name, or delete "
+            f"{storage.uri(run, 'checkpoints')} to train again"
+        )
+    return True
+
+
 def train_student_local(cfg: Config, storage: Storage, plan: StudentPlan, device: torch.device) -> dict[str, Any]:
     """A student's fits and re-scoring passes, all in this process, to ``final.pt``."""
     return train_student(
@@ -347,7 +368,7 @@ def train_local(
     device = resolve_device(cfg.train.device)
     students, skipped = [], []
     for plan in plan_students(cfg, storage, shapes_dir, units_dir):
-        if storage.exists(checkpoint_dir(cfg.run, plan.name), "final.pt"):
+        if is_finished(storage, cfg.run, plan):
             skipped.append(plan.name)
             continue
         students.append(train_student_local(cfg, storage, plan, device))

@@ -34,7 +34,7 @@ import numpy as np
 from cluster.checkpoints import checkpoint_dir
 from cluster.config import Config, to_dict
 from cluster.storage import Storage
-from cluster.train import FitOutcome, StudentPlan, fit_student, last_state, plan_students, train_student
+from cluster.train import FitOutcome, StudentPlan, fit_student, is_finished, last_state, plan_students, train_student
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ def train_on_ray(
     import ray
 
     plans = plan_students(cfg, storage, shapes_dir, units_dir)
-    skipped = [p.name for p in plans if storage.exists(checkpoint_dir(cfg.run, p.name), "final.pt")]
+    skipped = [p.name for p in plans if is_finished(storage, cfg.run, p)]
     todo = [p for p in plans if p.name not in skipped]
     at_once = min(max(1, len(todo)), concurrent_students(cfg, ray.cluster_resources()))
     if at_once > 1:

@@ -1,0 +1,141 @@
+"""Self-training (``train.relabel_rounds``): each generation's students relabel every
+distillation shape, and the next generation learns from those labels.
+
+Generation 0 learns from the teacher's units (``knowledge/round_0``). A relabel pass then
+labels every point of every distillation shape that has units with ``student_units``:
+the students' log-probabilities plus the shape's own teacher units as evidence
+(``distill.evidence``, the same ``eval.units_weight`` and ``eval.units_negative`` that
+evaluation uses). It writes one unit per (shape, part) with score 1 as
+``{run}/knowledge/relabel_{g}/<knowledge part>``, under round 0's part names and in
+UNIT_SCHEMA, so the training stage reads it like any knowledge table. Generation g
+trains a fresh student on that table. Every point carries a label, also the points no
+view saw.
+
+Generations before the last train as the run ``{run}-generation_{g}`` beside it
+(checkpoints, curves); the last generation is the run's own student, the one evaluation and
+segmentation use. A written part is never redone, so a stopped pass resumes where it was.
+
+The pass runs in this process, one knowledge part at a time (``Relabeller``). It costs
+about what evaluation costs: one forward pass a shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from cluster.config import Config
+from cluster.evaluate import LoadedStudent, UnitsPrior, load_students, student_log_probs
+from cluster.layout import PartItem
+from cluster.samples import SHAPE_COLUMNS
+from cluster.storage import Storage
+from distill.records import KnowledgeUnits, row_to_shape, table_to_units, units_to_table
+
+log = logging.getLogger(__name__)
+
+TEACHER = "relabel"
+"""The ``teacher`` column of relabelled units."""
+
+
+def relabel_dir(run: str, generation: int) -> str:
+    """The knowledge table generation ``generation`` learns from (≥ 1)."""
+    return f"{run}/knowledge/relabel_{generation}"
+
+
+def generation_run(cfg: Config, generation: int) -> str:
+    """Where generation ``generation``'s students live: the run itself for the last one."""
+    return cfg.run if generation >= cfg.train.relabel_rounds else f"{cfg.run}-generation_{generation}"
+
+
+def generation_config(cfg: Config, generation: int) -> Config:
+    """``cfg`` with ``run`` set to the generation's (``generation_run``)."""
+    return replace(cfg, run=generation_run(cfg, generation))
+
+
+def dense_units(shape_id: str, labels: np.ndarray, num_parts: int, generation: int) -> KnowledgeUnits:
+    """One unit per part present in ``labels`` (N,): its points, score 1, view −1 (no view)."""
+    sets = [np.nonzero(labels == c)[0] for c in range(num_parts)]
+    present = [c for c in range(num_parts) if len(sets[c])]
+    return KnowledgeUnits.from_lists(
+        shape_id, [-1] * len(present), present, [1.0] * len(present), [sets[c] for c in present], TEACHER, generation
+    )
+
+
+class Relabeller:
+    """Relabels one item (a shape part and its knowledge parts) with ``students`` and the
+    teacher's units of ``units_dir``, writing each knowledge part's relabelled twin."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        shapes_dir: str,
+        units_dir: str,
+        out_dir: str,
+        students: list[LoadedStudent],
+        prior: UnitsPrior,
+        generation: int,
+        batch_size: int = 8,
+    ) -> None:
+        if prior.weight <= 0:
+            raise ValueError("train.relabel_rounds needs eval.units_weight > 0: the relabelling is student_units")
+        self.storage, self.shapes_dir, self.units_dir, self.out_dir = storage, shapes_dir, units_dir, out_dir
+        self.students, self.prior, self.generation, self.batch_size = students, prior, generation, batch_size
+
+    def __call__(self, item: PartItem, written: set[str]) -> dict[str, int]:
+        todo = [k for k in item.knowledge_parts if k not in written]
+        if not todo:
+            return {"parts": 0, "shapes": 0}
+        table = self.storage.read_part(self.shapes_dir, item.shape_part, SHAPE_COLUMNS)
+        shapes = {r["shape_id"]: row_to_shape(r) for r in table.to_pylist()}
+        shapes_done = 0
+        for part in todo:
+            teacher = table_to_units(self.storage.read_part(self.units_dir, part))
+            done_ids, summary = self.storage.part_footer(self.units_dir, part)
+            mine = [shapes[i] for i in teacher if i in shapes and len(teacher[i])]
+            new: list[KnowledgeUnits] = []
+            with_units: dict[str, int] = {}
+            for _, s, log_probs in student_log_probs(self.students, mine, self.batch_size):
+                labels = self.prior.labels(log_probs, teacher[s.shape_id])
+                new.append(dense_units(s.shape_id, labels, log_probs.shape[1], self.generation))
+                with_units[s.category] = with_units.get(s.category, 0) + 1
+            out = units_to_table(new)
+            facts = {"shape_part": summary.get("shape_part", item.shape_part), "units": out.num_rows}
+            facts["with_units"] = dict(sorted(with_units.items()))
+            self.storage.write_part(self.out_dir, out, done_ids=done_ids, name=part, summary=facts)
+            shapes_done += len(new)
+        return {"parts": len(todo), "shapes": shapes_done}
+
+
+def relabel(
+    cfg: Config, storage: Storage, items: list[PartItem], shapes_dir: str, units_dir: str, generation: int
+) -> dict[str, Any]:
+    """Generation ``generation``'s knowledge (≥ 1) from generation − 1's students and the
+    teacher's ``units_dir``, over every item → a summary (parts written, skipped, shapes)."""
+    start = time.perf_counter()
+    out_dir = relabel_dir(cfg.run, generation)
+    students = load_students(storage, generation_run(cfg, generation - 1))
+    if not students:
+        raise FileNotFoundError(f"no finished student of generation {generation - 1} to relabel with")
+    worker = Relabeller(
+        storage, shapes_dir, units_dir, out_dir, students, UnitsPrior.from_config(cfg), generation, cfg.train.batch_size
+    )
+    written = set(storage.list_parts(out_dir))
+    total = {"parts": 0, "shapes": 0}
+    for item in tqdm(items, desc=f"relabel {generation}", unit="part", disable=not cfg.progress):
+        for k, v in worker(item, written).items():
+            total[k] += v
+    skipped = sum(len(i.knowledge_parts) for i in items) - total["parts"]
+    log.info(
+        "relabel %d: %d parts written (%d skipped), %d shapes", generation, total["parts"], skipped, total["shapes"]
+    )
+    return {
+        **total,
+        "skipped_parts": skipped,
+        "table": storage.uri(out_dir),
+        "seconds": round(time.perf_counter() - start, 1),
+    }

@@ -1,0 +1,90 @@
+"""Self-training (``train.relabel_rounds``): generations, the relabelled knowledge table,
+resume, and a changed setting on a finished run (one process, no Ray, the smoke config)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cluster.config import load_config
+from cluster.evaluate import UnitsPrior
+from cluster.job import run_job
+from cluster.pipeline import pretrain, train_stage
+from cluster.relabel import dense_units, relabel_dir
+from cluster.storage import Storage
+from distill.config import ConfigError
+from distill.records import table_to_units
+
+
+def test_dense_units_cover_every_point_once():
+    labels = np.array([2, 0, 2, 2, 0])
+    units = dense_units("s", labels, num_parts=4, generation=1)
+    assert list(units.label) == [0, 2] and np.all(units.score == 1.0) and units.round == 1
+    assert sorted(units.point_idx.tolist()) == list(range(5))
+    np.testing.assert_array_equal(units.unit_points(1), [0, 2, 3])
+
+
+@pytest.fixture(scope="module")
+def relabel_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    argv = ["--config", "smoke", f"storage.root={root}", "cluster.backend=local", "train.relabel_rounds=1"]
+    argv += ["train.bd_rounds=0", "run=st"]
+    return root, argv, run_job("pretrain", pretrain, argv)
+
+
+def test_a_generation_learns_from_the_relabelled_table(relabel_run):
+    root, argv, summary = relabel_run
+    storage = Storage.from_config(load_config(argv).storage)
+    (first,) = summary["train"]["generations"]
+    assert summary["train"]["relabel"]["parts"] == 3 and summary["train"]["relabel"]["skipped_parts"] == 0
+    assert first["train"]["students"][0]["knowledge"] == "st/knowledge/round_0"
+    (last,) = summary["train"]["students"]
+    assert last["knowledge"] == relabel_dir("st", 1)
+    assert (root / "st-generation_0" / "checkpoints" / "all" / "final.pt").exists()
+    assert (root / "st" / "checkpoints" / "all" / "final.pt").exists()
+    # The relabelled table: round 0's part names, every shape with teacher units relabelled
+    # densely (each of its points in exactly one unit of score 1), no other shape.
+    teacher_parts = storage.list_parts("st/knowledge/round_0")
+    assert storage.list_parts(relabel_dir("st", 1)) == teacher_parts
+    teacher = table_to_units(storage.read_table("st/knowledge/round_0"))
+    relabelled = table_to_units(storage.read_table(relabel_dir("st", 1)))
+    assert set(relabelled) == {i for i, u in teacher.items() if len(u)}
+    shapes = {
+        r["shape_id"]: r["num_points"] for r in storage.read_table("st/shapes", ["shape_id", "num_points"]).to_pylist()
+    }
+    for sid, u in relabelled.items():
+        assert np.all(u.score == 1.0) and u.teacher == "relabel"
+        assert sorted(u.point_idx.tolist()) == list(range(shapes[sid]))
+    # The relabel pass is the evaluation's student_units on the distillation shapes: the
+    # first generation's labels with the shape's teacher units as evidence.
+    assert UnitsPrior.from_config(load_config(argv)).weight > 0
+    assert summary["student"] >= 0.0 and "student_units" in summary
+
+
+def test_a_rerun_skips_every_generation_and_pass(relabel_run):
+    _, argv, _ = relabel_run
+    cfg = load_config(argv)
+    storage = Storage.from_config(cfg.storage)
+    with torch.random.fork_rng():
+        again = train_stage(cfg, storage)
+    (first,) = again["generations"]
+    assert first["train"]["skipped"] == ["all"] and again["skipped"] == ["all"]
+    assert again["relabel"]["parts"] == 0 and again["relabel"]["skipped_parts"] == 3
+
+
+def test_changing_the_generations_of_a_finished_run_is_refused(relabel_run):
+    _, argv, _ = relabel_run
+    cfg = load_config([*argv, "train.relabel_rounds=0"])
+    with pytest.raises(ConfigError, match="relabel_rounds changed"):
+        train_stage(cfg, Storage.from_config(cfg.storage))
+
+
+def test_relabelling_needs_the_units_weight(tmp_path):
+    cfg = load_config(
+        ["--config", "smoke", f"storage.root={tmp_path}", "train.relabel_rounds=1", "eval.units_weight=0"]
+    )
+    from cluster.relabel import Relabeller
+
+    with pytest.raises(ValueError, match="eval.units_weight > 0"):
+        Relabeller(Storage.from_config(cfg.storage), "", "", "", [], UnitsPrior.from_config(cfg), 1)
