@@ -83,8 +83,9 @@ def link_run(root: Path, src: str, run: str, mode: str) -> None:
     """``run``'s distillation shapes and knowledge as links into the extraction run ``src``:
     its train half (``pre``, with its evaluated shapes) or its test half (``tta``)."""
     dst = root / run
-    if dst.exists():
-        shutil.rmtree(dst)
+    for old in (dst, *root.glob(f"{run}-generation_*")):  # and a self-training run's earlier generations
+        if old.exists():
+            shutil.rmtree(old)
     (dst / "knowledge").mkdir(parents=True)
     half = "" if mode == "pre" else "eval/"
     (dst / "shapes").symlink_to(root / src / f"{half}shapes", target_is_directory=True)
