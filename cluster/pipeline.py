@@ -175,14 +175,17 @@ def train_stage(cfg: Config, storage: Storage, fault_hook: Any = None) -> dict[s
     if cfg.train.relabel_rounds == 0:
         return train(cfg, units_dir)
     from cluster.evaluate import plan_items
-    from cluster.relabel import generation_config, relabel, relabel_dir
+    from cluster.relabel import generation_config, relabel, relabel_dir, relabel_local
 
     generations: list[dict[str, Any]] = []
     for g in range(cfg.train.relabel_rounds + 1):
         step: dict[str, Any] = {"generation": g}
         if g > 0:
             items = plan_items(storage, shapes_dir, units_dir)
-            step["relabel"] = timed(f"relabel_{g}", relabel, cfg, storage, items, shapes_dir, units_dir, g)
+            driver = relabel_local
+            if use_ray(cfg):
+                from cluster.relabel_ray import relabel_on_ray as driver
+            step["relabel"] = timed(f"relabel_{g}", relabel, cfg, storage, items, shapes_dir, units_dir, g, driver)
         step["train"] = timed(
             f"train_{g}", train, generation_config(cfg, g), relabel_dir(cfg.run, g) if g else units_dir
         )

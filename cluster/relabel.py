@@ -15,14 +15,17 @@ Generations before the last train as the run ``{run}-generation_{g}`` beside it
 (checkpoints, curves); the last generation is the run's own student, the one evaluation and
 segmentation use. A written part is never redone, so a stopped pass resumes where it was.
 
-The pass runs in this process, one knowledge part at a time (``Relabeller``). It costs
-about what evaluation costs: one forward pass a shape.
+The pass handles one item (a shape part and its knowledge parts) at a time
+(``Relabeller``): in this process (``relabel_local``) or in a Ray Data actor pool
+(``cluster.relabel_ray``), as the evaluation does. It costs about what evaluation costs:
+one forward pass a shape.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -111,24 +114,54 @@ class Relabeller:
         return {"parts": len(todo), "shapes": shapes_done}
 
 
-def relabel(
-    cfg: Config, storage: Storage, items: list[PartItem], shapes_dir: str, units_dir: str, generation: int
-) -> dict[str, Any]:
-    """Generation ``generation``'s knowledge (≥ 1) from generation − 1's students and the
-    teacher's ``units_dir``, over every item → a summary (parts written, skipped, shapes)."""
-    start = time.perf_counter()
-    out_dir = relabel_dir(cfg.run, generation)
+def relabeller(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str, generation: int) -> Relabeller:
+    """The relabeller of generation ``generation`` (≥ 1): generation − 1's students loaded."""
     students = load_students(storage, generation_run(cfg, generation - 1))
     if not students:
         raise FileNotFoundError(f"no finished student of generation {generation - 1} to relabel with")
-    worker = Relabeller(
-        storage, shapes_dir, units_dir, out_dir, students, UnitsPrior.from_config(cfg), generation, cfg.train.batch_size
-    )
-    written = set(storage.list_parts(out_dir))
+    out_dir = relabel_dir(cfg.run, generation)
+    prior = UnitsPrior.from_config(cfg)
+    return Relabeller(storage, shapes_dir, units_dir, out_dir, students, prior, generation, cfg.train.batch_size)
+
+
+RelabelDriver = Callable[[Config, Storage, list[PartItem], str, str, int], dict[str, int]]
+"""Relabels the items whose parts are not written yet: ``(cfg, storage, todo, shapes_dir,
+units_dir, generation)`` → ``{"parts", "shapes"}`` written (``relabel_local`` or
+``cluster.relabel_ray.relabel_on_ray``)."""
+
+
+def relabel_local(
+    cfg: Config, storage: Storage, todo: list[PartItem], shapes_dir: str, units_dir: str, generation: int
+) -> dict[str, int]:
+    """Every item through one ``Relabeller`` in this process (a ``RelabelDriver``)."""
     total = {"parts": 0, "shapes": 0}
-    for item in tqdm(items, desc=f"relabel {generation}", unit="part", disable=not cfg.progress):
+    if not todo:
+        return total
+    worker = relabeller(cfg, storage, shapes_dir, units_dir, generation)
+    written = set(storage.list_parts(worker.out_dir))
+    for item in tqdm(todo, desc=f"relabel {generation}", unit="part", disable=not cfg.progress):
         for k, v in worker(item, written).items():
             total[k] += v
+    return total
+
+
+def relabel(
+    cfg: Config,
+    storage: Storage,
+    items: list[PartItem],
+    shapes_dir: str,
+    units_dir: str,
+    generation: int,
+    driver: RelabelDriver = relabel_local,
+) -> dict[str, Any]:
+    """Generation ``generation``'s knowledge (≥ 1) from generation − 1's students and the
+    teacher's ``units_dir``, over the items not written yet → a summary (parts written,
+    skipped, shapes relabelled)."""
+    start = time.perf_counter()
+    out_dir = relabel_dir(cfg.run, generation)
+    written = set(storage.list_parts(out_dir))
+    todo = [i for i in items if any(k not in written for k in i.knowledge_parts)]
+    total = driver(cfg, storage, todo, shapes_dir, units_dir, generation)
     skipped = sum(len(i.knowledge_parts) for i in items) - total["parts"]
     log.info(
         "relabel %d: %d parts written (%d skipped), %d shapes", generation, total["parts"], skipped, total["shapes"]
