@@ -34,3 +34,24 @@ def map_batches(ds: Any, fn: Any, **kwargs: Any) -> Any:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
         return ds.map_batches(fn, **kwargs)
+
+
+def student_item_pool(cfg: Any, items: list[Any], stage: type, kwargs: dict[str, Any]) -> Any:
+    """A Ray dataset of ``items`` (``PartItem``s, one a block) mapped by an actor pool of
+    ``stage`` (built with ``kwargs``, one item a call): ``cluster.eval_actors`` actors, 0:
+    one per two CPUs of the cluster. The passes that load the run's students once an
+    actor (evaluation, relabelling) share it. Ray must be joined."""
+    import ray
+    import ray.data
+
+    size = cfg.cluster.eval_actors or max(1, int(ray.cluster_resources().get("CPU", 1) // 2))
+    ds = ray.data.from_items([i.to_row() for i in items], override_num_blocks=len(items))
+    return map_batches(
+        ds,
+        stage,
+        fn_constructor_kwargs=kwargs,
+        batch_size=1,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=min(size, len(items))),
+        num_cpus=1,
+    )

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from cluster.actors import map_batches
+from cluster.actors import student_item_pool
 from cluster.config import Config, config_from_dict, to_dict
 from cluster.evaluate import PartEvaluator, PartSums, UnitsPrior, empty_sums, load_students
 from cluster.layout import PartItem
@@ -47,30 +47,18 @@ def evaluate_on_ray(
 ) -> PartSums:
     """Every item through an actor pool of ``cluster.eval_actors`` actors (0: one per two
     CPUs of the cluster), joining Ray first (an ``EvaluateDriver``; no items: no Ray)."""
-    import ray
-    import ray.data
-
     total = empty_sums()
     categories: set[str] = set()
     if not items:
         return total, categories
     join_ray(cfg)
-    size = cfg.cluster.eval_actors or max(1, int(ray.cluster_resources().get("CPU", 1) // 2))
-    ds = ray.data.from_items([i.to_row() for i in items], override_num_blocks=len(items))
-    ds = map_batches(
-        ds,
-        EvaluateStage,
-        fn_constructor_kwargs={
-            "config": to_dict(cfg),
-            "tables": tables,
-            "with_students": with_students,
-            "predictions_dir": predictions_dir,
-        },
-        batch_size=1,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=min(size, len(items))),
-        num_cpus=1,
-    )
+    kwargs = {
+        "config": to_dict(cfg),
+        "tables": tables,
+        "with_students": with_students,
+        "predictions_dir": predictions_dir,
+    }
+    ds = student_item_pool(cfg, items, EvaluateStage, kwargs)
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         add_sums(batch.to_pylist(), total, categories)
     return total, categories

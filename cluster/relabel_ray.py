@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from cluster.actors import map_batches
+from cluster.actors import student_item_pool
 from cluster.config import Config, config_from_dict, to_dict
 from cluster.layout import PartItem
 from cluster.relabel import relabeller
@@ -39,29 +39,12 @@ def relabel_on_ray(
 ) -> dict[str, int]:
     """Every item through an actor pool of ``cluster.eval_actors`` actors (0: one per two
     CPUs of the cluster), joining Ray first (a ``RelabelDriver``; no items: no Ray)."""
-    import ray
-    import ray.data
-
     total = {"parts": 0, "shapes": 0}
     if not todo:
         return total
     join_ray(cfg)
-    size = cfg.cluster.eval_actors or max(1, int(ray.cluster_resources().get("CPU", 1) // 2))
-    ds = ray.data.from_items([i.to_row() for i in todo], override_num_blocks=len(todo))
-    ds = map_batches(
-        ds,
-        RelabelStage,
-        fn_constructor_kwargs={
-            "config": to_dict(cfg),
-            "shapes_dir": shapes_dir,
-            "units_dir": units_dir,
-            "generation": generation,
-        },
-        batch_size=1,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=min(size, len(todo))),
-        num_cpus=1,
-    )
+    kwargs = {"config": to_dict(cfg), "shapes_dir": shapes_dir, "units_dir": units_dir, "generation": generation}
+    ds = student_item_pool(cfg, todo, RelabelStage, kwargs)
     for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
         for k in total:
             total[k] += int(batch[k].sum())

@@ -35,16 +35,11 @@ from __future__ import annotations
 import numpy as np
 
 from distill.records import KnowledgeUnits
-from distill.voting import fill_nearest
+from distill.voting import check_units, fill_nearest
 
 
 def _check(units: KnowledgeUnits, num_points: int, num_parts: int) -> None:
-    if num_points < 1 or num_parts < 1:
-        raise ValueError(f"num_points={num_points} and num_parts={num_parts} must be >= 1")
-    if len(units.point_idx) and (units.point_idx.min() < 0 or units.point_idx.max() >= num_points):
-        raise ValueError(f"units of {units.shape_id} index points outside [0, {num_points - 1}]")
-    if len(units) and (units.label.min() < 0 or units.label.max() >= num_parts):
-        raise ValueError(f"units of {units.shape_id} have labels outside [0, {num_parts - 1}]")
+    check_units(units, num_points, num_parts)
     if len(units) and units.view.min() < 0:
         raise ValueError(f"units of {units.shape_id} have negative view indices")
 

@@ -14,14 +14,19 @@ from scipy.spatial import cKDTree
 from distill.records import KnowledgeUnits
 
 
-def vote_scores(units: KnowledgeUnits, num_points: int, num_parts: int) -> np.ndarray:
-    """(N, P) float64: per point and part, the summed scores of the covering units."""
+def check_units(units: KnowledgeUnits, num_points: int, num_parts: int) -> None:
+    """Refuse units that do not fit a shape of ``num_points`` points and ``num_parts`` parts."""
     if num_points < 1 or num_parts < 1:
         raise ValueError(f"num_points={num_points} and num_parts={num_parts} must be >= 1")
     if len(units.point_idx) and (units.point_idx.min() < 0 or units.point_idx.max() >= num_points):
         raise ValueError(f"units of {units.shape_id} index points outside [0, {num_points - 1}]")
     if len(units) and (units.label.min() < 0 or units.label.max() >= num_parts):
         raise ValueError(f"units of {units.shape_id} have labels outside [0, {num_parts - 1}]")
+
+
+def vote_scores(units: KnowledgeUnits, num_points: int, num_parts: int) -> np.ndarray:
+    """(N, P) float64: per point and part, the summed scores of the covering units."""
+    check_units(units, num_points, num_parts)
     sizes = np.diff(units.offsets)
     label = np.repeat(units.label, sizes)  # per covered (unit, point) pair
     score = np.repeat(units.score.astype(np.float64), sizes)
