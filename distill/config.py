@@ -287,8 +287,8 @@ class TrainConfig:
     with the shape's teacher units, ``eval.units_weight``), and a fresh student learns from
     those labels. Each generation costs one more training. On the Labeled PSB sample one
     round lifts the student alone by 3.1 (TTA) and 2.8 (Pre) points, and ``student_units``
-    by 1.6 (TTA) and −0.8 (Pre); off by default since it doubles training
-    (docs/results.md, "Self-training")."""
+    by 1.6 (TTA) and −0.8 (Pre), and the default job's student by 2.2. Off by default since
+    it doubles training; ``--config selftrain`` turns it on (docs/results.md, "Self-training")."""
     select: str = "last"
     """Which checkpoint is reported: last (fixed schedule) | val (best on a validation
     split of the distillation shapes, scored against teacher knowledge, never test labels)."""
