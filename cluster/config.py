@@ -125,6 +125,11 @@ class Config:
         check_choice("mode", self.mode, ("pre", "tta"))
         if not self.run or "/" in self.run:
             raise ConfigError(f"run={self.run!r} must be a non-empty name without '/'")
+        if self.train.relabel_rounds > 0 and self.eval.units_weight <= 0:
+            raise ConfigError(
+                f"train.relabel_rounds={self.train.relabel_rounds} relabels with student_units, which "
+                "eval.units_weight=0 turns off: set eval.units_weight > 0 (0.5) or train.relabel_rounds=0"
+            )
 
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")

@@ -81,10 +81,10 @@ def test_changing_the_generations_of_a_finished_run_is_refused(relabel_run):
 
 
 def test_relabelling_needs_the_units_weight(tmp_path):
-    cfg = load_config(
-        ["--config", "smoke", f"storage.root={tmp_path}", "train.relabel_rounds=1", "eval.units_weight=0"]
-    )
+    argv = ["--config", "smoke", f"storage.root={tmp_path}", "train.relabel_rounds=1", "eval.units_weight=0"]
+    with pytest.raises(ConfigError, match="eval.units_weight > 0"):
+        load_config(argv)
     from cluster.relabel import Relabeller
 
     with pytest.raises(ValueError, match="eval.units_weight > 0"):
-        Relabeller(Storage.from_config(cfg.storage), "", "", "", [], UnitsPrior.from_config(cfg), 1)
+        Relabeller(Storage(str(tmp_path)), "", "", "", [], UnitsPrior(weight=0.0), 1)
