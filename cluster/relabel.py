@@ -89,8 +89,8 @@ class Relabeller:
         self.storage, self.shapes_dir, self.units_dir, self.out_dir = storage, shapes_dir, units_dir, out_dir
         self.students, self.prior, self.generation, self.batch_size = students, prior, generation, batch_size
 
-    def __call__(self, item: PartItem, written: set[str]) -> dict[str, int]:
-        todo = [k for k in item.knowledge_parts if k not in written]
+    def __call__(self, item: PartItem) -> dict[str, int]:
+        todo = [k for k in item.knowledge_parts if not self.storage.exists(self.out_dir, k)]
         if not todo:
             return {"parts": 0, "shapes": 0}
         table = self.storage.read_part(self.shapes_dir, item.shape_part, SHAPE_COLUMNS)
@@ -138,9 +138,8 @@ def relabel_local(
     if not todo:
         return total
     worker = relabeller(cfg, storage, shapes_dir, units_dir, generation)
-    written = set(storage.list_parts(worker.out_dir))
     for item in tqdm(todo, desc=f"relabel {generation}", unit="part", disable=not cfg.progress):
-        for k, v in worker(item, written).items():
+        for k, v in worker(item).items():
             total[k] += v
     return total
 

@@ -28,8 +28,7 @@ class RelabelStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         counts = [
-            self.relabel(PartItem.from_row({k: batch[k][i] for k in batch}), set())
-            for i in range(len(batch["shape_part"]))
+            self.relabel(PartItem.from_row({k: batch[k][i] for k in batch})) for i in range(len(batch["shape_part"]))
         ]
         return {k: np.array([c[k] for c in counts], np.int64) for k in ("parts", "shapes")}
 
