@@ -37,21 +37,37 @@ from distill.labels import LabelSpace
 from distill.metrics import MIoUSums
 from distill.passes import predict_log_probs
 from distill.records import KnowledgeUnits, Prediction, Shape, predictions_to_table, row_to_shape
+from distill.superpoints import shape_superpoints, superpoint_vote_nearest
 from distill.voting import vote, vote_nearest
 
 log = logging.getLogger(__name__)
 
-METHODS = ("voting", "voting_nearest", "voting_views", "student", "student_units")
-BASELINE_METHODS = METHODS[:3]
+METHODS = ("voting", "voting_nearest", "voting_views", "voting_superpoints", "student", "student_units")
+BASELINE_METHODS = METHODS[:4]
 """The teacher-only rows; ``voting_views`` is the vote with the units' evidence against
 (``distill.evidence.evidence_vote``), what ``student_units`` adds to the student without
-the student."""
+the student; ``voting_superpoints`` is PartSLIP's vote over geometric superpoints
+(``distill.superpoints``), the paper's own baseline."""
+STUDENT_METHODS = METHODS[4:]
+"""``student`` needs no teacher on a scored shape; ``student_units`` needs its units."""
 
 PartSums = tuple[dict[str, MIoUSums], set[str]]
 """What evaluating shape parts gives: per method its ``MIoUSums``, and the categories seen."""
 EvaluateDriver = Callable[[Config, Storage, list[PartItem], Tables, bool, str], PartSums]
 """Evaluates items: ``(cfg, storage, items, tables, with_students, predictions_dir)`` →
 ``PartSums`` (``evaluate_local`` or ``cluster.evaluate_ray.evaluate_on_ray``)."""
+
+
+def baseline_predictions(shape: Shape, units: KnowledgeUnits, negative: float = 1.0) -> dict[str, np.ndarray]:
+    """Each teacher-only row's labels (``BASELINE_METHODS``) of one shape from its units.
+    negative: ``voting_views``'s λ. A shape stored without superpoints (a table written
+    before the column) gets them computed here (``distill.superpoints.shape_superpoints``)."""
+    return {
+        "voting": vote(units, shape.num_points, shape.num_parts),
+        "voting_nearest": vote_nearest(units, shape.points, shape.num_parts),
+        "voting_views": evidence_vote(units, shape.points, shape.num_parts, negative),
+        "voting_superpoints": superpoint_vote_nearest(units, shape.points, shape_superpoints(shape), shape.num_parts),
+    }
 
 
 def voting_tables(
@@ -64,12 +80,7 @@ def voting_tables(
         if s.labels is None:
             continue
         u = units.get(s.shape_id) or KnowledgeUnits.empty(s.shape_id)
-        votes = {
-            "voting": vote(u, s.num_points, s.num_parts),
-            "voting_nearest": vote_nearest(u, s.points, s.num_parts),
-            "voting_views": evidence_vote(u, s.points, s.num_parts, negative),
-        }
-        for m, pred in votes.items():
+        for m, pred in baseline_predictions(s, u, negative).items():
             tables[m].add(s.shape_id, s.category, pred, s.labels, s.num_parts)
     return tables
 
@@ -127,7 +138,9 @@ class PartEvaluator:
         self.predictions_dir, self.batch_size, self.units_prior = predictions_dir, batch_size, units_prior
 
     def __call__(self, item: PartItem) -> tuple[dict[str, MIoUSums], set[str]]:
-        table = self.storage.read_part(self.tables.shapes_dir, item.shape_part, EVAL_COLUMNS)
+        table = self.storage.read_part(
+            self.tables.shapes_dir, item.shape_part, [*EVAL_COLUMNS, "superpoints"], optional=("superpoints",)
+        )
         shapes = [row_to_shape(r) for r in table.to_pylist()]
         units, _ = load_units(self.storage, self.tables, item)
         sums = voting_tables(shapes, units, negative=self.units_prior.negative)
@@ -148,6 +161,26 @@ class PartEvaluator:
                 self.predictions_dir, predictions_to_table(preds), done_ids=done, name=item.shape_part
             )
         return sums, {s.category for s in shapes}
+
+
+ROWS_NOTE = (
+    "Teacher-only rows (voting, voting_nearest, voting_views, voting_superpoints) and student_units need the "
+    "teacher run on each scored shape; student is the student alone, what a new shape gets without the teacher."
+)
+
+
+def best_teacher_summary(means: dict[str, Any]) -> dict[str, Any]:
+    """The bar every student row is held to: the teacher-only row with the highest mean
+    over categories, and each student row's lead over it (empty without both)."""
+    teachers = [m for m in BASELINE_METHODS if m in means]
+    if not teachers:
+        return {}
+    best = max(teachers, key=lambda m: means[m])
+    out: dict[str, Any] = {"best_teacher": {"name": best, "mean": means[best]}}
+    leads = {m: round(means[m] - means[best], 2) for m in STUDENT_METHODS if m in means}
+    if leads:
+        out["lead_best"] = leads
+    return out
 
 
 def require_students(storage: Storage, run: str) -> None:
@@ -269,7 +302,7 @@ def evaluate_run(
     unknown = sorted(categories - trained_categories(load_students(storage, cfg.run)))
     if unknown:
         log.warning("no student was trained for categories %s: their shapes are not segmented", unknown)
-    md = markdown_table(tables)
+    md = markdown_table(tables) + "\n\n" + ROWS_NOTE
     if unknown:
         md += (
             f"\n\nstudent: untrained for {', '.join(unknown)} (no knowledge unit to learn from), "
@@ -280,6 +313,7 @@ def evaluate_run(
     evaluated = max(len(t) for t in tables.values())
     log.info("evaluation: %d shapes, table in %s", evaluated, storage.uri(cfg.run, "evaluation.md"))
     summary: dict[str, Any] = {m: round(t.category_mean(), 2) for m, t in tables.items() if len(t)}
+    summary.update(best_teacher_summary(summary))
     summary["shape_mean"] = {m: round(t.shape_mean(), 2) for m, t in tables.items() if len(t)}
     summary["per_category"] = {m: t.summary()["per_category"] for m, t in tables.items() if len(t)}
     summary["evaluated_shapes"] = evaluated

@@ -25,6 +25,7 @@ from cluster.layout import part_name, shape_summary
 from cluster.rejects import write_rejects
 from cluster.storage import Storage
 from distill.records import GENERATE_RESULT_SCHEMA, Shape, shapes_to_table
+from distill.superpoints import attach_superpoints
 from distill.sampling import derive_seed
 from generation.config import GenerationConfig
 from generation.filters import check_mesh, check_shape
@@ -45,6 +46,7 @@ def write_results(
     # Rejects first: a crash between the two writes redoes (and re-rejects) the shapes
     # rather than marking them done without their reasons.
     write_rejects(storage, run, STAGE, rejects)
+    attach_superpoints(shapes)
     name = storage.write_part(
         table_dir, shapes_to_table(shapes), done_ids=ids, name=part_name(ids), summary=shape_summary(shapes)
     )

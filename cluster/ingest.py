@@ -23,6 +23,7 @@ from cluster.storage import Storage
 from distill.config import DataConfig
 from distill.readers import iter_items
 from distill.records import Shape, shapes_to_table
+from distill.superpoints import attach_superpoints
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ def ingest(
         # (and re-rejects it) rather than losing its reason.
         write_rejects(storage, cfg.run, "ingest", rejects)
         ids = [s.shape_id for s in shapes] + reject_ids
+        attach_superpoints(shapes)
         storage.write_part(
             table_dir, shapes_to_table(shapes), done_ids=ids, name=part_name(ids), summary=shape_summary(shapes)
         )

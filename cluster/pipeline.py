@@ -217,7 +217,7 @@ def pretrain(cfg: Config, storage: Storage) -> dict[str, Any]:
     evaluated = timed("evaluate", evaluate_stage, cfg, storage) if cfg.eval.enabled else {}
     from cluster.evaluate import METHODS
 
-    head = {k: evaluated[k] for k in METHODS if k in evaluated}
+    head = {k: evaluated[k] for k in (*METHODS, "best_teacher", "lead_best") if k in evaluated}
     if head:
         print("\n" + evaluated["table"] + "\n", flush=True)
     return {

@@ -290,13 +290,21 @@ class Storage:
             out[name] = json.loads(md.get(DONE_KEY, b"[]"))
         return out
 
-    def read_part(self, table_dir: str, name: str, columns: list[str] | None = None) -> pa.Table:
-        """One part of a table folder (without the part's metadata).
+    def read_part(
+        self, table_dir: str, name: str, columns: list[str] | None = None, optional: tuple[str, ...] = ()
+    ) -> pa.Table:
+        """One part of a table folder (without the part's metadata). ``optional``: columns
+        of ``columns`` that parts written before they existed lack; such a part is read
+        without them (the reader fills them in, e.g. superpoints).
 
         Raises ``PartError`` naming the part when it is missing or unreadable (an
         unreadable one is quarantined first, so a re-run of its stage redoes it)."""
         try:
             with self.fs.open(self.path(table_dir, name), "rb") as f:
+                if columns is not None and optional:
+                    present = set(pq.read_schema(f).names)
+                    columns = [c for c in columns if c in present or c not in optional]
+                    f.seek(0)
                 table = pq.read_table(f, columns=columns)
         except FileNotFoundError:
             raise PartError(

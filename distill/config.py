@@ -187,6 +187,10 @@ class TeacherConfig:
     """Simulated teacher's error model: glip_like | clean."""
     output: str = "box"
     """Simulated teacher's output: box | mask."""
+    view_correlation: float = 0.8
+    """Simulated teacher: how alike its errors are across the views of one shape's part, in
+    [0, 1] (0: independent per view; 1: the same miss, confusion and box bleed in every
+    view). Per-view error rates do not change with it. Default and sources: docs/design.md §4."""
     score_threshold: float = 0.5
     whole_object_fraction: float = 0.98
     """Drop boxes and masks covering at least this fraction of the shape's pixels in a view."""
@@ -206,6 +210,11 @@ class TeacherConfig:
         check_choice("teacher.device", self.device, ("auto", "cpu", "cuda"))
         if not 0.0 <= self.score_threshold <= 1.0:
             raise ConfigError(f"teacher.score_threshold={self.score_threshold} not in [0, 1]")
+        if not 0.0 <= self.view_correlation <= 1.0:
+            raise ConfigError(
+                f"teacher.view_correlation={self.view_correlation} not in [0, 1] (0: independent views, "
+                "1: the same errors in every view)"
+            )
         if "{part}" not in self.prompt_template:
             raise ConfigError("teacher.prompt_template must contain '{part}'")
 

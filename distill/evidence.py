@@ -1,5 +1,5 @@
 """What a shape's knowledge units say about each of its points, for and against each part,
-and the student's prediction combined with it (``evaluate.units_weight``).
+and the student's prediction combined with it (``eval.units_weight``).
 
 Evidence. Units carry the view they were seen from. In view v, part c was *detected*
 with score d_vc (the best of its units in v, 0 if none) and point i is *seen* when some
@@ -20,7 +20,7 @@ observations. Per point the combined label is
 
     argmax_c  log p_student(c | i) + w · (pos(i, c) − λ · neg(i, c))
 
-with w = ``evaluate.units_weight`` and λ = ``evaluate.units_negative``. Points no unit
+with w = ``eval.units_weight`` and λ = ``eval.units_negative``. Points no unit
 covers and no view saw keep the student's label. On the Labeled PSB sample (glip_like,
 3 seeds × 2 orders) it adds 5 points over the student in TTA and 10 in Pre
 (docs/results.md, "The student with the units"). It needs the shape's units, so it

@@ -128,3 +128,25 @@ class MIoUSums:
             "per_category": {c: round(v, 2) for c, v in self.per_category().items()},
             "num_shapes": len(self),
         }
+
+
+def category_mean_interval(
+    values: dict[str, np.ndarray], level: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """A bootstrap interval of the mean over categories of per-shape ``values`` (category →
+    (n_c,) array, e.g. a student's lead over a baseline per scored shape): shapes are
+    resampled with replacement *within* each category, so every resample keeps the
+    category counts and the metric's equal weight per category. → (low, high) percentiles."""
+    if not values or any(len(v) == 0 for v in values.values()):
+        raise ValueError("category_mean_interval needs at least one shape in every category")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level={level} must be in (0, 1)")
+    rng = np.random.default_rng(seed)
+    means = np.zeros(resamples)
+    for v in values.values():
+        v = np.asarray(v, np.float64)
+        means += v[rng.integers(0, len(v), size=(resamples, len(v)))].mean(axis=1)
+    means /= len(values)
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)

@@ -7,7 +7,9 @@ SHAPE_SCHEMA
     labels: list<int32> | null (N; −1 = unlabelled) · source: string (dataset name |
     procedural | generated) · mesh: binary | null (``.npz``: vertices (V,3) float32 in the
     same normalised frame, faces (F,3) int32, face_labels (F,) int32 optional) ·
-    meta: string (JSON: file path, prompt, seed, ...)
+    meta: string (JSON: file path, prompt, seed, ...) · superpoints: list<int32> | null (N;
+    the point's geometric segment, 0..S−1, ``distill.superpoints``; null in tables written
+    before the column existed, where readers compute it)
 
 Variable-size point sets are flat lists in Parquet and (N, 3) arrays in memory.
 """
@@ -35,6 +37,7 @@ SHAPE_SCHEMA = pa.schema(
         ("source", pa.string()),
         ("mesh", pa.binary()),
         ("meta", pa.string()),
+        ("superpoints", pa.list_(pa.int32())),
     ]
 )
 
@@ -75,7 +78,8 @@ class Shape:
 
     points: (N, 3) float32, centred and scaled into the unit sphere · normals: (N, 3)
     float32 or None · labels: (N,) int64 or None (−1 = unlabelled; else an index into
-    ``part_names``) · mesh: the surface the points were sampled from, in the same frame.
+    ``part_names``) · mesh: the surface the points were sampled from, in the same frame ·
+    superpoints: (N,) int64 or None, the geometric segment of each point (``distill.superpoints``).
     """
 
     shape_id: str
@@ -87,6 +91,7 @@ class Shape:
     source: str = "unknown"
     mesh: Mesh | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    superpoints: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.points = np.asarray(self.points, dtype=np.float32)
@@ -107,6 +112,13 @@ class Shape:
                 raise ShapeError(f"shape {self.shape_id}: labels {self.labels.shape} != ({n},)")
             if self.labels.max(initial=-1) >= len(self.part_names) or self.labels.min(initial=0) < -1:
                 raise ShapeError(f"shape {self.shape_id}: labels outside [-1, {len(self.part_names) - 1}]")
+        if self.superpoints is not None:
+            self.superpoints = np.asarray(self.superpoints, dtype=np.int64)
+            if self.superpoints.shape != (n,) or self.superpoints.min(initial=0) < 0:
+                raise ShapeError(
+                    f"shape {self.shape_id}: superpoints {self.superpoints.shape} do not match its {n} points "
+                    "(or are negative): re-run ingest to recompute them"
+                )
 
     @property
     def num_points(self) -> int:
@@ -131,6 +143,7 @@ def shapes_to_table(shapes: Iterable[Shape]) -> pa.Table:
         cols["source"].append(s.source)
         cols["mesh"].append(None if s.mesh is None else s.mesh.to_bytes())
         cols["meta"].append(json.dumps(s.meta, sort_keys=True, default=str))
+        cols["superpoints"].append(None if s.superpoints is None else s.superpoints.astype(np.int32))
     return pa.Table.from_pydict(cols, schema=SHAPE_SCHEMA)
 
 
@@ -145,6 +158,7 @@ def row_to_shape(row: dict[str, Any]) -> Shape:
     labels = row.get("labels")
     mesh = row.get("mesh")
     meta = row.get("meta") or "{}"
+    superpoints = row.get("superpoints")
     return Shape(
         shape_id=str(row["shape_id"]),
         category=str(row["category"]),
@@ -155,6 +169,7 @@ def row_to_shape(row: dict[str, Any]) -> Shape:
         source=str(row["source"]),
         mesh=None if mesh is None else Mesh.from_bytes(bytes(mesh)),
         meta=json.loads(meta) if isinstance(meta, str) else dict(meta),
+        superpoints=None if superpoints is None else _flat(superpoints, np.int64),
     )
 
 

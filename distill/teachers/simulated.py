@@ -12,11 +12,26 @@ Presets
     ``glip_like``: per view and per visible part (same 0.5 % rule) the errors of
     ``GlipLikeErrors`` (numbers from docs/design.md §4).
 
+View correlation (``teacher.view_correlation`` = ρ in [0, 1]). A VLM looks at the same
+part in every render of a shape, so when it misses a thin part or calls an armrest a leg
+it tends to do so in most views (docs/design.md §4). Per (shape, part) the teacher draws
+one *shared* outcome: the uniforms that decide a miss and a confusion, the other part of a
+random confusion, the box's side moves (so whether it grows or shrinks, and onto which
+side it bleeds) and a mask's dilation. In each view where the part is visible a coin
+decides, with probability ρ, that the view uses the shared outcome instead of its own
+fresh draws. Each error's probability per view is unchanged (a mixture of two uniforms
+is uniform), so the vote moves only through the correlation: ρ = 0 is independent views
+(the outputs are those of the teacher before the knob existed), ρ = 1 the same outcome in
+every view where the part is visible. Scores, false positives and whole-object boxes stay
+per view.
+
 Reproducibility: every draw of a shape comes from ``default_rng([seed, crc32(shape_id)])``
 and in a fixed order, so a shape's predictions depend only on (seed, shape id, views);
-box and mask outputs consume the same draws, so they share misses and confusions. The
-systematic confuser of each (category, part) comes from ``default_rng([seed,
-crc32(category)])`` alone, hence is the same for every shape of the category.
+the shared outcomes and the coins come from two child streams of the same key (``[...,
+1]`` and ``[..., 2]``), so the per-view draws are the same whatever ρ. Box and mask
+outputs consume the same draws, so they share misses and confusions. The systematic
+confuser of each (category, part) comes from ``default_rng([seed, crc32(category)])``
+alone, hence is the same for every shape of the category.
 """
 
 from __future__ import annotations
@@ -66,6 +81,35 @@ class GlipLikeErrors:
 
 
 GLIP_LIKE = GlipLikeErrors()
+
+
+@dataclass(frozen=True)
+class PartDraws:
+    """The uniforms that decide one part's errors in one view (``_noisy_view``); arrays
+    over parts when they are a shape's shared outcomes."""
+
+    miss: np.ndarray
+    confusion: np.ndarray
+    other: np.ndarray
+    """Index among the part's other parts, for a random confusion."""
+    jitter: np.ndarray
+    """(…, 4) side moves in units of ``box_jitter`` × the box's size, in [−1, 1]."""
+    dilation: np.ndarray
+    """Mask dilation (> 0) or erosion (< 0) in pixels."""
+
+    def at(self, p: int) -> PartDraws:
+        return PartDraws(self.miss[p], self.confusion[p], self.other[p], self.jitter[p], self.dilation[p])
+
+
+def shared_draws(rng: np.random.Generator, num_parts: int, errors: GlipLikeErrors) -> PartDraws:
+    """One shared outcome per part of a shape (module docstring, view correlation)."""
+    return PartDraws(
+        miss=rng.random(num_parts),
+        confusion=rng.random(num_parts),
+        other=rng.integers(0, max(num_parts - 1, 1), size=num_parts),
+        jitter=rng.uniform(-1.0, 1.0, size=(num_parts, 4)),
+        dilation=rng.integers(-errors.mask_px, errors.mask_px + 1, size=num_parts),
+    )
 
 
 def _crc(text: str) -> int:
@@ -156,6 +200,7 @@ class SimulatedTeacher:
         self.seed = int(seed)
         self.output = cfg.output
         self.errors = errors
+        self.correlation = float(cfg.view_correlation)
         self._confusers: dict[tuple[str, int], np.ndarray] = {}
 
     def confusers(self, category: str, num_parts: int) -> np.ndarray:
@@ -168,15 +213,21 @@ class SimulatedTeacher:
         """One filtered ``ViewPrediction`` per view of ``views`` (labels index ``shape.part_names``)."""
         if shape.num_parts < 1:
             raise ValueError(f"shape {shape.shape_id}: no part names")
-        rng = np.random.default_rng([self.seed, _crc(shape.shape_id)])
+        key = [self.seed, _crc(shape.shape_id)]
+        rng = np.random.default_rng(key)
         conf = self.confusers(shape.category, shape.num_parts)
+        shared = shared_draws(np.random.default_rng([*key, 1]), shape.num_parts, self.errors)
+        coins = np.random.default_rng([*key, 2]).random((views.num_views, shape.num_parts))
         out = []
         for v in range(views.num_views):
             shape_mask = views.shape_masks[v]
             if self.cfg.preset == "clean":
                 labels, scores, masks = self._clean_view(views.pixel_labels[v], shape_mask, shape.num_parts)
             else:
-                labels, scores, masks = self._noisy_view(views.pixel_labels[v], shape_mask, shape.num_parts, conf, rng)
+                use_shared = coins[v] < self.correlation
+                labels, scores, masks = self._noisy_view(
+                    views.pixel_labels[v], shape_mask, shape.num_parts, conf, rng, shared, use_shared
+                )
             out.append(self._finish(labels, scores, masks, shape_mask))
         return out
 
@@ -206,7 +257,11 @@ class SimulatedTeacher:
         num_parts: int,
         conf: np.ndarray,
         rng: np.random.Generator,
+        shared: PartDraws | None = None,
+        use_shared: np.ndarray | None = None,
     ):
+        """One view's labels, scores and regions. ``shared``: the shape's shared outcome per
+        part, which part p uses instead of this view's draws where ``use_shared[p]``."""
         e = self.errors
         h, w = shape_mask.shape
         total = int(shape_mask.sum())
@@ -221,6 +276,10 @@ class SimulatedTeacher:
             u_score = rng.random()
             jitter = rng.uniform(-e.box_jitter, e.box_jitter, size=4)
             k = int(rng.integers(-e.mask_px, e.mask_px + 1))
+            if shared is not None and use_shared is not None and use_shared[p]:
+                d = shared.at(int(p))
+                u_miss, u_conf, other = float(d.miss), float(d.confusion), int(d.other)
+                jitter, k = d.jitter * e.box_jitter, int(d.dilation)
             p_miss = e.miss + (e.miss_small_extra if frac[p] < e.small_fraction else 0.0)
             if u_miss < p_miss:
                 continue

@@ -39,7 +39,26 @@ def test_a_bleeding_box_is_outvoted_by_the_views_that_saw_past_it():
     # One ballot per view and part: two overlapping boxes of one part in one view count once.
     twice = KnowledgeUnits.from_lists("s", [0, 0], [0, 0], [0.4, 0.8], [np.arange(3), np.arange(1, 4)])
     pos, neg = unit_evidence(twice, 4, 1)
-    np.testing.assert_allclose(pos[:, 0], [0.4, 0.8, 0.8, 0.8]) and np.testing.assert_allclose(neg, 0.0)
+    np.testing.assert_allclose(pos[:, 0], [0.4, 0.8, 0.8, 0.8])
+    np.testing.assert_allclose(neg, 0.0)
+
+
+def test_the_negative_weight_can_turn_the_combined_label():
+    # Point 0: part 1 has the larger vote (0.9 in view 0 against 0.6 in view 1), but views
+    # 1 and 2 saw point 0 and found part 1 elsewhere (0.8 each).
+    units = KnowledgeUnits.from_lists(
+        "s",
+        [0, 1, 1, 2, 2],
+        [1, 0, 1, 0, 1],
+        [0.9, 0.6, 0.8, 0.3, 0.8],
+        [np.array([0, 1]), np.array([0]), np.array([1]), np.array([0]), np.array([1])],
+    )
+    pos, neg = unit_evidence(units, 2, 2)
+    np.testing.assert_allclose(pos[0], [0.9, 0.9])
+    np.testing.assert_allclose(neg[0], [0.0, 1.6])
+    student = np.log(np.array([[0.45, 0.55], [0.5, 0.5]]))  # the student leans to part 1
+    assert combine(student, pos, neg, 0.5, 0.0)[0] == 1  # no negatives: the student's tie-break
+    assert combine(student, pos, neg, 0.5, 1.0)[0] == 0  # the views against part 1 turn it
 
 
 def test_no_units_no_evidence_and_the_student_decides():

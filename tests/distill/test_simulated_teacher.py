@@ -50,8 +50,12 @@ def shape(shape_id: str = "s0", category: str = "cat") -> Shape:
     return Shape(shape_id, category, PARTS, np.zeros((1, 3), np.float32))
 
 
-def teacher(preset: str = "glip_like", output: str = "box", seed: int = 0, **errors) -> SimulatedTeacher:
-    t = SimulatedTeacher(TeacherConfig(preset=preset, output=output), seed=seed)
+def teacher(
+    preset: str = "glip_like", output: str = "box", seed: int = 0, correlation: float = 0.0, **errors
+) -> SimulatedTeacher:
+    """Independent views unless asked: the rate tests count views as independent samples."""
+    cfg = TeacherConfig(preset=preset, output=output, view_correlation=correlation)
+    t = SimulatedTeacher(cfg, seed=seed)
     if errors:
         t.errors = dataclasses.replace(GLIP_LIKE, **errors)
     return t
@@ -230,3 +234,65 @@ def test_bad_config_raises():
     cfg.preset = "x"  # bypasses the config's own check
     with pytest.raises(ValueError, match="preset"):
         SimulatedTeacher(cfg)
+
+
+def _outcomes(t: SimulatedTeacher, n_shapes: int) -> np.ndarray:
+    """(shapes, views, parts a..c) int: −1 missed, else the label its box got (boxes of a
+    part recovered from their unjittered extent; no false positives or whole boxes)."""
+    img = label_image()
+    truth_boxes = [box_of_mask(img == q) for q in range(3)]
+    out = np.full((n_shapes, 10, 3), -1)
+    for i in range(n_shapes):
+        for v, p in enumerate(t.predict(make_views(), shape(f"s{i}"))):
+            for k, lab in enumerate(p.labels):
+                truth = next(q for q in range(3) if np.array_equal(p.boxes[k], truth_boxes[q]))
+                out[i, v, truth] = lab
+    return out
+
+
+CORRELATED_ERRORS = {**NO_ERRORS, "miss": 0.25, "miss_small_extra": 0.25, "random_confusion": 0.10,
+                     "systematic_confusion": 0.15, "box_jitter": 0.0}  # fmt: skip
+
+
+@pytest.mark.parametrize("correlation", [0.0, 0.5, 1.0])
+def test_view_correlation_keeps_the_per_view_error_rates(correlation):
+    out = _outcomes(teacher(correlation=correlation, **CORRELATED_ERRORS), 400)
+    missed = (out == -1).mean(axis=(0, 1))
+    wrong = ((out != -1) & (out != np.arange(3))).sum(axis=(0, 1)) / (out != -1).sum(axis=(0, 1))
+    # 4,000 views a part; at ρ = 1 only the 400 shapes are independent (std ≈ 0.022 on 0.75).
+    assert missed[:2] == pytest.approx([0.25, 0.25], abs=0.06)
+    assert missed[2] == pytest.approx(0.50, abs=0.07)
+    assert wrong == pytest.approx([0.25] * 3, abs=0.06)
+
+
+def test_view_correlation_makes_the_views_of_a_shape_agree():
+    def agreement(correlation: float) -> float:
+        """Mean over shapes and parts of the fraction of view pairs with the same outcome."""
+        out = _outcomes(teacher(correlation=correlation, **CORRELATED_ERRORS), 60)
+        pairs = out[:, :, None, :] == out[:, None, :, :]  # (shapes, v, v, parts)
+        off = ~np.eye(10, dtype=bool)
+        return float(pairs[:, off].mean())
+
+    a0, a5, a8, a1 = (agreement(r) for r in (0.0, 0.5, 0.8, 1.0))
+    assert a0 < a5 < a8 < a1
+    assert a1 == 1.0  # every view where the part is visible: the same outcome
+    # Independent views agree by chance only: P(same) = Σ_outcome P(outcome)² ≈ 0.38 here.
+    assert a0 < 0.5
+
+
+def test_view_correlation_is_deterministic_and_shares_with_masks():
+    views = make_views()
+    a = teacher(seed=3, correlation=0.8).predict(views, shape("x"))
+    b = teacher(seed=3, correlation=0.8).predict(views, shape("x"))
+    m = teacher(seed=3, correlation=0.8, output="mask").predict(views, shape("x"))
+    for pa, pb, pm in zip(a, b, m):
+        np.testing.assert_array_equal(pa.boxes, pb.boxes)
+        np.testing.assert_array_equal(pa.labels, pm.labels)
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, float("nan")])
+def test_view_correlation_outside_unit_interval_is_a_config_error(value):
+    from distill.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"teacher\.view_correlation"):
+        TeacherConfig(view_correlation=value)

@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from cluster.config import load_config
-from cluster.evaluate import UnitsPrior
+from cluster.evaluate import UnitsPrior, load_students, student_log_probs
 from cluster.job import run_job
 from cluster.pipeline import pretrain, train_stage
 from cluster.relabel import dense_units, relabel_dir
 from cluster.storage import Storage
 from distill.config import ConfigError
-from distill.records import table_to_units
+from distill.evidence import combine, unit_evidence
+from distill.records import table_to_shapes, table_to_units
 
 
 def test_dense_units_cover_every_point_once():
@@ -60,6 +61,30 @@ def test_a_generation_learns_from_the_relabelled_table(relabel_run):
     # first generation's labels with the shape's teacher units as evidence.
     assert UnitsPrior.from_config(load_config(argv)).weight > 0
     assert summary["student"] >= 0.0 and "student_units" in summary
+
+
+def test_the_relabels_are_the_student_combined_with_the_evidence(relabel_run):
+    """Each relabelled shape's labels are combine(generation 0's log-probs, its teacher
+    units' evidence), and the evidence changes the student's own argmax somewhere."""
+    _, argv, _ = relabel_run
+    cfg = load_config(argv)
+    storage = Storage.from_config(cfg.storage)
+    prior = UnitsPrior.from_config(cfg)
+    teacher = table_to_units(storage.read_table("st/knowledge/round_0"))
+    relabelled = table_to_units(storage.read_table(relabel_dir("st", 1)))
+    shapes = [s for s in table_to_shapes(storage.read_table("st/shapes")) if s.shape_id in relabelled]
+    students = load_students(storage, "st-generation_0")
+    changed = checked = 0
+    for _, s, log_probs in student_log_probs(students, shapes, 4):
+        u = relabelled[s.shape_id]
+        written = np.full(s.num_points, -1)
+        for k in range(len(u)):
+            written[u.unit_points(k)] = u.label[k]
+        pos, neg = unit_evidence(teacher[s.shape_id], *log_probs.shape)
+        np.testing.assert_array_equal(written, combine(log_probs, pos, neg, prior.weight, prior.negative))
+        changed += int((written != log_probs.argmax(1)).sum())
+        checked += 1
+    assert checked == len(relabelled) and changed > 0
 
 
 def test_a_rerun_skips_every_generation_and_pass(relabel_run):
