@@ -205,8 +205,7 @@ def best_teacher_leads(runs: list[dict], result: dict[str, Any], category: dict[
     result["best_teacher"] = {"name": best, "mean": result[best]}
     for m in STUDENT_METHODS:
         leads = [
-            np.mean(list(r[m]["per_category"].values())) - np.mean(list(r[best]["per_category"].values()))
-            for r in runs
+            np.mean(list(r[m]["per_category"].values())) - np.mean(list(r[best]["per_category"].values())) for r in runs
         ]
         result.setdefault("lead_best", {})[m] = round(float(np.mean(leads)), 2)
         result.setdefault("lead_best_std", {})[m] = round(float(np.std(leads)), 2)

@@ -25,8 +25,8 @@ from cluster.layout import part_name, shape_summary
 from cluster.rejects import write_rejects
 from cluster.storage import Storage
 from distill.records import GENERATE_RESULT_SCHEMA, Shape, shapes_to_table
-from distill.superpoints import attach_superpoints
 from distill.sampling import derive_seed
+from distill.superpoints import attach_superpoints
 from generation.config import GenerationConfig
 from generation.filters import check_mesh, check_shape
 
