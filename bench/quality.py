@@ -299,7 +299,8 @@ def main() -> None:
     print(f"vocabulary: {vocabulary}", file=sys.stderr)
     if args.extract_only:
         args.modes = []
-    runs = [run_seed(args.overrides, seed, args.orders, args.modes, Path(args.root)) for seed in args.seeds]
+    root = Path(args.root).resolve()  # the runs link into the extraction runs by absolute paths
+    runs = [run_seed(args.overrides, seed, args.orders, args.modes, root) for seed in args.seeds]
     what = f"{len(args.seeds)} seed(s) × {len(args.orders)} order(s)"
     summary: dict[str, Any] = {"teacher": {"view_correlation": cfg.teacher.view_correlation}}
     for mode in args.modes:

@@ -27,7 +27,8 @@ from cluster.config import Config
 from cluster.ingest import ingest
 from cluster.runtime import join_ray, use_ray
 from cluster.storage import Storage
-from distill.config import DataConfig
+from distill.config import ConfigError, DataConfig
+from distill.errors import SEPARATOR
 
 if TYPE_CHECKING:
     from cluster.evaluate import EvaluateDriver
@@ -76,8 +77,46 @@ def generate_shapes(cfg: Config, storage: Storage, table_dir: str | None = None)
     return generate_local(cfg, storage, table_dir)
 
 
+TEACHER_FILE = "_teacher.json"
+"""Beside the knowledge parts: the teacher and render settings they were extracted with."""
+TEACHER_KEYS = ("name", "model", "sam_model", "preset", "output", "view_correlation", "score_threshold",
+                "whole_object_fraction", "prompt_template", "nms_iou")  # fmt: skip
+RENDER_KEYS = ("views", "num_views", "image_size", "distance", "fov_deg", "point_radius", "depth_tolerance",
+               "point_visibility")  # fmt: skip
+
+
+def teacher_settings(cfg: Config) -> dict[str, Any]:
+    """The settings that shape a knowledge unit (not where or how fast it is computed)."""
+    return {
+        **{f"teacher.{k}": getattr(cfg.teacher, k) for k in TEACHER_KEYS},
+        **{f"render.{k}": getattr(cfg.render, k) for k in RENDER_KEYS},
+    }
+
+
+def check_teacher(cfg: Config, storage: Storage, units_dir: str) -> None:
+    """Refuse to add knowledge to ``units_dir`` with other teacher or render settings than
+    its parts were extracted with (a silent mix of two teachers); record them on first use."""
+    at = posixpath.join(units_dir, TEACHER_FILE)
+    now = teacher_settings(cfg)
+    if storage.exists(at):
+        then = storage.read_json(at)
+        changed = sorted(k for k in now if k in then and then[k] != now[k])
+        if changed:
+            was = ", ".join(f"{k}={then[k]!r}" for k in changed)
+            asked = ", ".join(f"{k}={now[k]!r}" for k in changed)
+            raise ConfigError(
+                f"{storage.uri(units_dir)} was extracted with {was}; this run asks {asked}"
+                f"{SEPARATOR}use another run name for other teacher settings, or delete that folder to extract anew"
+            )
+        if all(k in then for k in now):
+            return
+    storage.write_json(at, now)
+
+
 def extract(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str) -> dict[str, Any]:
-    """Teacher knowledge of the shapes of ``shapes_dir`` into ``units_dir``, on Ray or here."""
+    """Teacher knowledge of the shapes of ``shapes_dir`` into ``units_dir``, on Ray or here
+    (refused when the folder holds another teacher's knowledge, ``check_teacher``)."""
+    check_teacher(cfg, storage, units_dir)
     if use_ray(cfg):
         from cluster.extract_ray import extract_on_ray
 

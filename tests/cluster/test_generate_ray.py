@@ -158,6 +158,10 @@ def test_procedural_on_ray_writes_each_shape_once_then_skips(tmp_path, ray_local
     ref = {s.shape_id: s for s in table_to_shapes(local.read_table("r/shapes"))}
     for s in shapes:
         np.testing.assert_array_equal(s.points, ref[s.shape_id].points)
+        # Superpoints are computed where the shape is made and stored with it, the same on
+        # Ray and here (cut pursuit is deterministic).
+        assert s.superpoints is not None and s.superpoints.shape == (POINTS,)
+        np.testing.assert_array_equal(s.superpoints, ref[s.shape_id].superpoints)
 
     again = generate_on_ray(cfg, storage)
     assert (again["new"], again["skipped"], again["parts"]) == (0, 18, 0)

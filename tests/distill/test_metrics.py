@@ -39,3 +39,22 @@ def test_table_means():
 def test_bad_input():
     with pytest.raises(ValueError):
         part_ious(np.zeros(3), np.zeros(4), 2)
+
+
+def test_category_mean_interval_covers_the_mean_and_narrows_with_shapes():
+    from distill.metrics import category_mean_interval
+
+    rng = np.random.default_rng(0)
+    few = {"a": rng.normal(5, 4, 5), "b": rng.normal(-1, 4, 5)}
+    many = {"a": rng.normal(5, 4, 500), "b": rng.normal(-1, 4, 500)}
+    lo, hi = category_mean_interval(few)
+    mean = np.mean([v.mean() for v in few.values()])
+    assert lo < mean < hi
+    lo2, hi2 = category_mean_interval(many)
+    assert lo2 < 2.0 < hi2 and hi2 - lo2 < (hi - lo) / 3  # true mean 2; ~√100 narrower
+    # Equal weight per category, whatever its count: one category of 1,000 shapes at +10 and
+    # one of 3 at −10 has a mean over categories near 0, not near +10.
+    lo3, hi3 = category_mean_interval({"big": np.full(1000, 10.0), "small": np.array([-10.0, -10.0, -10.0])})
+    assert lo3 == hi3 == 0.0
+    with pytest.raises(ValueError, match="every category"):
+        category_mean_interval({"a": np.array([])})
