@@ -128,7 +128,7 @@ class Config:
         if self.train.relabel_rounds > 0 and self.eval.units_weight <= 0:
             raise ConfigError(
                 f"train.relabel_rounds={self.train.relabel_rounds} relabels with student_units, which "
-                "eval.units_weight=0 turns off: set eval.units_weight > 0 (0.5) or train.relabel_rounds=0"
+                "eval.units_weight=0 turns off: set eval.units_weight > 0 (0.1) or train.relabel_rounds=0"
             )
 
 

@@ -124,12 +124,14 @@ class EvalConfig:
 
     data: DataConfig = field(default_factory=lambda: DataConfig(source="procedural", split="test"))
     enabled: bool = True
-    units_weight: float = 0.5
+    units_weight: float = 0.1
     """Evaluated shapes with knowledge units are also scored as ``student_units``: per point
     argmax of log p_student + units_weight · (pos − units_negative · neg), the units'
-    evidence for and against each part (``distill.evidence``). 0: not scored. 0.5 and 1.0
-    were chosen on the Labeled PSB sample's TTA runs (docs/results.md, "The student with
-    the units"); the student's own row is unchanged."""
+    evidence for and against each part (``distill.evidence``). 0: not scored. 0.1 and 1.0
+    are the best point of ``bench/units_grid.py`` on the procedural job's own distillation
+    shapes at the default teacher, a rule that reads no reported shape's label
+    (docs/results.md, "How the units' settings are chosen"); the student's own row is
+    unchanged."""
     units_negative: float = 1.0
     """λ above: the weight of the evidence against a part (views that found the part
     elsewhere and saw the point) relative to the evidence for it."""
