@@ -165,11 +165,12 @@ def run_seed(argv: list[str], seed: int, orders: list[int], modes: list[str], ro
     print(f"seed {seed}: knowledge in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
     votes = teacher_rows(test_shapes, test_units, cfg.eval.units_negative)
     truth = {s.shape_id: s for s in test_shapes}
+    category = {s.shape_id: s.category for s in test_shapes}
     out: dict[str, list[dict]] = {mode: [] for mode in modes}
     for mode in modes:
         for order in orders:
             student = job_student(argv, root, src, seed, order, mode, truth)
-            out[mode].append({**votes, **student, "category": {s.shape_id: s.category for s in test_shapes}})
+            out[mode].append({**votes, **student, "category": category})
             print(f"seed {seed} order {order} {mode}: student {student['student']['mean']:.1f}, with the units "
                   f"{student['student_units']['mean']:.1f} ({student['student']['seconds']:.0f}s training)",
                   file=sys.stderr)  # fmt: skip
