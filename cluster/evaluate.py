@@ -36,6 +36,7 @@ from distill.evidence import combine, evidence_vote, unit_evidence
 from distill.labels import LabelSpace
 from distill.metrics import MIoUSums
 from distill.passes import predict_log_probs
+from distill.pooling import pool_log_probs
 from distill.records import KnowledgeUnits, Prediction, Shape, predictions_to_table, row_to_shape
 from distill.superpoints import shape_superpoints, superpoint_vote_nearest
 from distill.voting import vote, vote_nearest
@@ -123,7 +124,8 @@ class PartEvaluator:
     """Evaluates one shape part at a time: ``(item) → {method: MIoUSums}`` plus the
     categories of its shapes; students loaded once (``students``: ``(name, model, space)``).
     With a ``units_prior`` the students' predictions combined with each shape's units are
-    scored as ``student_units`` and written as the predictions of ``<student>+units``."""
+    scored as ``student_units`` and written as the predictions of ``<student>+units``;
+    ``pool``: the student row pooled over superpoints (``student.pool``)."""
 
     def __init__(
         self,
@@ -133,9 +135,11 @@ class PartEvaluator:
         predictions_dir: str = "",
         batch_size: int = 8,
         units_prior: UnitsPrior = UnitsPrior(),
+        pool: bool = False,
     ) -> None:
         self.storage, self.tables, self.students = storage, tables, students
         self.predictions_dir, self.batch_size, self.units_prior = predictions_dir, batch_size, units_prior
+        self.pool = pool
 
     def __call__(self, item: PartItem) -> tuple[dict[str, MIoUSums], set[str]]:
         table = self.storage.read_part(
@@ -147,7 +151,7 @@ class PartEvaluator:
         sums["student"], sums["student_units"] = MIoUSums(), MIoUSums()
         preds: list[Prediction] = []
         for name, s, log_probs in student_log_probs(self.students, shapes, self.batch_size):
-            labelled = [("student", name, log_probs.argmax(1).astype(np.int64))]
+            labelled = [("student", name, student_labels(log_probs, s, self.pool))]
             if self.units_prior.weight > 0 and units:  # a part the teacher saw; its unseen shapes: the student's
                 own = units.get(s.shape_id) or KnowledgeUnits.empty(s.shape_id)
                 labelled.append(("student_units", f"{name}+units", self.units_prior.labels(log_probs, own)))
@@ -230,13 +234,21 @@ def student_log_probs(
             yield from ((st.name, s, lp) for s, lp in zip(mine, out))
 
 
+def student_labels(log_probs: np.ndarray, shape: Shape, pool: bool = False) -> np.ndarray:
+    """The student's labels of one shape (N,) int64: the argmax per point, or with ``pool``
+    (``student.pool=superpoints``) per superpoint (``distill.pooling.pool_log_probs``)."""
+    if pool:
+        return pool_log_probs(log_probs, shape_superpoints(shape), shape.shape_id)
+    return log_probs.argmax(1).astype(np.int64)
+
+
 def student_predictions(
-    students: list[LoadedStudent], shapes: list[Shape], batch_size: int
+    students: list[LoadedStudent], shapes: list[Shape], batch_size: int, pool: bool = False
 ) -> Iterator[tuple[str, Shape, np.ndarray]]:
     """Each student's predictions of the ``shapes`` of the categories it was trained for
-    → ``(student name, shape, labels (N,) int64)``, student by student."""
+    → ``(student name, shape, labels (N,) int64)``, student by student (``student_labels``)."""
     for name, s, log_probs in student_log_probs(students, shapes, batch_size):
-        yield name, s, log_probs.argmax(1).astype(np.int64)
+        yield name, s, student_labels(log_probs, s, pool)
 
 
 def plan_items(storage: Storage, shapes_dir: str, units_dir: str) -> list[PartItem]:
@@ -244,6 +256,11 @@ def plan_items(storage: Storage, shapes_dir: str, units_dir: str) -> list[PartIt
     (from the manifests; no row read)."""
     where = f"{storage.uri(units_dir)}: "
     return plan_parts(shapes_manifest(storage, shapes_dir), storage.manifest(units_dir), None, where).items
+
+
+def pooled(cfg: Config) -> bool:
+    """Whether the student row is pooled over superpoints (``student.pool``)."""
+    return cfg.student.pool == "superpoints"
 
 
 def empty_sums() -> dict[str, MIoUSums]:
@@ -259,7 +276,7 @@ def evaluate_local(
     categories: set[str] = set()
     students = load_students(storage, cfg.run) if with_students else []
     evaluator = PartEvaluator(
-        storage, tables, students, predictions_dir, cfg.train.batch_size, UnitsPrior.from_config(cfg)
+        storage, tables, students, predictions_dir, cfg.train.batch_size, UnitsPrior.from_config(cfg), pooled(cfg)
     )
     for item in tqdm(items, desc="evaluate", unit="part", disable=not cfg.progress):
         sums, cats = evaluator(item)

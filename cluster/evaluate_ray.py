@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from cluster.actors import student_item_pool
 from cluster.config import Config, config_from_dict, to_dict
-from cluster.evaluate import PartEvaluator, PartSums, UnitsPrior, empty_sums, load_students
+from cluster.evaluate import PartEvaluator, PartSums, UnitsPrior, empty_sums, load_students, pooled
 from cluster.layout import PartItem
 from cluster.runtime import join_ray
 from cluster.samples import Tables
@@ -32,7 +32,7 @@ class EvaluateStage:
         storage = Storage.from_config(cfg.storage)
         students = load_students(storage, cfg.run) if with_students else []
         self.evaluate = PartEvaluator(
-            storage, tables, students, predictions_dir, cfg.train.batch_size, UnitsPrior.from_config(cfg)
+            storage, tables, students, predictions_dir, cfg.train.batch_size, UnitsPrior.from_config(cfg), pooled(cfg)
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:

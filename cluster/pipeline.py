@@ -214,7 +214,7 @@ def train_stage(cfg: Config, storage: Storage, fault_hook: Any = None) -> dict[s
     if cfg.train.relabel_rounds == 0:
         return train(cfg, units_dir)
     from cluster.evaluate import plan_items
-    from cluster.relabel import generation_config, relabel, relabel_dir, relabel_local
+    from cluster.relabel import generation_config, generation_folds, relabel, relabel_dir, relabel_local
 
     generations: list[dict[str, Any]] = []
     for g in range(cfg.train.relabel_rounds + 1):
@@ -225,9 +225,9 @@ def train_stage(cfg: Config, storage: Storage, fault_hook: Any = None) -> dict[s
             if use_ray(cfg):
                 from cluster.relabel_ray import relabel_on_ray as driver
             step["relabel"] = timed(f"relabel_{g}", relabel, cfg, storage, items, shapes_dir, units_dir, g, driver)
-        step["train"] = timed(
-            f"train_{g}", train, generation_config(cfg, g), relabel_dir(cfg.run, g) if g else units_dir
-        )
+        knowledge = relabel_dir(cfg.run, g) if g else units_dir
+        fits = [timed(f"train_{g}", train, generation_config(cfg, g, f), knowledge) for f in generation_folds(cfg, g)]
+        step["train"] = fits[0] if len(fits) == 1 else {"folds": fits, "students": [s for t in fits for s in t["students"]]}
         generations.append(step)
     last = generations.pop()
     return {**last["train"], "relabel": last["relabel"], "generations": generations}

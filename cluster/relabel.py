@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -37,7 +37,8 @@ from cluster.evaluate import LoadedStudent, UnitsPrior, load_students, student_l
 from cluster.layout import PartItem
 from cluster.samples import SHAPE_COLUMNS
 from cluster.storage import Storage
-from distill.records import KnowledgeUnits, row_to_shape, table_to_units, units_to_table
+from distill.records import KnowledgeUnits, Shape, row_to_shape, table_to_units, units_to_table
+from distill.sources import fold_of
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +51,26 @@ def relabel_dir(run: str, generation: int) -> str:
     return f"{run}/knowledge/relabel_{generation}"
 
 
-def generation_run(cfg: Config, generation: int) -> str:
-    """Where generation ``generation``'s students live: the run itself for the last one."""
-    return cfg.run if generation >= cfg.train.relabel_rounds else f"{cfg.run}-generation_{generation}"
+def generation_run(cfg: Config, generation: int, fold: int = -1) -> str:
+    """Where generation ``generation``'s students live: the run itself for the last one;
+    a cross-fitted student (``train.relabel_folds`` > 1) of an earlier one in its fold's."""
+    if generation >= cfg.train.relabel_rounds:
+        return cfg.run
+    return f"{cfg.run}-generation_{generation}" + (f"-fold_{fold}" if fold >= 0 else "")
 
 
-def generation_config(cfg: Config, generation: int) -> Config:
-    """``cfg`` with ``run`` set to the generation's (``generation_run``)."""
-    return replace(cfg, run=generation_run(cfg, generation))
+def generation_folds(cfg: Config, generation: int) -> list[int]:
+    """The folds whose students generation ``generation`` trains: [−1] (one student on
+    every shape) for the last generation or without cross-fitting, else 0..K−1."""
+    if generation >= cfg.train.relabel_rounds or cfg.train.relabel_folds < 2:
+        return [-1]
+    return list(range(cfg.train.relabel_folds))
+
+
+def generation_config(cfg: Config, generation: int, fold: int = -1) -> Config:
+    """``cfg`` with ``run`` set to the generation's (``generation_run``) and, for a
+    cross-fitted student, the fold it holds out (``train.fold``)."""
+    return replace(cfg, run=generation_run(cfg, generation, fold), train=replace(cfg.train, fold=fold))
 
 
 def dense_units(shape_id: str, labels: np.ndarray, num_parts: int, generation: int) -> KnowledgeUnits:
@@ -70,8 +83,10 @@ def dense_units(shape_id: str, labels: np.ndarray, num_parts: int, generation: i
 
 
 class Relabeller:
-    """Relabels one item (a shape part and its knowledge parts) with ``students`` and the
-    teacher's units of ``units_dir``, writing each knowledge part's relabelled twin."""
+    """Relabels one item (a shape part and its knowledge parts) with students and the
+    teacher's units of ``units_dir``, writing each knowledge part's relabelled twin.
+    students_by_fold: per fold, the students that never saw that fold's units (one list:
+    no cross-fitting, every shape by every student of its category)."""
 
     def __init__(
         self,
@@ -79,15 +94,17 @@ class Relabeller:
         shapes_dir: str,
         units_dir: str,
         out_dir: str,
-        students: list[LoadedStudent],
+        students_by_fold: list[list[LoadedStudent]],
         prior: UnitsPrior,
         generation: int,
         batch_size: int = 8,
+        seed: int = 0,
     ) -> None:
         if prior.weight <= 0:
             raise ValueError("train.relabel_rounds needs eval.units_weight > 0: the relabelling is student_units")
         self.storage, self.shapes_dir, self.units_dir, self.out_dir = storage, shapes_dir, units_dir, out_dir
-        self.students, self.prior, self.generation, self.batch_size = students, prior, generation, batch_size
+        self.prior, self.generation, self.batch_size, self.seed = prior, generation, batch_size, seed
+        self.by_fold = students_by_fold
 
     def __call__(self, item: PartItem) -> dict[str, int]:
         todo = [k for k in item.knowledge_parts if not self.storage.exists(self.out_dir, k)]
@@ -102,7 +119,7 @@ class Relabeller:
             mine = [shapes[i] for i in teacher if i in shapes and len(teacher[i])]
             new: list[KnowledgeUnits] = []
             with_units: dict[str, int] = {}
-            for _, s, log_probs in student_log_probs(self.students, mine, self.batch_size):
+            for _, s, log_probs in self._log_probs(mine):
                 labels = self.prior.labels(log_probs, teacher[s.shape_id])
                 new.append(dense_units(s.shape_id, labels, log_probs.shape[1], self.generation))
                 with_units[s.category] = with_units.get(s.category, 0) + 1
@@ -113,15 +130,27 @@ class Relabeller:
             shapes_done += len(new)
         return {"parts": len(todo), "shapes": shapes_done}
 
+    def _log_probs(self, shapes: list[Shape]) -> Iterator[tuple[str, Shape, np.ndarray]]:
+        """Each shape's log-probabilities by the students of its fold (all: one fold)."""
+        folds = len(self.by_fold)
+        for f, students in enumerate(self.by_fold):
+            mine = [s for s in shapes if folds == 1 or fold_of(s.shape_id, self.seed, folds) == f]
+            yield from student_log_probs(students, mine, self.batch_size)
+
 
 def relabeller(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str, generation: int) -> Relabeller:
-    """The relabeller of generation ``generation`` (≥ 1): generation − 1's students loaded."""
-    students = load_students(storage, generation_run(cfg, generation - 1))
-    if not students:
-        raise FileNotFoundError(f"no finished student of generation {generation - 1} to relabel with")
+    """The relabeller of generation ``generation`` (≥ 1): generation − 1's students loaded
+    (cross-fitted: one list per fold, the students that held that fold out)."""
+    by_fold = []
+    for fold in generation_folds(cfg, generation - 1):
+        run = generation_run(cfg, generation - 1, fold)
+        students = load_students(storage, run)
+        if not students:
+            raise FileNotFoundError(f"{storage.uri(run)}: no finished student of generation {generation - 1} to relabel with")
+        by_fold.append(students)
     out_dir = relabel_dir(cfg.run, generation)
     prior = UnitsPrior.from_config(cfg)
-    return Relabeller(storage, shapes_dir, units_dir, out_dir, students, prior, generation, cfg.train.batch_size)
+    return Relabeller(storage, shapes_dir, units_dir, out_dir, by_fold, prior, generation, cfg.train.batch_size, cfg.seed)
 
 
 RelabelDriver = Callable[[Config, Storage, list[PartItem], str, str, int], dict[str, int]]

@@ -25,7 +25,9 @@ from cluster.layout import PartItem
 from cluster.storage import Storage
 from distill.labels import LabelSpace
 from distill.records import SAMPLE_SCHEMA, KnowledgeUnits, row_to_shape, table_to_scores, table_to_units
+from distill.pooling import pool_units
 from distill.samples import Batch, ShapeSample, collate, mix_seed, prepare_sample
+from distill.superpoints import shape_superpoints
 from distill.sources import (
     CALIBRATION_SHAPES,
     CLASS_COUNT_SHAPES,
@@ -36,6 +38,7 @@ from distill.sources import (
     in_validation,
     stratified,
     stratified_chunks,
+    trains_on,
 )
 
 SHAPE_COLUMNS = ["shape_id", "category", "part_names", "num_points", "points", "normals", "source", "meta"]
@@ -56,6 +59,11 @@ class Tables:
     shapes_dir: str
     units_dir: str
     scores_dir: str = ""
+    pool: bool = False
+    """Training targets pooled within superpoints (``train.superpoint_targets``,
+    ``distill.pooling.pool_units``); re-scoring reads the units as stored."""
+    superpoints: bool = False
+    """The samples carry their superpoints (``train.superpoint_consistency``)."""
 
 
 def scores_dir(units_dir: str, student: str, round: int) -> str:
@@ -148,7 +156,9 @@ def load_item(
 
     labels: read the ground truth too (evaluation only; training never does)."""
     columns = EVAL_COLUMNS if labels else SHAPE_COLUMNS
-    table = storage.read_part(tables.shapes_dir, item.shape_part, columns)
+    if tables.pool or tables.superpoints:
+        columns = [*columns, "superpoints"]
+    table = storage.read_part(tables.shapes_dir, item.shape_part, columns, optional=("superpoints",))
     units, pairs = load_units(storage, tables, item)
     factors = read_balance(storage, tables.scores_dir) if tables.scores_dir else None
     out = []
@@ -159,7 +169,14 @@ def load_item(
         u = units.get(shape.shape_id)
         if u is not None and factors is not None:
             u = u.with_scores(balanced_score(u, shape.category, factors), u.round)
-        out.append(prepare_sample(shape, u, space, num_points, seed, pairs.get(shape.shape_id)))
+        pair_weight = pairs.get(shape.shape_id)
+        if tables.pool or tables.superpoints:
+            shape.superpoints = shape_superpoints(shape)  # a table written before the column: computed
+        if u is not None and tables.pool:
+            u, pair_weight = pool_units(u, shape.superpoints, shape.num_parts, pair_weight), None
+        if not tables.superpoints:
+            shape.superpoints = None
+        out.append(prepare_sample(shape, u, space, num_points, seed, pair_weight))
     return out
 
 
@@ -177,6 +194,7 @@ def samples_to_table(samples: Sequence[ShapeSample]) -> pa.Table:
         cols["unit_slot"].append(s.unit_slot.numpy().astype(np.int32))
         cols["unit_score"].append(s.unit_score.numpy().astype(np.float32))
         cols["pair_weight"].append(None if s.pair_weight is None else s.pair_weight.numpy().astype(np.float32))
+        cols["superpoints"].append(None if s.superpoints is None else s.superpoints.numpy().astype(np.int32))
     return pa.Table.from_pydict(cols, schema=SAMPLE_SCHEMA)
 
 
@@ -192,6 +210,7 @@ def table_to_samples(table: pa.Table) -> list[ShapeSample]:
         n = int(table["num_points"][i].as_py())
         normals = table["normals"][i]
         pair_weight = table["pair_weight"][i]
+        superpoints = table["superpoints"][i]
         out.append(
             ShapeSample(
                 shape_id=str(table["shape_id"][i].as_py()),
@@ -208,6 +227,9 @@ def table_to_samples(table: pa.Table) -> list[ShapeSample]:
                 pair_weight=None
                 if not pair_weight.is_valid
                 else torch.from_numpy(_flat(table["pair_weight"], i, np.float32)),
+                superpoints=None
+                if not superpoints.is_valid
+                else torch.from_numpy(_flat(table["superpoints"], i, np.int64)),
             )
         )
     return out
@@ -242,6 +264,7 @@ class PartSource(SampleSource):
         shuffle_samples: int = 1024,
         stream: Callable[[int], Iterable[Batch]] | None = None,
         order_seed: int | None = None,
+        fold: tuple[int, int] = (-1, 1),
     ) -> None:
         if not items:
             raise ValueError(f"{storage.uri(tables.shapes_dir)}: no shape part holds {list(space.categories)}")
@@ -249,8 +272,10 @@ class PartSource(SampleSource):
         self.num_points, self.batch_size, self.seed = num_points, batch_size, seed
         self.order_seed = seed if order_seed is None else order_seed
         self.val_fraction, self.shuffle_samples = val_fraction, max(batch_size, shuffle_samples)
+        self.fold = fold
         with_units = sum(i.with_units for i in self.items)
-        self.num_train = max(1, round(with_units * (1.0 - val_fraction)))
+        kept = (1.0 - val_fraction) * ((fold[1] - 1) / fold[1] if fold[0] >= 0 else 1.0)
+        self.num_train = max(1, round(with_units * kept))
         self.has_validation = val_fraction > 0.0
         self._calibration: list[ShapeSample] | None = None
         self.stream = stream
@@ -260,7 +285,7 @@ class PartSource(SampleSource):
         return load_item(self.storage, self.tables, item, self.space, self.num_points, self.seed)
 
     def is_train(self, s: ShapeSample) -> bool:
-        return s.num_units > 0 and not in_validation(s.shape_id, self.seed, self.val_fraction)
+        return s.num_units > 0 and trains_on(s.shape_id, self.seed, self.val_fraction, *self.fold)
 
     def scan(self, items: Iterable[PartItem] | None = None) -> Iterator[list[ShapeSample]]:
         """Every sample of the items, one part at a time (table order)."""

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from cluster.checkpoints import list_students
 from cluster.config import Config
-from cluster.evaluate import load_students, student_predictions, trained_categories
+from cluster.evaluate import load_students, pooled, student_predictions, trained_categories
 from cluster.layout import shapes_manifest
 from cluster.pipeline import ensure_shapes
 from cluster.rejects import write_rejects
@@ -64,7 +64,7 @@ def segment(cfg: Config, storage: Storage) -> dict[str, Any]:
             s.category = canonical.get(s.category.lower(), s.category)
         unknown += [s for s in shapes if s.category not in known]
         preds: list[Prediction] = []
-        for name, s, pred in student_predictions(loaded, shapes, cfg.train.batch_size):
+        for name, s, pred in student_predictions(loaded, shapes, cfg.train.batch_size, pooled(cfg)):
             preds.append(Prediction(s.shape_id, s.category, name, pred, s.points))
             storage.write_bytes(f"{out}/ply/{file_name(s.shape_id)}.ply", colored_ply(s.points, pred))
             if s.labels is not None:

@@ -66,10 +66,16 @@ class StudentPlan:
     untrained: tuple[str, ...] = ()
     """Categories of the space with no knowledge unit: the student learns nothing of them,
     and evaluation and segmentation report them as untrained instead of scoring them."""
+    pool: bool = False
+    """``train.superpoint_targets``: the fits read their units pooled within superpoints."""
+    superpoints: bool = False
+    """``train.superpoint_consistency`` > 0: the fits' samples carry their superpoints."""
 
-    def tables(self, round: int) -> Tables:
-        """Where round ``round``'s fit reads: the shapes, round 0's units, the round's scores."""
-        return Tables(self.shapes_dir, self.units_dir, scores_dir(self.units_dir, self.name, round) if round else "")
+    def tables(self, round: int, pooled: bool = True) -> Tables:
+        """Where round ``round``'s fit reads: the shapes, round 0's units, the round's scores
+        (``pooled=False``: the units as stored, what re-scoring reads and writes)."""
+        scores = scores_dir(self.units_dir, self.name, round) if round else ""
+        return Tables(self.shapes_dir, self.units_dir, scores, self.pool and pooled, self.superpoints and pooled)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -80,15 +86,17 @@ class StudentPlan:
             "items": [[i.shape_part, list(i.knowledge_parts), list(i.categories), i.with_units] for i in self.items],
             "with_units": self.with_units,
             "untrained": list(self.untrained),
+            "pool": self.pool,
+            "superpoints": self.superpoints,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StudentPlan:
         items = [PartItem(p, tuple(k), tuple(c), int(n)) for p, k, c, n in d["items"]]
         space = LabelSpace.from_dict(d["space"])
-        return cls(
-            d["name"], space, d["shapes_dir"], d["units_dir"], items, d["with_units"], tuple(d.get("untrained", ()))
-        )
+        untrained = tuple(d.get("untrained", ()))
+        pool, superpoints = bool(d.get("pool", False)), bool(d.get("superpoints", False))
+        return cls(d["name"], space, d["shapes_dir"], d["units_dir"], items, d["with_units"], untrained, pool, superpoints)
 
 
 def plan_students(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str) -> list[StudentPlan]:
@@ -119,8 +127,11 @@ def plan_students(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str
         space = LabelSpace(tuple(group), tuple(parts[c] for c in group))
         plan = plan_parts(shapes, knowledge, group, where=f"{storage.uri(units_dir)}: ")
         name = student_name(space, cfg.train.per_category)
+        if cfg.train.fold >= 0:  # a cross-fitted student: its re-scoring rounds are its own
+            name += f"-fold_{cfg.train.fold}"
         missing = tuple(c for c in group if c in untrained)
-        plans.append(StudentPlan(name, space, shapes_dir, units_dir, plan.items, plan.with_units, missing))
+        pool, sp = cfg.train.superpoint_targets, cfg.train.superpoint_consistency > 0
+        plans.append(StudentPlan(name, space, shapes_dir, units_dir, plan.items, plan.with_units, missing, pool, sp))
     return plans
 
 
@@ -141,6 +152,7 @@ def part_source(
         val,
         stream=stream,
         order_seed=cfg.train.data_order_seed(cfg.seed),
+        fold=(cfg.train.fold, cfg.train.relabel_folds),
     )
 
 

@@ -48,11 +48,12 @@ block order of every epoch."""
 
 def sample_rows(batch: dict[str, np.ndarray], config: dict[str, Any], plan: dict[str, Any], round: int) -> Any:
     """``map_batches`` function of the training ingest: one item in, its training samples
-    out as ``SAMPLE_SCHEMA`` rows (shapes with units, validation shapes held out)."""
+    out as ``SAMPLE_SCHEMA`` rows (shapes with units; validation shapes and a cross-fitted
+    student's fold held out)."""
     from cluster.config import config_from_dict
     from cluster.layout import PartItem
     from cluster.samples import load_item, samples_to_table
-    from distill.sources import in_validation
+    from distill.sources import trains_on
 
     cfg = config_from_dict(config)
     student = StudentPlan.from_dict(plan)
@@ -60,7 +61,8 @@ def sample_rows(batch: dict[str, np.ndarray], config: dict[str, Any], plan: dict
     val = cfg.train.val_fraction if cfg.train.select == "val" else 0.0
     (item,) = [PartItem.from_row({k: batch[k][i] for k in batch}) for i in range(len(batch["shape_part"]))]
     samples = load_item(storage, student.tables(round), item, student.space, cfg.data.num_points, cfg.seed)
-    return samples_to_table([s for s in samples if s.num_units and not in_validation(s.shape_id, cfg.seed, val)])
+    fold = (cfg.train.fold, cfg.train.relabel_folds)
+    return samples_to_table([s for s in samples if s.num_units and trains_on(s.shape_id, cfg.seed, val, *fold)])
 
 
 def training_dataset(cfg: Config, plan: StudentPlan, round: int) -> Any:

@@ -247,7 +247,14 @@ class StudentConfig:
     collections whose shapes are not consistently posed (it helps on the PSB sample); on a
     consistently posed corpus it costs a little, hence off by default (docs/results.md)."""
 
+    pool: str = "none"
+    """none | superpoints: at inference (evaluation's ``student`` row, ``jobs/segment.py``)
+    each superpoint takes the argmax of its points' mean log-probability
+    (``distill.pooling.pool_log_probs``). Still the student alone: superpoints are
+    geometry, stored with the shapes. Measured in docs/results.md ("Superpoints for the student")."""
+
     def __post_init__(self) -> None:
+        check_choice("student.pool", self.pool, ("none", "superpoints"))
         check_positive("student.width", self.width)
         check_positive("student.k", self.k)
         check_choice("student.align", self.align, ("none", "cube"))
@@ -300,6 +307,32 @@ class TrainConfig:
     round lifts the student alone by 3.1 (TTA) and 2.8 (Pre) points, and ``student_units``
     by 1.6 (TTA) and −0.8 (Pre), and the default job's student by 2.2. Off by default since
     it doubles training; ``--config selftrain`` turns it on (docs/results.md, "Self-training")."""
+    superpoint_targets: bool = False
+    """Pool the units' evidence within superpoints before the loss: every point of a
+    superpoint some unit touches learns the mean soft target of its covered points
+    (``distill.pooling.pool_units``). Re-scoring still reads and re-scores the units as
+    extracted. Measured in docs/results.md ("Superpoints for the student")."""
+    superpoint_consistency: float = 0.0
+    """Weight of a consistency term: each point's cross-entropy against the mean predicted
+    distribution of its superpoint (held fixed), over every point, covered or not
+    (``distill.losses.superpoint_consistency``; 0: off)."""
+    mean_teacher: float = 0.0
+    """Online self-training (0: off): weight of a loss on every point whose prediction by
+    the weights' moving average (``train.ema``, which must be > 0) is confident
+    (max p ≥ ``mean_teacher_threshold``), its argmax the target (the mean-teacher form,
+    Tarvainen & Valpola 2017; GGSD). Ramped in linearly over the first half of the fit
+    (``distill.regularisers``)."""
+    mean_teacher_threshold: float = 0.9
+    relabel_folds: int = 1
+    """Self-training's relabelling students (``train.relabel_rounds`` > 0). 1: the student
+    relabels the very shapes it learnt from. K ≥ 2 (cross-fitted): every generation before
+    the last trains K students, student f without the shapes of hash fold f
+    (``distill.sources.fold_of``), and each shape is relabelled by the student that never
+    saw its units, so an error the teacher repeats on one shape in every view, which a
+    student fits on the shapes it learns from, is not voted back onto it. Costs about one
+    more training (each of the K fits is sized for (K − 1)/K of the shapes)."""
+    fold: int = -1
+    """Set by the pipeline for cross-fitted students (the fold this fit holds out); −1: none."""
     select: str = "last"
     """Which checkpoint is reported: last (fixed schedule) | val (best on a validation
     split of the distillation shapes, scored against teacher knowledge, never test labels)."""
@@ -339,6 +372,9 @@ class TrainConfig:
         check_positive("train.lr", self.lr)
         check_positive("train.bd_rounds", self.bd_rounds, allow_zero=True)
         check_positive("train.relabel_rounds", self.relabel_rounds, allow_zero=True)
+        check_positive("train.relabel_folds", self.relabel_folds)
+        if not -1 <= self.fold < self.relabel_folds:
+            raise ConfigError(f"train.fold={self.fold} must be -1 (none) or a fold below train.relabel_folds")
         check_choice("train.bd_trigger", self.bd_trigger, ("plateau", "epoch"))
         check_choice("train.rescore", self.rescore, RESCORE_RULES)
         check_choice("train.select", self.select, ("last", "val"))
@@ -347,6 +383,15 @@ class TrainConfig:
         check_choice("train.device", self.device, ("auto", "cpu", "cuda"))
         check_choice("train.amp", self.amp, ("none", "bf16"))
         check_choice("train.class_weights", self.class_weights, ("batch", "corpus"))
+        check_positive("train.superpoint_consistency", self.superpoint_consistency, allow_zero=True)
+        check_positive("train.mean_teacher", self.mean_teacher, allow_zero=True)
+        if not 0.0 <= self.mean_teacher_threshold <= 1.0:
+            raise ConfigError(f"train.mean_teacher_threshold={self.mean_teacher_threshold} not in [0, 1]")
+        if self.mean_teacher > 0 and self.ema <= 0:
+            raise ConfigError(
+                f"train.mean_teacher={self.mean_teacher} needs a teacher: the weights' moving average "
+                "(set train.ema, e.g. train.ema=0.99)"
+            )
         if not 0.0 <= self.ema < 1.0:
             raise ConfigError(f"train.ema={self.ema} must be in [0, 1) (0: no weight average)")
         if self.order_seed < -1:

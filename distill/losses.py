@@ -193,3 +193,37 @@ def distillation_loss_reference(
             li = li + float(unit_score[k]) * float(class_weight[labels[k]]) * pair_w[k][j] * ce
         total_loss = total_loss + li / len(covering)
     return total_loss / t
+
+
+def superpoint_consistency(logits: Tensor, superpoints: Tensor) -> Tensor:
+    """The consistency term (``train.superpoint_consistency``): each point's cross-entropy
+    against its superpoint's mean predicted distribution q̄_j (held fixed, no gradient),
+
+        L_sp = (1 / T) · Σ_i −Σ_c q̄_{j(i)}(c) · log p_i(c),
+
+    over all T points of the batch, covered or not. logits: (B, N, S) or (T, S) ·
+    superpoints: (T,) int64 ids unique within the batch → scalar."""
+    logits = logits.reshape(-1, logits.shape[-1])
+    if superpoints.shape != (logits.shape[0],):
+        raise ValueError(f"superpoints {tuple(superpoints.shape)} must be ({logits.shape[0]},), one id per point")
+    logp = F.log_softmax(logits.float(), dim=-1)
+    with torch.no_grad():
+        sp = superpoints.long()
+        count = torch.bincount(sp).clamp_min(1).to(logp.dtype)
+        mean = torch.zeros(len(count), logp.shape[1], dtype=logp.dtype, device=logp.device)
+        mean.index_add_(0, sp, logp.exp())
+        target = (mean / count[:, None]).index_select(0, sp)
+    return -(target * logp).sum(-1).mean()
+
+
+def confident_target_loss(logits: Tensor, teacher_probs: Tensor, threshold: float) -> Tensor:
+    """Online self-training (``train.mean_teacher``): cross-entropy against the teacher's
+    argmax at every point whose teacher probability max ≥ ``threshold``, averaged over all
+    T points. logits, teacher_probs: (B, N, S) or (T, S) → scalar."""
+    logits = logits.reshape(-1, logits.shape[-1])
+    teacher_probs = teacher_probs.reshape(-1, teacher_probs.shape[-1])
+    if teacher_probs.shape != logits.shape:
+        raise ValueError(f"teacher_probs {tuple(teacher_probs.shape)} and logits {tuple(logits.shape)} differ")
+    confidence, target = teacher_probs.max(-1)
+    nll = F.cross_entropy(logits.float(), target, reduction="none")
+    return (nll * (confidence >= threshold).to(nll.dtype)).mean()

@@ -59,17 +59,33 @@ def pose_rotations(model: nn.Module, batch: Batch) -> Tensor | None:
     return pick(batch.points, batch.category) if callable(pick) else None
 
 
-def forward_logits(model: nn.Module, batch: Batch, space: LabelSpace, rotation: Tensor | None = None) -> Tensor:
+def forward_logits(
+    model: nn.Module,
+    batch: Batch,
+    space: LabelSpace,
+    rotation: Tensor | None = None,
+    weights: dict[str, Tensor] | None = None,
+) -> Tensor:
     """(B, N, S) logits of a batch, masked to each element's category.
 
     rotation: (B,) the shapes' poses (``pose_rotations`` of the raw batch), or None: a
-    pose-aligning student then chooses on ``batch.points`` as they are."""
+    pose-aligning student then chooses on ``batch.points`` as they are · weights: run
+    ``model`` with these parameters instead of its own (``torch.func.functional_call``;
+    its buffers are used as copies, so BatchNorm's running statistics stay as they are)."""
     extra = {} if rotation is None else {"rotation": rotation.to(batch.points.device, non_blocking=True)}
-    logits = model(batch.points, normals=batch.normals, category=batch.category, **extra)
+    kwargs = {"normals": batch.normals, "category": batch.category, **extra}
+    if weights is None:
+        logits = model(batch.points, **kwargs)
+    else:
+        state = {**{k: b.clone() for k, b in model.named_buffers()}, **weights}
+        logits = torch.func.functional_call(model, state, (batch.points,), kwargs)
     if logits.shape[-1] != space.num_slots:
         raise ValueError(f"model gives {logits.shape[-1]} logits per point, the label space has {space.num_slots}")
     return mask_logits(logits, batch.category, space)
 
+
+ExtraLoss = Callable[[Tensor, Batch, "Tensor | None"], Tensor]
+"""A term added to a training step's loss: ``(logits (B, N, S), batch, rotation) → scalar``."""
 
 AMP_MODES = ("none", "bf16")
 
@@ -94,14 +110,16 @@ def train_epoch(
     amp: str = "none",
     class_weight: Tensor | None = None,
     after_step: Callable[[], None] | None = None,
+    extra_loss: ExtraLoss | None = None,
 ) -> dict[str, float]:
     """One pass over ``batches``; the scheduler steps after every optimiser step.
 
     generator: draws the augmentation (None: no augmentation) · amp: ``train.amp``, the
     forward's autocast ("none" | "bf16"; the geometry stays float32, the loss is computed
     in float32) · class_weight: (S,) the loss's class weights (None: each batch's own) ·
-    after_step: called after every optimiser step (the weight average's update)
-    → {"loss": mean batch loss, "steps", "shapes", "seconds"}.
+    after_step: called after every optimiser step (the weight average's update) ·
+    extra_loss: ``(logits, batch, rotation) → scalar`` added to the distillation loss
+    (``distill.regularisers``) → {"loss": mean batch loss, "steps", "shapes", "seconds"}.
     """
     model.train()
     slot_group = space.slot_group().to(device)
@@ -126,6 +144,8 @@ def train_epoch(
             slot_group=slot_group,
             pair_weight=batch.pair_weight,
         )
+        if extra_loss is not None:
+            loss = loss + extra_loss(logits.float(), batch, rotation)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip > 0:

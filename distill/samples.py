@@ -33,7 +33,8 @@ class ShapeSample:
     pair_weight: (M,) float32 relative weight of each (point, unit) pair, set by a
     point-level re-scoring rule (``train.rescore=point``), or None (all 1) · pair_source:
     (M,) int64 the pair of ``units`` (index into its ``point_idx``) each pair was copied
-    from by resampling, or None when the points were not resampled (pair m is source m).
+    from by resampling, or None when the points were not resampled (pair m is source m) ·
+    superpoints: (N,) int64 each point's superpoint (``distill.superpoints``), or None.
     """
 
     shape_id: str
@@ -48,6 +49,7 @@ class ShapeSample:
     units: KnowledgeUnits | None = None
     pair_weight: Tensor | None = None
     pair_source: Tensor | None = None
+    superpoints: Tensor | None = None
 
     @property
     def num_points(self) -> int:
@@ -134,7 +136,7 @@ def prepare_sample(
         raise ValueError(f"units of {shape.shape_id}: labels outside [0, {shape.num_parts})")
     if len(units.point_idx) and (units.point_idx.min() < 0 or units.point_idx.max() >= shape.num_points):
         raise ValueError(f"units of {shape.shape_id}: point indices outside [0, {shape.num_points})")
-    points, normals, labels = shape.points, shape.normals, shape.labels
+    points, normals, labels, superpoints = shape.points, shape.normals, shape.labels, shape.superpoints
     if pair_weight is not None and len(pair_weight) != len(units.point_idx):
         raise ValueError(
             f"units of {shape.shape_id}: {len(pair_weight)} pair weights for {len(units.point_idx)} (point, unit) pairs"
@@ -151,6 +153,7 @@ def prepare_sample(
         points = points[choice]
         normals = None if normals is None else normals[choice]
         labels = None if labels is None else labels[choice]
+        superpoints = None if superpoints is None else superpoints[choice]
         point_idx, offsets, source = resample_pairs(point_idx, offsets, choice)
     if pair_weight is not None:
         pair_weight = np.asarray(pair_weight, np.float32)
@@ -168,6 +171,7 @@ def prepare_sample(
         units=units,
         pair_weight=None if pair_weight is None else torch.from_numpy(np.ascontiguousarray(pair_weight)),
         pair_source=None if source is None else torch.from_numpy(source),
+        superpoints=None if superpoints is None else torch.from_numpy(np.asarray(superpoints, np.int64)),
     )
 
 
@@ -186,7 +190,8 @@ def prepare_samples(
 class Batch:
     """Samples collated: points (B, N, 3) · normals (B, N, 3) or None · category (B,) ·
     point_idx (M,) into the B·N flattened points · unit_offsets (K + 1,) · unit_slot,
-    unit_score (K,) · pair_weight (M,) or None."""
+    unit_score (K,) · pair_weight (M,) or None · superpoints (B·N,) int64 ids unique
+    within the batch (element b's ids shifted past element b−1's), or None."""
 
     shape_ids: list[str]
     points: Tensor
@@ -197,6 +202,7 @@ class Batch:
     unit_slot: Tensor
     unit_score: Tensor
     pair_weight: Tensor | None = None
+    superpoints: Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         move = {k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v) for k, v in self.__dict__.items()}
@@ -232,7 +238,20 @@ def collate(samples: Sequence[ShapeSample]) -> Batch:
             if any(s.pair_weight is not None for s in samples)
             else None
         ),
+        superpoints=_batch_superpoints(samples),
     )
+
+
+def _batch_superpoints(samples: Sequence[ShapeSample]) -> Tensor | None:
+    """The samples' superpoint ids made unique in the batch (None unless all have them)."""
+    ids = [s.superpoints for s in samples if s.superpoints is not None]
+    if len(ids) < len(samples):
+        return None
+    out, base = [], 0
+    for sp in ids:
+        out.append(sp + base)
+        base += int(sp.max()) + 1 if len(sp) else 0
+    return torch.cat(out)
 
 
 def mix_seed(*parts: int) -> int:

@@ -121,6 +121,23 @@ def in_validation(shape_id: str, seed: int, fraction: float) -> bool:
     return int.from_bytes(digest, "little") / 2.0**64 < fraction
 
 
+def fold_of(shape_id: str, seed: int, folds: int) -> int:
+    """The fold in [0, folds) of ``shape_id`` for cross-fitted self-training
+    (``train.relabel_folds``): a stable hash of (seed, id), independent of ``in_validation``'s."""
+    if folds < 1:
+        raise ValueError(f"folds={folds} must be >= 1")
+    digest = hashlib.blake2b(f"fold:{seed}:{shape_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % folds
+
+
+def trains_on(shape_id: str, seed: int, val_fraction: float, fold: int = -1, folds: int = 1) -> bool:
+    """Whether a fit learns from ``shape_id`` (given it has units): not held out for
+    validation, and not in the held-out ``fold`` of a cross-fitted student (fold −1: none)."""
+    if in_validation(shape_id, seed, val_fraction):
+        return False
+    return fold < 0 or fold_of(shape_id, seed, folds) != fold
+
+
 class SampleSource:
     """What ``distil`` needs of its data (see the module docstring).
 

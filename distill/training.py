@@ -44,6 +44,7 @@ from distill.passes import (
     unwrap,
 )
 from distill.records import KnowledgeUnits
+from distill.regularisers import regulariser
 from distill.rescore import knowledge_agreement, should_rescore
 from distill.samples import ShapeSample, mix_seed, steps_per_epoch
 from distill.sources import InMemorySource, SampleSource
@@ -260,6 +261,7 @@ def distil(
     state = DistilState(model, optimizer, scheduler, seed)
     if cfg.ema > 0:
         state.average = WeightAverage(unwrap(model), cfg.ema)
+    extra_loss = regulariser(cfg, model, state.average, space, cfg.epochs * n_steps)
     if source.in_memory:
         state.scores = source.initial_scores()  # type: ignore[attr-defined]
     if resume is not None:
@@ -293,6 +295,7 @@ def distil(
                 amp=cfg.amp,
                 class_weight=class_weight,
                 after_step=None if state.average is None else lambda: state.average.update(unwrap(model)),
+                extra_loss=extra_loss,
             )
         loss = float(workers.mean(stats["loss"]))
         state.epoch = epoch + 1

@@ -9,7 +9,8 @@ SAMPLE_SCHEMA, one row per prepared sample (``distill.samples.ShapeSample``)
     shape_id: string · category: int32 (the student's ``LabelSpace`` index) · num_points:
     int32 · points, normals: list<float32> (N·3, normals null when absent) · point_idx,
     unit_offsets, unit_slot: list<int32> · unit_score: list<float32> · pair_weight:
-    list<float32> or null (a point-level re-scoring)
+    list<float32> or null (a point-level re-scoring) · superpoints: list<int32> or null
+    (N; carried for ``train.superpoint_consistency``)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ SAMPLE_SCHEMA = pa.schema(
         ("unit_slot", pa.list_(pa.int32())),
         ("unit_score", pa.list_(pa.float32())),
         ("pair_weight", pa.list_(pa.float32())),
+        ("superpoints", pa.list_(pa.int32())),
     ]
 )
 

@@ -247,3 +247,29 @@ def test_fit_outcome_is_a_flat_train_info():
     outcome = FitOutcome({"student": "all", "epochs": 6}, rescore_due=True)
     assert outcome.to_dict() == {"student": "all", "epochs": 6, "rescore_due": True}  # train_info.json
     assert FitOutcome.from_dict(outcome.to_dict()) == outcome
+
+
+def test_superpoint_settings_reach_the_samples(run):
+    """train.superpoint_targets pools the fits' units (re-scoring reads them as stored);
+    train.superpoint_consistency makes the samples carry superpoints, through Ray's rows too.
+    The shapes were written without the column: superpoints are computed on reading."""
+    storage, _ = run
+    cfg = load_config([f"storage.root={storage.root_uri}", "train.superpoint_targets=true",
+                       "train.superpoint_consistency=0.5"])  # fmt: skip
+    (plan,) = plan_students(cfg, storage, "r/shapes", "r/knowledge/round_0")
+    assert plan.pool and plan.superpoints and StudentPlan.from_dict(plan.to_dict()) == plan
+    assert plan.tables(1, pooled=False).pool is False
+    pooled = {s.shape_id: s for chunk in PartSource(storage, plan.tables(0), plan.items, plan.space, None, 4, 0).scan()
+              for s in chunk}  # fmt: skip
+    stored = {s.shape_id: s for chunk in PartSource(storage, Tables(plan.shapes_dir, plan.units_dir), plan.items,
+                                                    plan.space, None, 4, 0).scan() for s in chunk}  # fmt: skip
+    sid = "Mug/0-1"
+    a, b = pooled[sid], stored[sid]
+    assert a.superpoints is not None and b.superpoints is None and len(a.superpoints) == 64
+    assert a.num_units != b.num_units  # one unit per (superpoint, part) with evidence
+    covered = np.zeros(64, bool)
+    covered[a.point_idx.numpy()] = True
+    sp = a.superpoints.numpy()
+    assert set(sp[covered]) == set(sp)  # pooled units cover whole superpoints
+    back = table_to_samples(samples_to_table([a, b]))
+    assert np.array_equal(back[0].superpoints.numpy(), sp) and back[1].superpoints is None

@@ -344,3 +344,19 @@ def test_extract_stage_on_a_mix_of_real_and_generated(tmp_path):
     assert parts[("Chair", "psb")] == parts[("Chair", "procedural")] == ["back", "seat", "leg", "armrest"]
     assert parts[("Cup", "psb")] == parts[("Cup", "procedural")] == ["body", "handle"]
     assert set(summary["baselines"]["voting"]["per_category"]) == {"Chair", "Cup"}
+
+
+def test_segment_pools_the_students_labels_over_superpoints(smoke_run):
+    """student.pool=superpoints: each superpoint of a segmented shape takes one label
+    (the student alone; superpoints read from the shape table)."""
+    root, argv, _ = smoke_run
+    cfg = load_config([*argv, "run=pooled", "segment.students_from=smoke", "data.source=table",
+                       "data.path=smoke/shapes", "student.pool=superpoints", "segment.pictures=0"])  # fmt: skip
+    storage = Storage.from_config(cfg.storage)
+    summary = segment(cfg, storage)
+    assert summary["segmented"] > 0, summary
+    shapes = {s.shape_id: s for s in (row_to_shape(r) for r in storage.read_table("smoke/shapes").to_pylist())}
+    labels = storage.read_table("pooled/segment/labels").to_pylist()
+    for row in labels:
+        sp, pred = shapes[row["shape_id"]].superpoints, np.asarray(row["labels"])
+        assert all(len(np.unique(pred[sp == j])) == 1 for j in np.unique(sp)), row["shape_id"]

@@ -113,3 +113,46 @@ def test_relabelling_needs_the_units_weight(tmp_path):
 
     with pytest.raises(ValueError, match="eval.units_weight > 0"):
         Relabeller(Storage(str(tmp_path)), "", "", "", [], UnitsPrior(weight=0.0), 1)
+
+
+def test_cross_fitted_relabels_come_from_the_student_that_held_the_shape_out(tmp_path):
+    """train.relabel_folds=2: generation 0 is two students, each trained without one hash
+    fold of the shapes; every shape is relabelled by the student that never saw its units."""
+    from cluster.relabel import generation_config
+    from cluster.train import part_source, plan_students
+    from distill.sources import fold_of
+
+    argv = ["--config", "smoke", f"storage.root={tmp_path}", "cluster.backend=local", "train.relabel_rounds=1",
+            "train.relabel_folds=2", "train.bd_rounds=0", "run=cf"]  # fmt: skip
+    summary = run_job("pretrain", pretrain, argv)
+    cfg = load_config(argv)
+    storage = Storage.from_config(cfg.storage)
+    (first,) = summary["train"]["generations"]
+    folds = first["train"]["folds"]
+    assert [f["students"][0]["student"] for f in folds] == ["all-fold_0", "all-fold_1"]
+    teacher = table_to_units(storage.read_table("cf/knowledge/round_0"))
+    trained = {s for s, u in teacher.items() if len(u)}
+    for f in (0, 1):  # each fold student learns from the other fold's shapes only
+        c = generation_config(cfg, 0, f)
+        (plan,) = plan_students(c, storage, "cf/shapes", "cf/knowledge/round_0")
+        seen = {sid for b in part_source(c, storage, plan, 0).train_batches(0, {}) for sid in b.shape_ids}
+        assert seen == {s for s in trained if fold_of(s, cfg.seed, 2) != f} and seen
+    relabelled = table_to_units(storage.read_table(relabel_dir("cf", 1)))
+    assert set(relabelled) == trained
+    shapes = [s for s in table_to_shapes(storage.read_table("cf/shapes")) if s.shape_id in relabelled]
+    prior = UnitsPrior.from_config(cfg)
+    checked = 0
+    for f in (0, 1):
+        students = load_students(storage, f"cf-generation_0-fold_{f}")
+        mine = [s for s in shapes if fold_of(s.shape_id, cfg.seed, 2) == f]
+        for _, s, log_probs in student_log_probs(students, mine, 4):
+            u = relabelled[s.shape_id]
+            written = np.full(s.num_points, -1)
+            for k in range(len(u)):
+                written[u.unit_points(k)] = u.label[k]
+            pos, neg = unit_evidence(teacher[s.shape_id], *log_probs.shape)
+            np.testing.assert_array_equal(written, combine(log_probs, pos, neg, prior.weight, prior.negative))
+            checked += 1
+    assert checked == len(relabelled)
+    with pytest.raises(ConfigError, match="train.fold"):
+        load_config([*argv, "train.fold=2"])
