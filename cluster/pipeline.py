@@ -227,7 +227,9 @@ def train_stage(cfg: Config, storage: Storage, fault_hook: Any = None) -> dict[s
             step["relabel"] = timed(f"relabel_{g}", relabel, cfg, storage, items, shapes_dir, units_dir, g, driver)
         knowledge = relabel_dir(cfg.run, g) if g else units_dir
         fits = [timed(f"train_{g}", train, generation_config(cfg, g, f), knowledge) for f in generation_folds(cfg, g)]
-        step["train"] = fits[0] if len(fits) == 1 else {"folds": fits, "students": [s for t in fits for s in t["students"]]}
+        step["train"] = (
+            fits[0] if len(fits) == 1 else {"folds": fits, "students": [s for t in fits for s in t["students"]]}
+        )
         generations.append(step)
     last = generations.pop()
     return {**last["train"], "relabel": last["relabel"], "generations": generations}

@@ -105,14 +105,15 @@ class Relabeller:
         self.storage, self.shapes_dir, self.units_dir, self.out_dir = storage, shapes_dir, units_dir, out_dir
         self.prior, self.generation, self.batch_size, self.seed = prior, generation, batch_size, seed
         self.by_fold = students_by_fold
+        self.in_sample = 0
 
     def __call__(self, item: PartItem) -> dict[str, int]:
         todo = [k for k in item.knowledge_parts if not self.storage.exists(self.out_dir, k)]
         if not todo:
-            return {"parts": 0, "shapes": 0}
+            return {"parts": 0, "shapes": 0, "in_sample": 0}
         table = self.storage.read_part(self.shapes_dir, item.shape_part, SHAPE_COLUMNS)
         shapes = {r["shape_id"]: row_to_shape(r) for r in table.to_pylist()}
-        shapes_done = 0
+        shapes_done = self.in_sample = 0
         for part in todo:
             teacher = table_to_units(self.storage.read_part(self.units_dir, part))
             done_ids, summary = self.storage.part_footer(self.units_dir, part)
@@ -128,14 +129,28 @@ class Relabeller:
             facts["with_units"] = dict(sorted(with_units.items()))
             self.storage.write_part(self.out_dir, out, done_ids=done_ids, name=part, summary=facts)
             shapes_done += len(new)
-        return {"parts": len(todo), "shapes": shapes_done}
+        return {"parts": len(todo), "shapes": shapes_done, "in_sample": self.in_sample}
 
     def _log_probs(self, shapes: list[Shape]) -> Iterator[tuple[str, Shape, np.ndarray]]:
-        """Each shape's log-probabilities by the students of its fold (all: one fold)."""
+        """Each shape's log-probabilities by the students of its fold (all: one fold). A
+        cross-fitted shape whose fold's students never learnt its category (every shape of
+        it fell in that fold) is relabelled in-sample by a student of another fold that
+        did: a recorded fallback (``in_sample`` in the summary, and a warning), never a
+        shape left out."""
         folds = len(self.by_fold)
         for f, students in enumerate(self.by_fold):
             mine = [s for s in shapes if folds == 1 or fold_of(s.shape_id, self.seed, folds) == f]
-            yield from student_log_probs(students, mine, self.batch_size)
+            known = {c for st in students for c in st.trained}
+            orphans = [s for s in mine if s.category not in known]
+            yield from student_log_probs(students, [s for s in mine if s.category in known], self.batch_size)
+            for s in orphans:
+                others = [st for g, sts in enumerate(self.by_fold) if g != f for st in sts if s.category in st.trained]
+                if others:
+                    log.warning(
+                        "relabel: fold %d has no student of %s; %s relabelled in-sample", f, s.category, s.shape_id
+                    )
+                    self.in_sample += 1
+                    yield from student_log_probs(others[:1], [s], self.batch_size)
 
 
 def relabeller(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str, generation: int) -> Relabeller:
@@ -146,11 +161,15 @@ def relabeller(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str, g
         run = generation_run(cfg, generation - 1, fold)
         students = load_students(storage, run)
         if not students:
-            raise FileNotFoundError(f"{storage.uri(run)}: no finished student of generation {generation - 1} to relabel with")
+            raise FileNotFoundError(
+                f"{storage.uri(run)}: no finished student of generation {generation - 1} to relabel with"
+            )
         by_fold.append(students)
     out_dir = relabel_dir(cfg.run, generation)
     prior = UnitsPrior.from_config(cfg)
-    return Relabeller(storage, shapes_dir, units_dir, out_dir, by_fold, prior, generation, cfg.train.batch_size, cfg.seed)
+    return Relabeller(
+        storage, shapes_dir, units_dir, out_dir, by_fold, prior, generation, cfg.train.batch_size, cfg.seed
+    )
 
 
 RelabelDriver = Callable[[Config, Storage, list[PartItem], str, str, int], dict[str, int]]
@@ -163,7 +182,7 @@ def relabel_local(
     cfg: Config, storage: Storage, todo: list[PartItem], shapes_dir: str, units_dir: str, generation: int
 ) -> dict[str, int]:
     """Every item through one ``Relabeller`` in this process (a ``RelabelDriver``)."""
-    total = {"parts": 0, "shapes": 0}
+    total = {"parts": 0, "shapes": 0, "in_sample": 0}
     if not todo:
         return total
     worker = relabeller(cfg, storage, shapes_dir, units_dir, generation)

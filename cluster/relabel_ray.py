@@ -30,7 +30,7 @@ class RelabelStage:
         counts = [
             self.relabel(PartItem.from_row({k: batch[k][i] for k in batch})) for i in range(len(batch["shape_part"]))
         ]
-        return {k: np.array([c[k] for c in counts], np.int64) for k in ("parts", "shapes")}
+        return {k: np.array([c[k] for c in counts], np.int64) for k in ("parts", "shapes", "in_sample")}
 
 
 def relabel_on_ray(
@@ -38,7 +38,7 @@ def relabel_on_ray(
 ) -> dict[str, int]:
     """Every item through an actor pool of ``cluster.eval_actors`` actors (0: one per two
     CPUs of the cluster), joining Ray first (a ``RelabelDriver``; no items: no Ray)."""
-    total = {"parts": 0, "shapes": 0}
+    total = {"parts": 0, "shapes": 0, "in_sample": 0}
     if not todo:
         return total
     join_ray(cfg)

@@ -183,7 +183,9 @@ def rescore_local(cfg: Config, storage: Storage, plan: Any, snapshot: str, devic
     out_dir = plan.tables(new_round).scores_dir
     todo = todo_items(storage, plan.items, out_dir)
     rescorer = (
-        ItemRescorer(cfg, storage, plan.tables(new_round - 1, pooled=False), plan.space, snapshot, out_dir, device) if todo else None
+        ItemRescorer(cfg, storage, plan.tables(new_round - 1, pooled=False), plan.space, snapshot, out_dir, device)
+        if todo
+        else None
     )
     done = []
     for item in tqdm(todo, desc=f"re-score {plan.name}", unit="part", disable=not cfg.progress):

@@ -29,6 +29,7 @@ from distill.records import RESCORE_RESULT_SCHEMA
 
 log = logging.getLogger(__name__)
 
+
 class RescoreStage:
     """Ray Data callable class: the student snapshot, loaded once per actor; per item, its
     units re-scored and the round's score parts written."""
@@ -44,7 +45,9 @@ class RescoreStage:
         device = torch.device("cuda" if use_gpu else "cpu")
         out_dir = self.plan.tables(round).scores_dir
         storage = Storage.from_config(cfg.storage)
-        self.rescore = ItemRescorer(cfg, storage, self.plan.tables(round - 1, pooled=False), self.plan.space, checkpoint, out_dir, device)
+        self.rescore = ItemRescorer(
+            cfg, storage, self.plan.tables(round - 1, pooled=False), self.plan.space, checkpoint, out_dir, device
+        )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         from cluster.layout import PartItem

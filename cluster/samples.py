@@ -23,11 +23,11 @@ import torch
 
 from cluster.layout import PartItem
 from cluster.storage import Storage
+from distill.errors import NotFoundError
 from distill.labels import LabelSpace
-from distill.records import SAMPLE_SCHEMA, KnowledgeUnits, row_to_shape, table_to_scores, table_to_units
 from distill.pooling import pool_units
+from distill.records import SAMPLE_SCHEMA, KnowledgeUnits, row_to_shape, table_to_scores, table_to_units
 from distill.samples import Batch, ShapeSample, collate, mix_seed, prepare_sample
-from distill.superpoints import shape_superpoints
 from distill.sources import (
     CALIBRATION_SHAPES,
     CLASS_COUNT_SHAPES,
@@ -40,6 +40,7 @@ from distill.sources import (
     stratified_chunks,
     trains_on,
 )
+from distill.superpoints import shape_superpoints
 
 SHAPE_COLUMNS = ["shape_id", "category", "part_names", "num_points", "points", "normals", "source", "meta"]
 """What training reads of a shape part: no mesh, no labels (meshes are for rendering and
@@ -50,6 +51,7 @@ BALANCE_FILE = "_balance.json"
 """A ``_balanced`` rule's round: ``{"rule", "factors": {category: [factor per part]}}``; the
 score parts hold the rule's own scores and a unit's score in training is
 min(1, score · factor of its (category, part)) (``distill.rescore.balance_part_mass``)."""
+
 
 @dataclass(frozen=True)
 class Tables:
@@ -304,6 +306,7 @@ class PartSource(SampleSource):
         rng = np.random.default_rng(mix_seed(self.order_seed, epoch, 29))
         order = [self.items[int(i)] for i in rng.permutation(len(self.items))]
         buffer: list[ShapeSample] = []
+        batches = 0
         while order or buffer:
             while order and len(buffer) < self.shuffle_samples:
                 buffer += [s for s in self._load(order.pop(0)) if self.is_train(s)]
@@ -313,6 +316,14 @@ class PartSource(SampleSource):
             while len(buffer) > keep and buffer:
                 yield collate(buffer[: self.batch_size])
                 buffer = buffer[self.batch_size :]
+                batches += 1
+        if not batches and self.fold[0] >= 0:
+            fold, folds = self.fold
+            raise NotFoundError(
+                f"{self.storage.uri(self.tables.shapes_dir)}: the cross-fitted student of fold {fold} has no "
+                f"training shape (every shape with units is in fold {fold} of {folds}) — lower train.relabel_folds "
+                "or distil on more shapes"
+            )
 
     def _categories_of(self, item: PartItem) -> list[int]:
         """The label-space indices of an item's categories (from its manifest)."""
@@ -326,7 +337,9 @@ class PartSource(SampleSource):
         """``total`` samples shared by the trained categories (``stratified_chunks``), reading
         only parts whose categories still need some."""
         cats = self._trained_categories()
-        return stratified_chunks(self.items, self._load, category_quota(total, len(cats)), cats, self._categories_of, keep)
+        return stratified_chunks(
+            self.items, self._load, category_quota(total, len(cats)), cats, self._categories_of, keep
+        )
 
     def calibration_samples(self) -> list[ShapeSample]:
         if self._calibration is None:

@@ -96,7 +96,9 @@ class StudentPlan:
         space = LabelSpace.from_dict(d["space"])
         untrained = tuple(d.get("untrained", ()))
         pool, superpoints = bool(d.get("pool", False)), bool(d.get("superpoints", False))
-        return cls(d["name"], space, d["shapes_dir"], d["units_dir"], items, d["with_units"], untrained, pool, superpoints)
+        return cls(
+            d["name"], space, d["shapes_dir"], d["units_dir"], items, d["with_units"], untrained, pool, superpoints
+        )
 
 
 def plan_students(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str) -> list[StudentPlan]:

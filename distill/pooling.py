@@ -39,7 +39,9 @@ def check_superpoint_ids(shape_id: str, superpoints: np.ndarray, num_points: int
     """``superpoints`` as (N,) int64 ids ≥ 0, or a ``ValueError`` naming the shape and the fix."""
     sp = np.asarray(superpoints)
     if sp.shape != (num_points,) or not np.issubdtype(sp.dtype, np.integer):
-        raise ValueError(f"superpoints of {shape_id}: shape {sp.shape} dtype {sp.dtype}, not ({num_points},) ints: {FIX}")
+        raise ValueError(
+            f"superpoints of {shape_id}: shape {sp.shape} dtype {sp.dtype}, not ({num_points},) ints: {FIX}"
+        )
     if num_points and sp.min() < 0:
         raise ValueError(f"superpoints of {shape_id}: negative ids: {FIX}")
     return sp.astype(np.int64)

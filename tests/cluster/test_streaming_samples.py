@@ -32,7 +32,9 @@ def _write(storage: Storage, run: str, per_part: int = 5, parts_per_category: in
                 if i == 0:  # one shape a part without units: never trained on
                     continue
                 sets = [np.flatnonzero(labels == k) for k in range(len(names))]
-                units.append(KnowledgeUnits.from_lists(sid, [0] * len(names), list(range(len(names))), [0.9] * len(names), sets))
+                units.append(
+                    KnowledgeUnits.from_lists(sid, [0] * len(names), list(range(len(names))), [0.9] * len(names), sets)
+                )
             name = f"part-{c}{p}.parquet"
             done = [s.shape_id for s in shapes]
             storage.write_part(f"{run}/shapes", shapes_to_table(shapes), done, name, shape_summary(shapes))
@@ -150,7 +152,12 @@ def test_sums_give_the_same_means_as_the_table():
 
 @pytest.mark.parametrize(
     ("workers", "gpus", "cluster", "expected"),
-    [(1, 0.0, {"CPU": 8.0}, 8), (2, 0.0, {"CPU": 8.0}, 4), (4, 1.0, {"CPU": 64.0, "GPU": 8.0}, 2), (2, 0.0, {"CPU": 1.0}, 1)],
+    [
+        (1, 0.0, {"CPU": 8.0}, 8),
+        (2, 0.0, {"CPU": 8.0}, 4),
+        (4, 1.0, {"CPU": 64.0, "GPU": 8.0}, 2),
+        (2, 0.0, {"CPU": 1.0}, 1),
+    ],
 )
 def test_students_run_concurrently_as_the_cluster_holds_groups(workers, gpus, cluster, expected):
     cfg = load_config([f"cluster.train_workers={workers}", f"cluster.gpus_per_worker={gpus}"])
@@ -273,3 +280,20 @@ def test_superpoint_settings_reach_the_samples(run):
     assert set(sp[covered]) == set(sp)  # pooled units cover whole superpoints
     back = table_to_samples(samples_to_table([a, b]))
     assert np.array_equal(back[0].superpoints.numpy(), sp) and back[1].superpoints is None
+
+
+def test_a_cross_fitted_student_holds_its_fold_out_and_refuses_an_empty_one(run):
+    from distill.errors import NotFoundError
+    from distill.sources import fold_of
+
+    storage, ids = run
+    (plan,) = _plans(storage, per_category=False)
+    with_units = {sid for sid in ids if not sid.endswith("-0")}
+    for fold in (0, 1):
+        source = PartSource(storage, plan.tables(0), plan.items, plan.space, 32, 4, seed=0, fold=(fold, 2))
+        seen = {sid for b in source.train_batches(0, {}) for sid in b.shape_ids}
+        assert seen == {sid for sid in with_units if fold_of(sid, 0, 2) != fold}
+    # One fold in all (K = 1): the student of fold 0 would learn from nothing.
+    empty = PartSource(storage, plan.tables(0), plan.items, plan.space, 32, 4, seed=0, fold=(0, 1))
+    with pytest.raises(NotFoundError, match="fold 0 has no training shape"):
+        list(empty.train_batches(0, {}))

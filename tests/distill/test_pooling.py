@@ -37,7 +37,9 @@ def test_pooled_units_hand_computed():
     got = {(int(pooled.label[k]), tuple(pooled.unit_points(k))): float(pooled.score[k]) for k in range(len(pooled))}
     # Superpoint 0: e = (1,0), (1,0), (0,.5) over 3 covered points → (2/3, 1/6).
     # Superpoint 1: e = (1,0), (0,.5) over 2 covered points (5 is not) → (1/2, 1/4).
-    assert got == pytest.approx({(0, (0, 1, 2)): 2 / 3, (1, (0, 1, 2)): 1 / 6, (0, (3, 4, 5)): 0.5, (1, (3, 4, 5)): 0.25})
+    assert got == pytest.approx(
+        {(0, (0, 1, 2)): 2 / 3, (1, (0, 1, 2)): 1 / 6, (0, (3, 4, 5)): 0.5, (1, (3, 4, 5)): 0.25}
+    )
     assert (pooled.view == -1).all()
     # The uncovered point 5 now learns its superpoint's evidence; the loss weighs it so.
     logits = torch.zeros(6, 2, requires_grad=True)
@@ -140,8 +142,13 @@ class Tiny(torch.nn.Module):
 def tiny_batch(n: int = 8, with_superpoints: bool = True):
     rng = np.random.default_rng(0)
     shapes = [
-        Shape(f"s{i}", "Box", ["a", "b"], rng.normal(size=(n, 3)).astype(np.float32),
-              superpoints=np.repeat(np.arange(n // 4), 4) if with_superpoints else None)  # fmt: skip
+        Shape(
+            f"s{i}",
+            "Box",
+            ["a", "b"],
+            rng.normal(size=(n, 3)).astype(np.float32),
+            superpoints=np.repeat(np.arange(n // 4), 4) if with_superpoints else None,
+        )  # fmt: skip
         for i in range(2)
     ]
     space = LabelSpace(("Box",), (("a", "b"),))

@@ -156,3 +156,24 @@ def test_cross_fitted_relabels_come_from_the_student_that_held_the_shape_out(tmp
     assert checked == len(relabelled)
     with pytest.raises(ConfigError, match="train.fold"):
         load_config([*argv, "train.fold=2"])
+
+
+def test_a_fold_without_a_category_falls_back_in_sample_and_says_so(relabel_run):
+    """Cross-fitting: when every shape of a category fell in one fold, that fold's students
+    never learnt it; its shapes are relabelled by another fold's student, counted."""
+    from dataclasses import replace
+
+    from cluster.relabel import Relabeller
+    from distill.sources import fold_of
+
+    _, argv, _ = relabel_run
+    cfg = load_config(argv)
+    storage = Storage.from_config(cfg.storage)
+    (student,) = load_students(storage, "st-generation_0")
+    blind = replace(student, trained=frozenset({"Chair"}))  # fold 0's student knows Chairs only
+    relabeller = Relabeller(storage, "", "", "", [[blind], [student]], UnitsPrior(weight=0.1), 1, seed=cfg.seed)
+    shapes = table_to_shapes(storage.read_table("st/shapes"))
+    got = [s.shape_id for _, s, _ in relabeller._log_probs(shapes)]
+    assert sorted(got) == sorted(s.shape_id for s in shapes)  # every shape, once
+    orphans = [s for s in shapes if fold_of(s.shape_id, cfg.seed, 2) == 0 and s.category != "Chair"]
+    assert orphans and relabeller.in_sample == len(orphans)
