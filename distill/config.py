@@ -131,7 +131,8 @@ class EvalConfig:
     are the best point of ``bench/units_grid.py`` on the procedural job's own distillation
     shapes at the default teacher, a rule that reads no reported shape's label
     (docs/results.md, "How the units' settings are chosen"); the student's own row is
-    unchanged."""
+    unchanged. ``configs/psb.yaml`` sets 0.5, the grid's best on the PSB train half,
+    which no table reports."""
     units_negative: float = 1.0
     """λ above: the weight of the evidence against a part (views that found the part
     elsewhere and saw the point) relative to the evidence for it."""
@@ -251,7 +252,8 @@ class StudentConfig:
     """none | superpoints: at inference (evaluation's ``student`` row, ``jobs/segment.py``)
     each superpoint takes the argmax of its points' mean log-probability
     (``distill.pooling.pool_log_probs``). Still the student alone: superpoints are
-    geometry, stored with the shapes. Measured in docs/results.md ("Superpoints for the student")."""
+    geometry, stored with the shapes. Measured in docs/results.md ("Superpoints and
+    self-training for the student")."""
 
     def __post_init__(self) -> None:
         check_choice("student.pool", self.pool, ("none", "superpoints"))
@@ -303,15 +305,16 @@ class TrainConfig:
     """Self-training generations after the first student (``cluster/relabel.py``): each
     relabels every point of every distillation shape with ``student_units`` (the student
     with the shape's teacher units, ``eval.units_weight``), and a fresh student learns from
-    those labels. Each generation costs one more training. On the Labeled PSB sample one
-    round lifts the student alone by 3.1 (TTA) and 2.8 (Pre) points, and ``student_units``
-    by 1.6 (TTA) and −0.8 (Pre), and the default job's student by 2.2. Off by default since
-    it doubles training; ``--config selftrain`` turns it on (docs/results.md, "Self-training")."""
+    those labels. Each generation costs one more training. At the default teacher one
+    round lifts the PSB student alone by 2.3 (TTA) and 1.1 (Pre) with ``eval.units_weight``
+    0.5 (on in ``configs/psb.yaml``), and the default job's by 1.7 at twice the time, so it
+    is off by default (``--config selftrain`` turns it on; docs/results.md)."""
     superpoint_targets: bool = False
     """Pool the units' evidence within superpoints before the loss: every point of a
     superpoint some unit touches learns the mean soft target of its covered points
     (``distill.pooling.pool_units``). Re-scoring still reads and re-scores the units as
-    extracted. Measured in docs/results.md ("Superpoints for the student")."""
+    extracted. Measured in docs/results.md ("Superpoints and self-training for the
+    student")."""
     superpoint_consistency: float = 0.0
     """Weight of a consistency term: each point's cross-entropy against the mean predicted
     distribution of its superpoint (held fixed), over every point, covered or not
