@@ -172,12 +172,11 @@ def load_item(
         if u is not None and factors is not None:
             u = u.with_scores(balanced_score(u, shape.category, factors), u.round)
         pair_weight = pairs.get(shape.shape_id)
-        if tables.pool or tables.superpoints:
-            shape.superpoints = shape_superpoints(shape)  # a table written before the column: computed
-        if u is not None and tables.pool:
-            u, pair_weight = pool_units(u, shape.superpoints, shape.num_parts, pair_weight), None
-        if not tables.superpoints:
-            shape.superpoints = None
+        # Superpoints when a setting uses them (a table written before the column: computed).
+        sp = shape_superpoints(shape) if tables.pool or tables.superpoints else None
+        if u is not None and sp is not None and tables.pool:
+            u, pair_weight = pool_units(u, sp, shape.num_parts, pair_weight), None
+        shape.superpoints = sp if tables.superpoints else None  # what the sample carries
         out.append(prepare_sample(shape, u, space, num_points, seed, pair_weight))
     return out
 
