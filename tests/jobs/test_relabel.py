@@ -26,6 +26,22 @@ def test_dense_units_cover_every_point_once():
     np.testing.assert_array_equal(units.unit_points(1), [0, 2, 3])
 
 
+def check_relabels(relabelled, teacher, prior, students, shapes) -> tuple[int, int]:
+    """Assert each shape's written labels are combine(the students' log-probs, its teacher
+    units' evidence) → (shapes checked, points that differ from the students' argmax)."""
+    changed = checked = 0
+    for _, s, log_probs in student_log_probs(students, shapes, 4):
+        u = relabelled[s.shape_id]
+        written = np.full(s.num_points, -1)
+        for k in range(len(u)):
+            written[u.unit_points(k)] = u.label[k]
+        pos, neg = unit_evidence(teacher[s.shape_id], *log_probs.shape)
+        np.testing.assert_array_equal(written, combine(log_probs, pos, neg, prior.weight, prior.negative))
+        changed += int((written != log_probs.argmax(1)).sum())
+        checked += 1
+    return checked, changed
+
+
 @pytest.fixture(scope="module")
 def relabel_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
@@ -74,16 +90,7 @@ def test_the_relabels_are_the_student_combined_with_the_evidence(relabel_run):
     relabelled = table_to_units(storage.read_table(relabel_dir("st", 1)))
     shapes = [s for s in table_to_shapes(storage.read_table("st/shapes")) if s.shape_id in relabelled]
     students = load_students(storage, "st-generation_0")
-    changed = checked = 0
-    for _, s, log_probs in student_log_probs(students, shapes, 4):
-        u = relabelled[s.shape_id]
-        written = np.full(s.num_points, -1)
-        for k in range(len(u)):
-            written[u.unit_points(k)] = u.label[k]
-        pos, neg = unit_evidence(teacher[s.shape_id], *log_probs.shape)
-        np.testing.assert_array_equal(written, combine(log_probs, pos, neg, prior.weight, prior.negative))
-        changed += int((written != log_probs.argmax(1)).sum())
-        checked += 1
+    checked, changed = check_relabels(relabelled, teacher, prior, students, shapes)
     assert checked == len(relabelled) and changed > 0
 
 
@@ -142,17 +149,10 @@ def test_cross_fitted_relabels_come_from_the_student_that_held_the_shape_out(tmp
     shapes = [s for s in table_to_shapes(storage.read_table("cf/shapes")) if s.shape_id in relabelled]
     prior = UnitsPrior.from_config(cfg)
     checked = 0
-    for f in (0, 1):
+    for f in (0, 1):  # every shape checked against the student of its own fold
         students = load_students(storage, f"cf-generation_0-fold_{f}")
         mine = [s for s in shapes if fold_of(s.shape_id, cfg.seed, 2) == f]
-        for _, s, log_probs in student_log_probs(students, mine, 4):
-            u = relabelled[s.shape_id]
-            written = np.full(s.num_points, -1)
-            for k in range(len(u)):
-                written[u.unit_points(k)] = u.label[k]
-            pos, neg = unit_evidence(teacher[s.shape_id], *log_probs.shape)
-            np.testing.assert_array_equal(written, combine(log_probs, pos, neg, prior.weight, prior.negative))
-            checked += 1
+        checked += check_relabels(relabelled, teacher, prior, students, mine)[0]
     assert checked == len(relabelled)
     with pytest.raises(ConfigError, match="train.fold"):
         load_config([*argv, "train.fold=2"])
