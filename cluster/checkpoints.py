@@ -73,7 +73,8 @@ def load_student(storage: Storage, run: str, student: str) -> tuple[nn.Module, L
 
 def model_from_bundle(bundle: dict[str, Any]) -> tuple[nn.Module, LabelSpace]:
     space = LabelSpace.from_dict(bundle["space"])
-    cfg = StudentConfig(**{**bundle["student_config"], "pretrained": ""})
+    # The weights are the bundle's: no encoder file to read again, nothing to freeze.
+    cfg = StudentConfig(**{**bundle["student_config"], "pretrained": "", "freeze_encoder": False})
     model = build_student(cfg, space.num_slots, space.num_categories)
     model.load_state_dict(bundle["model"])
     model.eval()

@@ -24,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from distill.config import (
     ConfigError,
     DataConfig,
+    EncoderConfig,
     EvalConfig,
     RenderConfig,
     SegmentConfig,
@@ -115,6 +116,7 @@ class Config:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from cluster.checkpoints import checkpoint_dir, final_bundle, load_torch, save_torch, student_name
 from cluster.config import Config
 from cluster.curves import CurveLog
+from cluster.encoder import apply_freeze, load_encoder_into
 from cluster.layout import PartItem, category_parts, plan_parts, shapes_manifest
 from cluster.rescore import rescore_local, todo_items
 from cluster.samples import PartSource, Tables, scores_dir
@@ -205,7 +206,12 @@ def fit_student(
     ckpt = checkpoint_dir(cfg.run, plan.name)
     rank = workers.rank
     torch.manual_seed(cfg.seed)
-    model = build_student(cfg.student, plan.space.num_slots, plan.space.num_categories).to(device)
+    model = build_student(cfg.student, plan.space.num_slots, plan.space.num_categories)
+    pretrained = None
+    if cfg.student.pretrained and resume is None:  # a resumed fit has its weights in last.pt
+        pretrained = load_encoder_into(cfg, storage, model)
+    apply_freeze(cfg, model)  # before the wrap: DDP then syncs the trainable weights only
+    model = model.to(device)
     model = wrap(model) if wrap is not None else model
     at_round = int(resume["round"]) if resume else 0
     first_epoch = int(resume["epoch"]) if resume else 0
@@ -270,6 +276,10 @@ def fit_student(
         # wall-clock time of this fit's first training batch (fit start-up, bench/scale.py)
         "first_batch_at": history[first_epoch].get("first_batch_at") if len(history) > first_epoch else None,
     }
+    if cfg.student.pretrained:
+        # loaded by this fit, or by the student's first fit (a resumed one reads last.pt)
+        info["pretrained"] = pretrained or {"pretrained": cfg.student.pretrained}
+        info["frozen_encoder"] = cfg.student.freeze_encoder
     if result.pending_rescore:
         return FitOutcome(info, rescore_due=True)
     if rank == 0:

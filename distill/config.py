@@ -240,7 +240,14 @@ class StudentConfig:
     the head (a multi-category student only)."""
     dropout: float = 0.3
     pretrained: str = ""
-    """Optional state-dict file of a pretrained encoder."""
+    """A pretrained encoder the student starts from (``jobs/pretrain_encoder.py``): the name
+    of a run in this storage whose ``encoder/encoder.pt`` it loads, or a path or URI of such
+    a file (or of a plain encoder state dict). Empty: random initialisation. Every encoder
+    tensor must load, and the encoder must have been trained for this backbone, width,
+    neighbours, normals and ``data.num_points``: anything else is refused with one line."""
+    freeze_encoder: bool = False
+    """With ``pretrained``: keep the encoder's weights fixed and train the head only (its
+    BatchNorm statistics still follow the distillation shapes, as for every student)."""
     align: str = "none"
     """none | cube: turn every cloud, before the network, by the cube rotation (axis
     permutation with sign flips, no mirroring) that best matches its category's reference
@@ -260,6 +267,11 @@ class StudentConfig:
         check_positive("student.width", self.width)
         check_positive("student.k", self.k)
         check_choice("student.align", self.align, ("none", "cube"))
+        if self.freeze_encoder and not self.pretrained:
+            raise ConfigError(
+                "student.freeze_encoder=true freezes a random encoder: set student.pretrained "
+                "(a run of jobs/pretrain_encoder.py, or an encoder file), or freeze_encoder=false"
+            )
 
 
 RESCORE_RULES = ("agreement", "point", "agreement_balanced", "point_balanced")
@@ -409,6 +421,53 @@ class TrainConfig:
     def data_order_seed(self, seed: int) -> int:
         """The seed of the training order: ``order_seed``, or the run's ``seed`` when -1."""
         return seed if self.order_seed < 0 else self.order_seed
+
+
+ENCODER_OBJECTIVES = ("masked_points",)
+"""Self-supervised objectives of ``jobs/pretrain_encoder.py`` (``distill.masked_points``)."""
+
+
+@dataclass
+class EncoderConfig:
+    """Self-supervised pretraining of the student's encoder (``jobs/pretrain_encoder.py``).
+
+    The encoder's architecture is the student's (``student.backbone``, ``width``, ``k``,
+    ``use_normals``) and its clouds are ``data``'s (``data.num_points``), so what it trains
+    loads into the student of the same settings. The device and autocast are
+    ``train.device`` and ``train.amp``; Ray Train's workers are ``cluster.train_*``."""
+
+    objective: str = "masked_points"
+    """masked_points: reconstruct hidden patches from the visible rest (Point-MAE's
+    objective on the student's own encoder, ``distill.masked_points``)."""
+    epochs: int = 4
+    batch_size: int = 32
+    lr: float = 1e-3
+    lr_min: float = 1e-5
+    weight_decay: float = 0.05
+    """AdamW's decoupled weight decay (Point-MAE's 0.05)."""
+    warmup_steps: int = 20
+    group_size: int = 32
+    """Points per patch (Point-MAE: 32)."""
+    mask_ratio: float = 0.6
+    """Fraction of the patches hidden (Point-MAE: 0.6)."""
+    decoder_width: int = 256
+    checkpoint_every: int = 1
+    """Epochs between checkpoints (``{run}/encoder/last.pt``); a killed job resumes from the last."""
+
+    def __post_init__(self) -> None:
+        check_choice("encoder.objective", self.objective, ENCODER_OBJECTIVES)
+        check_positive("encoder.epochs", self.epochs)
+        check_positive("encoder.batch_size", self.batch_size)
+        check_positive("encoder.lr", self.lr)
+        check_positive("encoder.lr_min", self.lr_min, allow_zero=True)
+        check_positive("encoder.weight_decay", self.weight_decay, allow_zero=True)
+        check_positive("encoder.warmup_steps", self.warmup_steps, allow_zero=True)
+        check_positive("encoder.decoder_width", self.decoder_width)
+        check_positive("encoder.checkpoint_every", self.checkpoint_every)
+        if self.group_size < 2:
+            raise ConfigError(f"encoder.group_size={self.group_size} must be >= 2")
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise ConfigError(f"encoder.mask_ratio={self.mask_ratio} must be in (0, 1)")
 
 
 @dataclass

@@ -33,14 +33,23 @@ def unwrap(model: nn.Module) -> nn.Module:
 def make_optimizer(
     model: nn.Module, cfg: TrainConfig, steps_per_epoch: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """Adam at ``train.lr`` with a per-step cosine decay to ``train.lr_min`` over all epochs,
-    after ``train.warmup_steps`` of linear warm-up from ``lr / warmup_steps``."""
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total = max(1, cfg.epochs * steps_per_epoch)
-    if cfg.warmup_steps == 0:
-        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=cfg.lr_min)
-    warm = min(cfg.warmup_steps, total - 1)
-    floor = cfg.lr_min / cfg.lr
+    """Adam at ``train.lr`` over the trainable weights (a frozen encoder's are not), with a
+    per-step cosine decay to ``train.lr_min`` over all epochs, after
+    ``train.warmup_steps`` of linear warm-up from ``lr / warmup_steps``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return opt, warmup_cosine(opt, cfg.epochs * steps_per_epoch, cfg.warmup_steps, cfg.lr_min / cfg.lr)
+
+
+def warmup_cosine(
+    opt: torch.optim.Optimizer, total_steps: int, warmup_steps: int, floor: float
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step schedule: linear warm-up over ``warmup_steps``, then a cosine decay of the
+    learning rate to ``floor`` × its initial value at ``total_steps``."""
+    total = max(1, total_steps)
+    if warmup_steps == 0:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=floor * opt.defaults["lr"])
+    warm = max(1, min(warmup_steps, total - 1))
 
     def factor(step: int) -> float:
         if step < warm:
@@ -48,7 +57,7 @@ def make_optimizer(
         t = (step - warm) / max(1, total - warm)
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
 
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def pose_rotations(model: nn.Module, batch: Batch) -> Tensor | None:

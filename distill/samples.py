@@ -111,6 +111,16 @@ def pairs_to_source(values: np.ndarray, source: np.ndarray | None, num_source: i
     return np.where(count > 0, total / np.maximum(count, 1), 1.0).astype(np.float32)
 
 
+def point_choice(n: int, num_points: int, seed: int, shape_id: str) -> np.ndarray:
+    """Which of a shape's ``n`` points make its ``num_points``: without replacement when it
+    has enough (in order), else all of them plus random repeats; seeded by ``seed`` and the
+    shape id, so every stage resamples a shape alike."""
+    rng = np.random.default_rng([seed, *shape_id.encode()])
+    if n >= num_points:
+        return np.sort(rng.choice(n, num_points, replace=False))
+    return np.concatenate([np.arange(n), rng.choice(n, num_points - n, replace=True)])
+
+
 def prepare_sample(
     shape: Shape,
     units: KnowledgeUnits | None,
@@ -144,12 +154,7 @@ def prepare_sample(
     point_idx, offsets = units.point_idx.astype(np.int64), units.offsets.astype(np.int64)
     source = None
     if num_points is not None and num_points != shape.num_points:
-        rng = np.random.default_rng([seed, *shape.shape_id.encode()])
-        n = shape.num_points
-        if n >= num_points:
-            choice = np.sort(rng.choice(n, num_points, replace=False))
-        else:
-            choice = np.concatenate([np.arange(n), rng.choice(n, num_points - n, replace=True)])
+        choice = point_choice(shape.num_points, num_points, seed, shape.shape_id)
         points = points[choice]
         normals = None if normals is None else normals[choice]
         labels = None if labels is None else labels[choice]
