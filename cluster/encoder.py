@@ -1,6 +1,7 @@
 """Encoder pretraining: the run's shapes, without labels → ``{run}/encoder/encoder.pt``.
 
-The stage of ``jobs/pretrain_encoder.py``. It ingests ``data`` (any source, ``mix``
+The work of ``jobs/pretrain_encoder.py`` (its stage is ``cluster.pipeline.pretrain_encoder``,
+which first ingests ``data`` (any source, ``mix``
 included) into the run's shape table like every job, then trains the student's encoder
 with a self-supervised objective (``encoder.objective``; ``distill.masked_points``)
 through ``distill.encoder_training.fit_encoder``, streaming the shape parts from
@@ -14,14 +15,13 @@ a killed job resumes from it, and with the same batches ends on the same weights
 ``encoder.pt`` (``distill.student.pretrained.encoder_bundle``: the encoder alone and
 what it was trained for) when done, which a re-run skips to; TensorBoard curves under
 ``{run}/tensorboard/encoder``. ``student.pretrained=<run or encoder.pt>`` loads it
-(``load_encoder_into``).
+(``cluster.pretrained``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,20 +35,16 @@ from cluster.checkpoints import load_torch, save_torch
 from cluster.config import Config
 from cluster.curves import CurveLog
 from cluster.layout import shapes_manifest
+from cluster.pretrained import ENCODER_FILE
 from cluster.storage import Storage
+from cluster.train import resolve_device
 from distill.config import ConfigError
 from distill.encoder_training import CloudBatch, EncoderFitState, fit_encoder
 from distill.errors import NotFoundError
 from distill.masked_points import MaskedPointModel, Masking
 from distill.samples import mix_seed, point_choice
 from distill.student import STUDENTS
-from distill.student.pretrained import (
-    check_encoder_bundle,
-    encoder_bundle,
-    freeze_encoder,
-    load_pretrained_encoder,
-    read_encoder_file,
-)
+from distill.student.pretrained import encoder_bundle
 from distill.training import ONE_WORKER, Workers
 
 log = logging.getLogger(__name__)
@@ -65,7 +61,7 @@ def encoder_dir(run: str) -> str:
 
 def encoder_file(run: str) -> str:
     """Where a run's finished encoder is (``student.pretrained=<run>`` reads it)."""
-    return f"{encoder_dir(run)}/encoder.pt"
+    return f"{run}/{ENCODER_FILE}"
 
 
 def fit_settings(cfg: Config) -> dict[str, Any]:
@@ -264,99 +260,25 @@ def run_fit(
             "last_loss": history[-1]["loss"] if history else None,
             "history": history,
         }
-        save_torch(storage, encoder_file(cfg.run), encoder_bundle(bare.encoder, cfg.student, cfg.data.num_points, **info))
+        save_torch(
+            storage, encoder_file(cfg.run), encoder_bundle(bare.encoder, cfg.student, cfg.data.num_points, **info)
+        )
     return history
 
 
 def pretrain_local(cfg: Config, storage: Storage, plan: EncoderPlan) -> list[dict[str, float]]:
-    from cluster.train import resolve_device
-
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     return run_fit(cfg, storage, plan, resolve_device(cfg.train.device), CloudSource(cfg, storage, plan))
-
-
-def pretrain_encoder(cfg: Config, storage: Storage) -> dict[str, Any]:
-    """The job: ``data``'s shapes (ingested when needed) → ``{run}/encoder/encoder.pt``."""
-    from cluster.pipeline import ensure_shapes, timed
-    from cluster.runtime import join_ray, use_ray
-
-    shapes_dir = cfg.data.path if cfg.data.source == "table" else f"{cfg.run}/shapes"
-    ingested = timed("ingest", ensure_shapes, cfg, storage, cfg.data, shapes_dir)
-    plan = plan_encoder(storage, shapes_dir)
-    out = encoder_file(cfg.run)
-    summary: dict[str, Any] = {"ingest": ingested, "shapes": plan.shapes}
-    if storage.exists(out):
-        log.info("encoder %s: %s is done; skipped (delete it to train again)", cfg.run, storage.uri(out))
-        bundle = load_torch(storage, out)
-        return {**summary, "skipped": True, "epochs": bundle.get("epochs"), "encoder": storage.uri(out)}
-    start = time.perf_counter()
-    if use_ray(cfg):
-        from cluster.encoder_ray import pretrain_on_ray
-
-        join_ray(cfg)
-        history = pretrain_on_ray(cfg, storage, plan)
-        backend = "ray"
-    else:
-        history = pretrain_local(cfg, storage, plan)
-        backend = "local"
-    bundle = load_torch(storage, out)
-    return {
-        **summary,
-        "backend": backend,
-        "epochs": bundle["epochs"],
-        "first_loss": round(float(bundle["first_loss"]), 6) if bundle["first_loss"] is not None else None,
-        "last_loss": round(float(history[-1]["loss"]), 6) if history else None,
-        "train_seconds": round(time.perf_counter() - start, 1),
-        "encoder": storage.uri(out),  # last: the line users copy into student.pretrained
-    }
-
-
-# -- the student's side -------------------------------------------------------------
-
-
-def read_pretrained(storage: Storage, value: str) -> tuple[dict[str, Any], str]:
-    """``student.pretrained``'s file → (its object, where it was read). The value is a run
-    of this storage (its ``encoder/encoder.pt``), a path under the storage root, or a
-    local file."""
-    candidates = [encoder_file(value)] if "/" not in value and not value.endswith(".pt") else []
-    root = storage.uri("")
-    rel = value[len(root) :].lstrip("/") if root and value.startswith(root) else value
-    candidates.append(rel)
-    for c in candidates:
-        if c and storage.exists(c):
-            return read_encoder_file(storage.read_bytes(c), storage.uri(c)), storage.uri(c)
-    if os.path.isfile(value):
-        with open(value, "rb") as f:
-            return read_encoder_file(f.read(), value), value
-    raise NotFoundError(
-        f"student.pretrained={value!r}: no run of that name with an encoder under {root or 'storage.root'}, and no such "
-        "file — run python jobs/pretrain_encoder.py run=<name> first, or give the path of its encoder.pt"
-    )
-
-
-def load_encoder_into(cfg: Config, storage: Storage, model: nn.Module) -> dict[str, Any]:
-    """Start a fresh student from ``student.pretrained`` (checked against its settings)
-    and freeze it when ``student.freeze_encoder`` → a small report for the summary."""
-    state, where = read_pretrained(storage, cfg.student.pretrained)
-    check_encoder_bundle(state, cfg.student, cfg.data.num_points, where)
-    report = load_pretrained_encoder(model, state, where)
-    return {"pretrained": where, "tensors": len(report.loaded)}
-
-
-def apply_freeze(cfg: Config, model: nn.Module) -> int:
-    """``student.freeze_encoder``: the encoder's weights out of training (0 when off)."""
-    return freeze_encoder(model) if cfg.student.freeze_encoder else 0
 
 
 __all__ = [
     "CloudSource",
     "EncoderPlan",
-    "apply_freeze",
     "build_pretraining_model",
+    "encoder_dir",
     "encoder_file",
-    "load_encoder_into",
     "plan_encoder",
-    "pretrain_encoder",
+    "pretrain_local",
     "read_clouds",
-    "read_pretrained",
+    "run_fit",
 ]

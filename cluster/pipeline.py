@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from cluster.config import Config
 from cluster.ingest import ingest
+from cluster.pretrained import check_pretrained
 from cluster.runtime import join_ray, use_ray
 from cluster.storage import Storage
 from distill.config import ConfigError, DataConfig
@@ -195,6 +196,7 @@ def train_stage(cfg: Config, storage: Storage, fault_hook: Any = None) -> dict[s
     then ``train.relabel_rounds`` self-training generations (``cluster.relabel``), each
     from the relabel pass of the one before; → the last generation's summary with its
     ``relabel`` pass, the earlier generations under ``generations``."""
+    check_pretrained(cfg, storage)
     shapes_dir, units_dir = dirs(cfg)
     if cfg.data.source == "table":
         shapes_dir = cfg.data.path
@@ -253,6 +255,7 @@ def evaluate_stage(cfg: Config, storage: Storage) -> dict[str, Any]:
 
 def pretrain(cfg: Config, storage: Storage) -> dict[str, Any]:
     """The whole pipeline; the summary keeps the headline numbers at the top."""
+    check_pretrained(cfg, storage)  # a bad encoder file fails before the teacher's pass
     extracted = extract_stage(cfg, storage)
     trained = timed("train", train_stage, cfg, storage)
     evaluated = timed("evaluate", evaluate_stage, cfg, storage) if cfg.eval.enabled else {}
@@ -269,4 +272,42 @@ def pretrain(cfg: Config, storage: Storage) -> dict[str, Any]:
         "extract": extracted,
         "train": trained,
         "evaluate_seconds": evaluated.get("seconds", 0.0),
+    }
+
+
+def pretrain_encoder(cfg: Config, storage: Storage) -> dict[str, Any]:
+    """``jobs/pretrain_encoder.py``: ``data``'s shapes (ingested when needed), no labels →
+    ``{run}/encoder/encoder.pt`` (``cluster.encoder``; on Ray Train, ``cluster.encoder_ray``).
+    The summary's last field is the file's URI."""
+    from cluster.checkpoints import load_torch
+    from cluster.encoder import encoder_file, plan_encoder, pretrain_local
+
+    shapes_dir = cfg.data.path if cfg.data.source == "table" else f"{cfg.run}/shapes"
+    ingested = timed("ingest", ensure_shapes, cfg, storage, cfg.data, shapes_dir)
+    plan = plan_encoder(storage, shapes_dir)
+    out = encoder_file(cfg.run)
+    summary: dict[str, Any] = {"ingest": ingested, "shapes": plan.shapes}
+    if storage.exists(out):
+        log.info("encoder %s: %s is done; skipped (delete it to train again)", cfg.run, storage.uri(out))
+        bundle = load_torch(storage, out)
+        return {**summary, "skipped": True, "epochs": bundle.get("epochs"), "encoder": storage.uri(out)}
+    start = time.perf_counter()
+    if use_ray(cfg):
+        from cluster.encoder_ray import pretrain_on_ray
+
+        join_ray(cfg)
+        history = pretrain_on_ray(cfg, storage, plan)
+        backend = "ray"
+    else:
+        history = pretrain_local(cfg, storage, plan)
+        backend = "local"
+    bundle = load_torch(storage, out)
+    return {
+        **summary,
+        "backend": backend,
+        "epochs": bundle["epochs"],
+        "first_loss": round(float(bundle["first_loss"]), 6) if bundle["first_loss"] is not None else None,
+        "last_loss": round(float(history[-1]["loss"]), 6) if history else None,
+        "train_seconds": round(time.perf_counter() - start, 1),
+        "encoder": storage.uri(out),  # last: the line users copy into student.pretrained
     }

@@ -28,8 +28,8 @@ from tqdm import tqdm
 from cluster.checkpoints import checkpoint_dir, final_bundle, load_torch, save_torch, student_name
 from cluster.config import Config
 from cluster.curves import CurveLog
-from cluster.encoder import apply_freeze, load_encoder_into
 from cluster.layout import PartItem, category_parts, plan_parts, shapes_manifest
+from cluster.pretrained import apply_freeze, load_encoder_into
 from cluster.rescore import rescore_local, todo_items
 from cluster.samples import PartSource, Tables, scores_dir
 from cluster.storage import Storage

@@ -12,6 +12,7 @@ Pure torch, no IO: where the batches come from and where states go is the caller
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -51,9 +52,7 @@ class EncoderFitState:
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str) -> EncoderFitState:
         if d.get("format") != STATE_FORMAT:
-            raise ConfigError(
-                f"{where} is not an encoder-pretraining checkpoint — delete it to start that run afresh"
-            )
+            raise ConfigError(f"{where} is not an encoder-pretraining checkpoint — delete it to start that run afresh")
         return cls(d["model"], d["optimizer"], d["scheduler"], int(d["epoch"]), d["settings"], list(d["history"]))
 
 
@@ -153,10 +152,10 @@ def fit_encoder(
         if on_epoch_end is not None:
             bare = unwrap(model)
             on_epoch_end(
-                EncoderFitState(
-                    {k: v.detach().cpu() for k, v in bare.state_dict().items()},
-                    opt.state_dict(),
-                    sched.state_dict(),
+                EncoderFitState(  # copies: the state outlives this epoch's weights
+                    {k: v.detach().cpu().clone() for k, v in bare.state_dict().items()},
+                    copy.deepcopy(opt.state_dict()),
+                    copy.deepcopy(sched.state_dict()),
                     epoch + 1,
                     settings,
                     list(history),

@@ -52,7 +52,7 @@ class Masking:
             raise ValueError(f"group_size={self.group_size} must be >= 2")
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio={self.mask_ratio} must be in (0, 1)")
-        if self.groups < 2 or self.hidden < 1 or self.visible < 16:
+        if self.groups < 2 or not 1 <= self.hidden < self.groups or self.visible < 16:
             raise ValueError(
                 f"{self.num_points} points in patches of {self.group_size} at mask ratio {self.mask_ratio} "
                 f"leave {self.groups} patches, {self.hidden} hidden and {self.visible} visible points: "
@@ -82,9 +82,7 @@ def chamfer_l2(pred: Tensor, target: Tensor) -> Tensor:
     return d.min(-1).values.mean(-1) + d.min(-2).values.mean(-1)
 
 
-def mask_patches(
-    xyz: Tensor, masking: Masking, generator: torch.Generator
-) -> tuple[Tensor, Tensor, Tensor]:
+def mask_patches(xyz: Tensor, masking: Masking, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
     """Cut and hide. xyz (B, N, 3) → (visible (B, M) point indices, hidden centres
     (B, G_h, 3), hidden patches (B, G_h, group_size, 3) relative to their centres).
 

@@ -8,8 +8,8 @@ The last line of output is a JSON summary whose ``"encoder"`` is the file to sta
 students from: ``python jobs/pretrain.py student.pretrained=<that path, or the run name>``.
 """
 
-from cluster.encoder import pretrain_encoder
 from cluster.job import run_job
+from cluster.pipeline import pretrain_encoder
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
-from distill.config import StudentConfig
+from distill.config import ConfigError, StudentConfig
 from distill.student import STUDENTS, build_student, load_pretrained_encoder
 from distill.student.ops import (
     ball_query,
@@ -17,6 +20,7 @@ from distill.student.ops import (
     knn_reference,
     three_nn_interpolate,
 )
+from distill.student.pretrained import check_encoder_bundle, encoder_bundle, freeze_encoder, read_encoder_file
 
 TINY = {"width": 8, "k": 6}
 
@@ -149,29 +153,72 @@ def test_unknown_backbone():
         build_student(StudentConfig(backbone="nope"), 4)
 
 
-def test_pretrained_encoder_loads_and_reports(tmp_path):
+def _bytes(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def test_pretrained_encoder_bundle_round_trip():
+    cfg = StudentConfig(backbone="pointnet2", **TINY)
     torch.manual_seed(0)
-    src = build_student(StudentConfig(backbone="pointnet2", **TINY), 4)
-    path = tmp_path / "enc.pt"
-    state = dict(src.state_dict())  # whole student: "encoder." prefix, head keys dropped
-    state["encoder.extra.weight"] = torch.zeros(3)
-    del state["encoder.fp1.mlp.0.linear.weight"]
-    torch.save(state, path)
+    src = build_student(cfg, 4)
+    bundle = read_encoder_file(_bytes(encoder_bundle(src.encoder, cfg, 1024, shapes=7)), "enc.pt")
+    assert bundle["shapes"] == 7 and bundle["num_points"] == 1024
+    check_encoder_bundle(bundle, cfg, 1024, "enc.pt")
     torch.manual_seed(1)
-    dst = build_student(StudentConfig(backbone="pointnet2", pretrained=str(path), **TINY), 6)
-    report = dst.pretrained_report
+    dst = build_student(cfg, 6)
+    report = load_pretrained_encoder(dst, bundle, "enc.pt")
+    assert report.loaded == sorted(dst.encoder.state_dict()) and not report.missing
+    for k, v in src.encoder.state_dict().items():
+        torch.testing.assert_close(dst.encoder.state_dict()[k], v)
+    assert not torch.equal(dst.head.out.weight[:4], src.head.out.weight)  # the head stays fresh
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [({"width": 16}, "width=8.*width=16"), ({"k": 4}, "k=6.*k=4"), ({"backbone": "dgcnn"}, "backbone='pointnet2'")],
+)
+def test_pretrained_encoder_of_other_settings_refused(change, match):
+    cfg = StudentConfig(backbone="pointnet2", **TINY)
+    bundle = encoder_bundle(build_student(cfg, 4).encoder, cfg, 1024)
+    with pytest.raises(ConfigError, match=match):
+        check_encoder_bundle(bundle, replace(cfg, **change), 1024, "enc.pt")
+    with pytest.raises(ConfigError, match="num_points=1024.*num_points=2048"):
+        check_encoder_bundle(bundle, cfg, 2048, "enc.pt")
+
+
+def test_pretrained_plain_state_dict_must_be_whole():
+    cfg = StudentConfig(backbone="pointnet2", **TINY)
+    src = build_student(cfg, 4)
+    state = dict(src.state_dict())  # a whole student's: "encoder." prefix, head keys dropped
+    state["encoder.extra.weight"] = torch.zeros(3)
+    report = load_pretrained_encoder(build_student(cfg, 6), state, "student.pt")
     assert report.unexpected == ["extra.weight"]
-    assert report.missing == ["fp1.mlp.0.linear.weight"]
-    torch.testing.assert_close(dst.encoder.sa1.pos.weight, src.encoder.sa1.pos.weight)
-    assert not torch.equal(dst.encoder.fp1.mlp[0].linear.weight, src.encoder.fp1.mlp[0].linear.weight)
+    del state["encoder.fp1.mlp.0.linear.weight"]
+    with pytest.raises(ConfigError, match="1 tensors missing.*fp1.mlp.0.linear.weight"):
+        load_pretrained_encoder(build_student(cfg, 6), state, "student.pt")
+    narrow = {"model": build_student(StudentConfig(backbone="pointnet", width=8), 4).state_dict()}
+    with pytest.raises(ConfigError, match="does not fit this PointNetEncoder"):
+        load_pretrained_encoder(build_student(StudentConfig(backbone="pointnet", width=16), 4), narrow, "n.pt")
 
 
-def test_pretrained_encoder_shape_mismatch(tmp_path):
-    path = tmp_path / "enc.pt"
-    torch.save({"model": build_student(StudentConfig(backbone="pointnet", width=8), 4).state_dict()}, path)
-    wide = build_student(StudentConfig(backbone="pointnet", width=16), 4)
-    with pytest.raises(ValueError, match="no key matches"):
-        load_pretrained_encoder(wide, str(path))
+def test_unreadable_encoder_file():
+    with pytest.raises(ConfigError, match="'bad.pt' is not a readable checkpoint"):
+        read_encoder_file(b"not a checkpoint", "bad.pt")
+
+
+def test_frozen_encoder_is_left_out_of_training():
+    from distill.config import TrainConfig
+    from distill.passes import make_optimizer
+
+    model = build_student(StudentConfig(backbone="pointnet2", **TINY), 4)
+    assert freeze_encoder(model) == len(list(model.encoder.parameters()))
+    opt, _ = make_optimizer(model, TrainConfig(epochs=1), 2)
+    trained = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert trained == {id(p) for p in model.head.parameters()}
+    with pytest.raises(ConfigError, match="freezes a random encoder"):
+        StudentConfig(freeze_encoder=True)
 
 
 def test_category_conditioned_encoder():
