@@ -275,10 +275,10 @@ def pretrain(cfg: Config, storage: Storage) -> dict[str, Any]:
     }
 
 
-def pretrain_encoder(cfg: Config, storage: Storage) -> dict[str, Any]:
+def pretrain_encoder(cfg: Config, storage: Storage, fault_hook: Any = None) -> dict[str, Any]:
     """``jobs/pretrain_encoder.py``: ``data``'s shapes (ingested when needed), no labels →
     ``{run}/encoder/encoder.pt`` (``cluster.encoder``; on Ray Train, ``cluster.encoder_ray``).
-    The summary's last field is the file's URI."""
+    The summary's last field is the file's URI. fault_hook: tests only (``cluster.encoder_ray``)."""
     from cluster.checkpoints import load_torch
     from cluster.encoder import encoder_file, plan_encoder, pretrain_local
 
@@ -296,7 +296,7 @@ def pretrain_encoder(cfg: Config, storage: Storage) -> dict[str, Any]:
         from cluster.encoder_ray import pretrain_on_ray
 
         join_ray(cfg)
-        history = pretrain_on_ray(cfg, storage, plan)
+        history = pretrain_on_ray(cfg, storage, plan, fault_hook)
         backend = "ray"
     else:
         history = pretrain_local(cfg, storage, plan)
