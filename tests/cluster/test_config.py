@@ -36,6 +36,8 @@ def test_preset_then_override_wins():
         ("generation.name=dalle", "generation.name"),
         ("cluster.backend=slurm", "cluster.backend"),
         ("storage.rot=x", "storage.rot"),
+        ("encoder.mask_ratio=1.5", "encoder.mask_ratio"),
+        ("student.freeze_encoder=true", "student.freeze_encoder"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(arg, key):
@@ -46,7 +48,7 @@ def test_bad_keys_and_values_name_the_key(arg, key):
 def test_sections_and_their_order():
     """The composed config's keys, in order: what configs/*.yaml and the JSON summaries hold."""
     assert list(to_dict(Config())) == [
-        "run", "seed", "mode", "storage", "data", "eval", "render", "teacher", "student", "train",
+        "run", "seed", "mode", "storage", "data", "eval", "render", "teacher", "student", "train", "encoder",
         "generation", "segment", "cluster", "progress",
     ]  # fmt: skip
 
