@@ -221,7 +221,13 @@ def run_fit(
     )
 
     def on_epoch_end(state: EncoderFitState) -> None:
-        bar.set_postfix(loss=f"{state.history[-1]['loss']:.5f}")
+        h = state.history[-1]
+        if rank == 0:
+            log.info(
+                "encoder %s: epoch %d/%d loss %.6f (%d steps, %.0f s)",
+                cfg.run, state.epoch, cfg.encoder.epochs, h["loss"], h["steps"], h["seconds"],
+            )  # fmt: skip
+        bar.set_postfix(loss=f"{h['loss']:.5f}")
         bar.update(1)
         if curves is not None:
             curves.epoch(state.history[-1])

@@ -3,8 +3,6 @@ it (loaded whole, frozen or fine-tuned), an exact resume of a killed fit, and ev
 input ending in one line."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,11 +10,11 @@ import torch
 from cluster.checkpoints import load_student, load_torch
 from cluster.config import load_config
 from cluster.encoder import CloudSource, encoder_file, plan_encoder, run_fit
-from cluster.pipeline import extract_stage, train_stage
+from cluster.job import run_job
+from cluster.pipeline import extract_stage, pretrain_encoder, train_stage
 from cluster.storage import Storage
 from distill.errors import NotFoundError
 from jobs.pretrain_encoder import main as pretrain_encoder_main
-from tests.conftest import REPO, fresh_env
 
 SMOKE = ["--config", "smoke", "progress=false", "data.categories=[chair,lamp]", "data.per_category=3"]
 
@@ -108,13 +106,18 @@ def test_empty_corpus_is_one_error(tmp_path):
         plan_encoder(storage, "empty")
 
 
-def _job(script: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, script, *args], cwd=REPO, env=fresh_env(), capture_output=True, text=True, timeout=300
-    )
+def _job(capsys, stage, *args: str) -> tuple[int, str]:
+    """A job in this process, as ``python jobs/X.py`` runs it → (exit status, standard error)."""
+    capsys.readouterr()
+    try:
+        run_job("job", stage, list(args))
+        code = 0
+    except SystemExit as e:
+        code = int(e.code)
+    return code, capsys.readouterr().err
 
 
-def test_bad_checkpoints_are_one_line(encoder_run, tmp_path):
+def test_bad_checkpoints_are_one_line(encoder_run, tmp_path, capsys):
     root, summary = encoder_run
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"truncated")
@@ -126,22 +129,22 @@ def test_bad_checkpoints_are_one_line(encoder_run, tmp_path):
     }
     for value, message in cases.items():
         name, *extra = value.split()
-        run = _job("jobs/train.py", *SMOKE, "run=bad", f"storage.root={root}", f"student.pretrained={name}", *extra)
-        lines = run.stderr.strip().splitlines()
-        assert run.returncode == 2, run.stderr[-2000:]
+        code, err = _job(
+            capsys, train_stage, *SMOKE, "run=bad", f"storage.root={root}", f"student.pretrained={name}", *extra
+        )
+        lines = err.strip().splitlines()
+        assert code == 2 and "Traceback" not in err, err[-2000:]
         assert lines[-1].startswith("error: ") and message in lines[-1], lines[-1]
-        assert "Traceback" not in run.stderr
 
 
-def test_resume_with_other_settings_is_one_line(encoder_run):
+def test_resume_with_other_settings_is_one_line(encoder_run, capsys):
     root, summary = encoder_run
     # the finished run has an encoder.pt: drop it so the job resumes from last.pt with a new width
     storage = Storage(str(root))
     storage.fs.rm(storage.path(encoder_file("enc")))
     try:
-        run = _job("jobs/pretrain_encoder.py", *SMOKE, "run=enc", f"storage.root={root}", "student.width=8")
-        assert run.returncode == 2 and "was trained with width=16; this run asks width=8" in run.stderr
-        assert "Traceback" not in run.stderr
+        code, err = _job(capsys, pretrain_encoder, *SMOKE, "run=enc", f"storage.root={root}", "student.width=8")
+        assert code == 2 and "was trained with width=16; this run asks width=8" in err.strip().splitlines()[-1]
     finally:
         pretrain_encoder_main([*SMOKE, "run=enc", f"storage.root={root}"])  # resumes at epoch 2 of 2: rewrites it
     assert json.loads(json.dumps(storage.read_json("enc/metrics.json")))["last_job"] == "pretrain_encoder"
