@@ -44,8 +44,8 @@ def encoder_features(encoder: nn.Module, clouds: Sequence[Tensor], batch_size: i
 def fit_linear(
     feats: Sequence[Tensor], labels: Sequence[Tensor], num_parts: int, steps: int = 300, lr: float = 0.05
 ) -> nn.Linear:
-    """A linear classifier (C → num_parts) by full-batch Adam on standardised features,
-    class-balanced cross-entropy (small parts count as much as large ones)."""
+    """A linear classifier (C → num_parts) by full-batch Adam from zero on standardised
+    features, class-balanced cross-entropy (small parts count as much as large ones)."""
     x = torch.cat(list(feats))
     y = torch.cat(list(labels)).long()
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
@@ -53,6 +53,8 @@ def fit_linear(
     counts = torch.bincount(y, minlength=num_parts).float()
     weight = torch.where(counts > 0, counts.sum() / (num_parts * counts.clamp_min(1)), torch.zeros_like(counts))
     head = nn.Linear(x.shape[1], num_parts)
+    nn.init.zeros_(head.weight)  # a convex problem: start from zero, so the fit is deterministic
+    nn.init.zeros_(head.bias)
     opt = torch.optim.Adam(head.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss(weight=weight)
     for _ in range(steps):
