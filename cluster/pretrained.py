@@ -27,10 +27,11 @@ def read_pretrained(storage: Storage, value: str) -> tuple[dict[str, Any], str]:
     """``student.pretrained``'s file → (its object, where it was read). The value is a run
     of this storage (its ``encoder/encoder.pt``), a path under the storage root, or a
     local file."""
-    candidates = [f"{value}/{ENCODER_FILE}"] if "/" not in value and not value.endswith(".pt") else []
     root = storage.uri("")
-    rel = value[len(root) :].lstrip("/") if root and value.startswith(root) else value
-    candidates.append(rel)
+    if "/" not in value and not value.endswith(".pt"):
+        candidates = [f"{value}/{ENCODER_FILE}"]  # a run name (never the run's folder itself)
+    else:
+        candidates = [value[len(root) :].lstrip("/") if root and value.startswith(root) else value]
     for c in candidates:
         if c and storage.exists(c):
             return read_encoder_file(storage.read_bytes(c), storage.uri(c)), storage.uri(c)
