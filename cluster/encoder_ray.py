@@ -86,10 +86,10 @@ def _worker_loop(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
     import torch
-    import torch.distributed as dist
 
     from cluster.config import config_from_dict
     from cluster.encoder import run_fit
+    from cluster.train_ray import worker_mean
     from distill.training import Workers
 
     torch.set_num_threads(int(config["threads"]))
@@ -99,13 +99,6 @@ def _worker_loop(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     hook = config.get("fault_hook")
-
-    def reduce_mean(x: float) -> float:
-        if world == 1 or not dist.is_initialized():
-            return x
-        t = torch.tensor([x], dtype=torch.float64)
-        dist.all_reduce(t)
-        return float(t.item() / world)
 
     def report(state: Any) -> None:
         ray.train.report({"epoch": state.epoch, "loss": state.history[-1]["loss"]})
@@ -119,7 +112,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
         plan,
         ray.train.torch.get_device(),
         shard_clouds(shard, cfg.encoder.batch_size, cfg.data.num_points, cfg.train.data_order_seed(cfg.seed)),
-        workers=Workers(rank, world, reduce_mean),
+        workers=Workers(rank, world, worker_mean(world)),
         wrap=ray.train.torch.prepare_model,
         report=report,
     )

@@ -104,12 +104,26 @@ def shard_batches(shard: Any, batch_size: int, seed: int) -> Callable[[int], Ite
     return batches
 
 
+def worker_mean(world: int) -> Callable[[float], float]:
+    """A float averaged over a Ray Train worker group (an all-reduce; itself alone)."""
+    import torch
+    import torch.distributed as dist
+
+    def reduce_mean(x: float) -> float:
+        if world == 1 or not dist.is_initialized():
+            return x
+        t = torch.tensor([x], dtype=torch.float64)
+        dist.all_reduce(t)
+        return float(t.item() / world)
+
+    return reduce_mean
+
+
 def _worker_loop(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker: one fit of one student."""
     import ray.train
     import ray.train.torch
     import torch
-    import torch.distributed as dist
 
     from cluster.config import config_from_dict
     from distill.training import Workers
@@ -127,13 +141,6 @@ def _worker_loop(config: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
     hook = config.get("fault_hook")
 
-    def reduce_mean(x: float) -> float:
-        if world == 1 or not dist.is_initialized():
-            return x
-        t = torch.tensor([x], dtype=torch.float64)
-        dist.all_reduce(t)
-        return float(t.item() / world)
-
     def report(state: Any, ckpt_rel: str | None) -> None:
         ray.train.report({"epoch": state.epoch, "loss": state.history[-1]["loss"], "round": state.round})
         if hook is not None:
@@ -146,7 +153,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
         plan,
         ray.train.torch.get_device(),
         last_state(storage, ckpt),  # each worker's own read: a restarted group resumes from it too
-        workers=Workers(rank, world, reduce_mean),
+        workers=Workers(rank, world, worker_mean(world)),
         wrap=ray.train.torch.prepare_model,
         report=report,
         # training batches from the shard; the small bounded reads (BatchNorm
