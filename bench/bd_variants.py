@@ -1,6 +1,6 @@
 """Backward-distillation re-scoring rules, side by side, branched from one FD trunk.
 
-    python bench/bd_variants.py --modes tta pre --seeds 0 1 2 \\
+    python -m bench.bd_variants --modes tta pre --seeds 0 1 2 \\
         --variants control agreement crossfit crossfit_point oracle oracle_point
 
 The data are the quality benchmark's (``bench/quality.py``: the Labeled PSB sample, the
@@ -37,39 +37,32 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from quality import DEFAULTS, load  # noqa: E402
-
-from cluster.config import load_config  # noqa: E402
-from cluster.evaluate import voting_tables  # noqa: E402
-from cluster.pipeline import dirs, extract_stage  # noqa: E402
-from cluster.storage import Storage  # noqa: E402
-from distill.backward import predict_probs, rescore_with_rule, units_of  # noqa: E402
-from distill.crossfit import train_fold_snapshots, unit_folds  # noqa: E402
-from distill.labels import LabelSpace  # noqa: E402
-from distill.passes import evaluate, recalibrate_batchnorm  # noqa: E402
-from distill.rescore import balance_part_mass, split_pair_weights, unit_precision  # noqa: E402
-from distill.samples import prepare_samples  # noqa: E402
-from distill.student import build_student  # noqa: E402
-from distill.training import distil  # noqa: E402
+from bench.common import RESULTS
+from bench.quality import DEFAULTS, load
+from cluster.config import load_config
+from cluster.evaluate import voting_tables
+from cluster.pipeline import dirs, extract_stage
+from cluster.storage import Storage
+from distill.backward import predict_probs, rescore_with_rule, units_of
+from distill.crossfit import train_fold_snapshots, unit_folds
+from distill.labels import LabelSpace
+from distill.passes import evaluate, recalibrate_batchnorm
+from distill.rescore import balance_part_mass, split_pair_weights, unit_precision
+from distill.samples import prepare_samples
+from distill.student import build_student
+from distill.training import distil
 
 RULES = (
     "control", "agreement", "crossfit", "point", "crossfit_point", "oracle", "oracle_point",
     "agreement_balanced", "crossfit_balanced", "point_balanced", "oracle_balanced",
 )  # fmt: skip
-RESULTS = ROOT / "bench" / "results"
 CACHE = RESULTS / "cache"
 TAG = "wo3"  # wo2: whole-object box survives the 98 % rule; wo3: + PSB Airplane engine kept (issue 13 vocabulary)
 

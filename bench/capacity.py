@@ -8,8 +8,8 @@ here cannot reach 85 from noisy units whatever the re-scoring rule. Training goe
 ``distil`` and the same sample preparation, calibration and pose references as the jobs
 (the in-memory source: the units are made here, not extracted).
 
-    python bench/capacity.py                                   # the shipped student
-    python bench/capacity.py --variant wide student.width=64 train.epochs=100
+    python -m bench.capacity                                   # the shipped student
+    python -m bench.capacity --variant wide student.width=64 train.epochs=100
 
 Each ``--variant NAME key=value ...`` run is one row; the last line is one JSON object.
 """
@@ -18,35 +18,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.quality import DEFAULTS, load  # noqa: E402
-from cluster.config import load_config  # noqa: E402
-from cluster.pipeline import dirs, extract_stage  # noqa: E402
-from cluster.storage import Storage  # noqa: E402
-from distill.labels import LabelSpace  # noqa: E402
-from distill.passes import evaluate  # noqa: E402
-from distill.records import KnowledgeUnits, Shape  # noqa: E402
-from distill.samples import prepare_samples  # noqa: E402
-from distill.student import build_student  # noqa: E402
-from distill.training import distil  # noqa: E402
-
-
-def truth_units(shape: Shape) -> KnowledgeUnits:
-    """One unit per part present in ``shape``: its labelled points, score 1."""
-    if shape.labels is None:
-        raise ValueError(f"{shape.shape_id} has no labels: the capacity check needs labelled shapes")
-    parts = [int(p) for p in np.unique(shape.labels) if p >= 0]
-    sets = [np.flatnonzero(shape.labels == p) for p in parts]
-    return KnowledgeUnits.from_lists(shape.shape_id, [0] * len(parts), parts, [1.0] * len(parts), sets, "truth")
+from bench.common import RESULTS, truth_units
+from bench.quality import DEFAULTS, load
+from cluster.config import load_config
+from cluster.pipeline import dirs, extract_stage
+from cluster.storage import Storage
+from distill.labels import LabelSpace
+from distill.passes import evaluate
+from distill.records import Shape
+from distill.samples import prepare_samples
+from distill.student import build_student
+from distill.training import distil
 
 
 def fit_and_score(argv: list[str], shapes: list[Shape], seed: int) -> tuple[float, float, dict[str, float]]:
@@ -67,7 +54,7 @@ def fit_and_score(argv: list[str], shapes: list[Shape], seed: int) -> tuple[floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--root", default=str(ROOT / "bench" / "results" / "quality_runs"))
+    parser.add_argument("--root", default=str(RESULTS / "quality_runs"))
     parser.add_argument(
         "--variant", nargs="+", action="append", metavar=("NAME", "KEY=VALUE"), help="a named row and its overrides"
     )
@@ -90,8 +77,10 @@ def main() -> None:
             "seconds": round(float(np.mean([r[1] for r in runs])), 1),
             "per_category": {c: round(float(np.mean([r[2][c] for r in runs])), 1) for c in runs[0][2]},
         }
-        print(f"{name}: {rows[name]['miou']:.1f} ± {rows[name]['std']:.1f} mIoU ({rows[name]['seconds']:.0f} s) {overrides}")
-    out = ROOT / "bench" / "results" / "capacity.json"
+        print(
+            f"{name}: {rows[name]['miou']:.1f} ± {rows[name]['std']:.1f} mIoU ({rows[name]['seconds']:.0f} s) {overrides}"
+        )
+    out = RESULTS / "capacity.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=2) + "\n")
     print(json.dumps({k: {"miou": v["miou"], "std": v["std"], "seconds": v["seconds"]} for k, v in rows.items()}))

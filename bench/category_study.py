@@ -13,7 +13,7 @@ category:
 * the student against ``voting_views`` on the shapes it was distilled on: the share of
   points with the same label, and where they differ the share each gets right.
 
-    python bench/category_study.py --root bench/results/quality_runs_rho0.8 --seed 0 --student-seed 1
+    python -m bench.category_study --root bench/results/quality_runs_rho0.8 --seed 0 --student-seed 1
 
 Prints a Markdown table; the last line is JSON.
 """
@@ -22,19 +22,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.quality import load  # noqa: E402
-from cluster.evaluate import baseline_predictions, load_students, student_log_probs  # noqa: E402
-from cluster.storage import Storage  # noqa: E402
-from distill.records import KnowledgeUnits, Shape  # noqa: E402
-from distill.superpoints import shape_superpoints  # noqa: E402
+from bench.common import RESULTS
+from bench.quality import load
+from cluster.evaluate import baseline_predictions
+from cluster.storage import Storage
+from cluster.students import load_students, student_log_probs
+from distill.records import KnowledgeUnits, Shape
+from distill.superpoints import shape_superpoints
 
 
 def shape_facts(s: Shape, u: KnowledgeUnits) -> dict[str, float]:
@@ -57,7 +54,7 @@ def shape_facts(s: Shape, u: KnowledgeUnits) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", default=str(ROOT / "bench" / "results" / "quality_runs"))
+    parser.add_argument("--root", default=str(RESULTS / "quality_runs"))
     parser.add_argument("--seed", type=int, default=0, help="the extraction run whose units are studied")
     parser.add_argument("--student-seed", type=int, default=0, help="the TTA student's seed (its own extraction)")
     parser.add_argument("--order", type=int, default=100)

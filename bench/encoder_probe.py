@@ -10,8 +10,8 @@ student settings it was trained for, loaded whole into a student); the baseline 
 student's encoder at random initialisation, one per ``--seeds`` (the probe's shapes
 are the same for both).
 
-    python bench/encoder_probe.py --encoder encoder_psb              # a run of this storage
-    python bench/encoder_probe.py --encoder runs/enc/encoder/encoder.pt --seeds 0 1 2
+    python -m bench.encoder_probe --encoder encoder_psb              # a run of this storage
+    python -m bench.encoder_probe --encoder runs/enc/encoder/encoder.pt --seeds 0 1 2
 
 Prints a Markdown table, writes ``bench/results/encoder_probe.json``; the last line of
 output is a one-line JSON summary (``probe_gain``: pretrained − random, mean over
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -31,22 +30,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from cluster.config import load_config  # noqa: E402
-from cluster.pretrained import read_pretrained  # noqa: E402
-from cluster.storage import Storage  # noqa: E402
-from distill.config import DataConfig  # noqa: E402
-from distill.metrics import category_mean_interval  # noqa: E402
-from distill.probe import encoder_features, fit_linear, probe_miou  # noqa: E402
-from distill.readers.registry import iter_items  # noqa: E402
-from distill.samples import point_choice  # noqa: E402
-from distill.student import build_student, load_pretrained_encoder  # noqa: E402
-from distill.student.pretrained import check_encoder_bundle  # noqa: E402
-from generation.procedural import ALL_CATEGORIES  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results"
+from bench.common import RESULTS
+from cluster.config import load_config
+from cluster.pretrained import read_pretrained
+from cluster.storage import Storage
+from distill.config import DataConfig
+from distill.metrics import category_mean_interval
+from distill.probe import encoder_features, fit_linear, probe_miou
+from distill.readers.registry import iter_items
+from distill.samples import point_choice
+from distill.student import build_student, load_pretrained_encoder
+from distill.student.pretrained import check_encoder_bundle
+from generation.procedural import ALL_CATEGORIES
 
 
 def probe_shapes(categories: list[str], per_category: int, num_points: int, seed: int) -> dict[str, list]:
@@ -101,7 +96,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     pretrained = build_student(student, 1)
     load_pretrained_encoder(pretrained, bundle, where)
-    rows: dict[str, dict[str, list[float]]] = {"pretrained": probe(copy.deepcopy(pretrained.encoder), shapes, args.train)}
+    rows: dict[str, dict[str, list[float]]] = {
+        "pretrained": probe(copy.deepcopy(pretrained.encoder), shapes, args.train)
+    }
     randoms = []
     for s in args.seeds:
         torch.manual_seed(s)
@@ -131,7 +128,10 @@ def main(argv: list[str] | None = None) -> dict:
         "probe_gain": round(mean(rows["pretrained"]) - mean(rows["random"]), 2),
         "probe_gain_ci95": [round(low, 2), round(high, 2)],
         "per_category": {
-            c: {"random": round(float(np.mean(rows["random"][c])), 2), "pretrained": round(float(np.mean(rows["pretrained"][c])), 2)}
+            c: {
+                "random": round(float(np.mean(rows["random"][c])), 2),
+                "pretrained": round(float(np.mean(rows["pretrained"][c])), 2),
+            }
             for c in shapes
         },
         "probe": {"train": args.train, "test": args.test, "seeds": args.seeds, "num_points": num_points},

@@ -1,8 +1,8 @@
 """Generation benchmarks: shapes per second per actor, peak memory, and the Ray stage.
 
-    python bench/generate.py actor [--procedural 200] [--shap-e 8] [--steps 64] [--grid 128] [--batch 4]
-    python bench/generate.py ray [--count 10000] [--cpus 2]
-    python bench/generate.py real-size [--grid 128]
+    python -m bench.generate actor [--procedural 200] [--shap-e 8] [--steps 64] [--grid 128] [--batch 4]
+    python -m bench.generate ray [--count 10000] [--cpus 2]
+    python -m bench.generate real-size [--grid 128]
 
 ``actor``: what one generator actor (one Ray CPU: torch on one thread) makes per second,
 each generator in a subprocess of its own so peak RSS (``ru_maxrss``) is its own:
@@ -15,7 +15,7 @@ Peak traced memory (``tracemalloc``: Python and numpy allocations; torch's are n
 comes from a second, shorter pass, since tracing slows everything down.
 
 ``ray``: ``--count`` procedural shapes (spread over the 8 procedural categories) through
-``generate_on_ray`` on a private local Ray of ``--cpus`` CPUs into a temporary folder:
+``cluster.generate.generate`` (``cluster.backend=ray``) on a private local Ray of ``--cpus`` CPUs into a temporary folder:
 wall time from submission to the last part written, shapes per second.
 
 ``real-size``: the compute of a real-size Shap-E with random weights (same architecture
@@ -33,38 +33,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 import tracemalloc
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-RESULTS = ROOT / "bench" / "results"
-
-
-def save(section: str, value: object) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "generate.json"
-    data = json.loads(path.read_text()) if path.exists() else {}
-    data[section] = value
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
-
-
-def _clock() -> tuple[float, float]:
-    return time.process_time(), time.perf_counter()
-
-
-def _since(start: tuple[float, float]) -> tuple[float, float]:
-    return time.process_time() - start[0], time.perf_counter() - start[1]
+from bench.common import peak_rss_mib, run_module, save, timed
 
 
 # ----------------------------------------------------------------------------- actor
@@ -83,9 +58,7 @@ def one_procedural(n: int) -> dict:
         return ok
 
     run(len(CATEGORIES))  # warm-up
-    start = _clock()
-    passed = run(n)
-    cpu, wall = _since(start)
+    passed, cpu, wall = timed(lambda: run(n))
     tracemalloc.start()
     run(max(8, n // 10))
     traced = tracemalloc.get_traced_memory()[1]
@@ -97,7 +70,7 @@ def one_procedural(n: int) -> dict:
         "wall_s_per_shape": wall / n,
         "shapes_per_s_per_actor": n / wall,
         "peak_traced_mb": traced / 2**20,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mib(),
     }
 
 
@@ -109,9 +82,9 @@ def one_shap_e(n: int, steps: int, grid: int, batch: int) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="tiny_shap_e_") as directory:
         build_tiny_shap_e(directory)
-        start = _clock()
-        gen = ShapEGenerator(directory, device="cpu", num_inference_steps=steps, grid_size=grid)
-        _, load_wall = _since(start)
+        gen, _, load_wall = timed(
+            lambda: ShapEGenerator(directory, device="cpu", num_inference_steps=steps, grid_size=grid)
+        )
     parts = ["back", "seat", "leg", "armrest"]
     gen.generate(["a chair"], [0])  # warm-up
 
@@ -137,9 +110,7 @@ def one_shap_e(n: int, steps: int, grid: int, batch: int) -> dict:
                 t["filter_and_sample"] += time.perf_counter() - s
         return {"passed_filters": passed, **{f"{k}_wall_s_per_shape": v / count for k, v in t.items()}}
 
-    start = _clock()
-    split = run(n)
-    cpu, wall = _since(start)
+    split, cpu, wall = timed(lambda: run(n))
     tracemalloc.start()
     run(min(n, batch))
     traced = tracemalloc.get_traced_memory()[1]
@@ -155,15 +126,13 @@ def one_shap_e(n: int, steps: int, grid: int, batch: int) -> dict:
         "wall_s_per_shape": wall / n,
         "shapes_per_s_per_actor": n / wall,
         "peak_traced_mb": traced / 2**20,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mib(),
     }
 
 
 def _subprocess(kind: str, args: list[str]) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # a Ray actor of 1 CPU
-    out = subprocess.run(
-        [sys.executable, __file__, "_one", kind, *args], env=env, capture_output=True, text=True, check=False
-    )
+    out = run_module("bench.generate", ["_one", kind, *args], env=env, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"{kind} benchmark failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -187,7 +156,7 @@ def run_actor(args: argparse.Namespace) -> None:
             f"{k}={r[f'{k}_wall_s_per_shape']:.3f}" for k in ("diffusion", "sdf", "marching_cubes", "filter_and_sample")
         )
     )
-    save("actor", {"torch_threads": 1, **rows})
+    save("generate", "actor", {"torch_threads": 1, **rows})
 
 
 # ----------------------------------------------------------------------------- ray
@@ -196,8 +165,7 @@ def run_ray(args: argparse.Namespace) -> None:
     import ray
 
     from cluster.config import load_config
-    from cluster.generate import part_shapes
-    from cluster.generate_ray import generate_on_ray
+    from cluster.generate import generate, part_shapes
     from cluster.runtime import connect
     from cluster.storage import Storage
     from generation.procedural import CATEGORIES
@@ -210,6 +178,7 @@ def run_ray(args: argparse.Namespace) -> None:
             "data.num_points=2048",
             "progress=false",
             f"cluster.num_cpus={args.cpus}",
+            "cluster.backend=ray",
         ]
     )
     with tempfile.TemporaryDirectory(prefix="bench_generate_") as root:
@@ -219,7 +188,7 @@ def run_ray(args: argparse.Namespace) -> None:
         ray_start = time.perf_counter() - start
         try:
             start = time.perf_counter()
-            summary = generate_on_ray(cfg, storage)
+            summary = generate(cfg, storage)
             stage_wall = time.perf_counter() - start
         finally:
             ray.shutdown()
@@ -236,14 +205,14 @@ def run_ray(args: argparse.Namespace) -> None:
         "shapes_per_s": (summary["new"] + summary["rejected"]) / stage_wall,
         "shapes_per_s_per_cpu": (summary["new"] + summary["rejected"]) / stage_wall / args.cpus,
         "table_mb": size_mb,
-        "driver_peak_rss_mb": peak_rss_mb(),
+        "driver_peak_rss_mb": peak_rss_mib(),
     }
     print(
         f"ray procedural: {row['shapes']} shapes in {row['stage_wall_s']:.1f} s on {args.cpus} CPUs = "
         f"{row['shapes_per_s']:.1f} shapes/s ({row['shapes_per_s_per_cpu']:.1f}/CPU), {row['parts']} parts, "
         f"{row['table_mb']:.1f} MB, driver peak RSS {row['driver_peak_rss_mb']:.0f} MB"
     )
-    save(f"ray_procedural_{row['shapes']}", row)
+    save("generate", f"ray_procedural_{row['shapes']}", row)
 
 
 # ----------------------------------------------------------------------------- real size
@@ -263,16 +232,14 @@ def run_real_size(args: argparse.Namespace) -> None:
     x = torch.randn(2, 1024, 1024)  # CFG: unconditional + conditional
     emb = torch.randn(2, 768)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        start = _clock()
-        prior(x, timestep=torch.tensor(10), proj_embedding=emb)
-        prior_cpu, prior_wall = _since(start)
+        _, prior_cpu, prior_wall = timed(lambda: prior(x, timestep=torch.tensor(10), proj_embedding=emb))
     prior_flops = counter.get_total_flops()
 
     renderer = ShapERenderer().eval()
     latent = torch.randn(1, 1024, 1024) * 0.02
     lattice = volume_query_points(BoundingBoxVolume(bbox_max=[1.0] * 3, bbox_min=[-1.0] * 3), args.grid)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        start = _clock()
+
+    def sdf_query() -> None:
         weights = {k.removeprefix("nerstf."): w[0] for k, w in renderer.params_proj(latent).items()}
         for lo in range(0, len(lattice), 1 << 16):
             torch.func.functional_call(
@@ -288,7 +255,9 @@ def run_real_size(args: argparse.Namespace) -> None:
                 },
                 strict=False,
             )
-        sdf_cpu, sdf_wall = _since(start)
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        _, _, sdf_wall = timed(sdf_query)
     sdf_flops = counter.get_total_flops()
     evals = 2 * 64 - 1  # Heun: two model evaluations per step but the last
     per_shape_flops = evals * prior_flops + sdf_flops
@@ -304,7 +273,7 @@ def run_real_size(args: argparse.Namespace) -> None:
         "prior_passes_per_shape": evals,
         "per_shape_tflop": per_shape_flops / 1e12,
         "per_shape_cpu_wall_s_extrapolated": evals * prior_wall + sdf_wall,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mib(),
     }
     print(
         f"real-size prior: {row['prior_params_m']:.0f}M params; one CFG pass {prior_wall:.1f} s on {args.threads} "
@@ -312,7 +281,7 @@ def run_real_size(args: argparse.Namespace) -> None:
         f"{row['sdf_query_tflop']:.2f} TFLOP\nper shape: {evals} prior passes + 1 SDF = {row['per_shape_tflop']:.0f} "
         f"TFLOP ≈ {row['per_shape_cpu_wall_s_extrapolated'] / 60:.0f} min on this CPU (extrapolated)"
     )
-    save("real_size_cpu", row)
+    save("generate", "real_size_cpu", row)
 
 
 def main() -> None:

@@ -15,8 +15,8 @@ mapped onto the concepts procedural and PSB share (``data.vocabulary=[procedural
 ``distill.vocab``); the mappings used are printed. ``--truth`` adds the same students
 trained on ground-truth labels instead of the teacher's units (the ceiling).
 
-    python bench/generated.py                      # 8 covered categories, 3 seeds
-    python bench/generated.py --seeds 0 --per-category 50 data.path=... eval.data.path=...
+    python -m bench.generated                      # 8 covered categories, 3 seeds
+    python -m bench.generated --seeds 0 --per-category 50 data.path=... eval.data.path=...
 
 Prints a Markdown table, writes ``bench/results/generated.json``; the last line is one JSON
 object with the means over categories of ``real``, ``generated``, ``mixed``, ``voting``,
@@ -30,30 +30,26 @@ import json
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.quality import PSB, load  # noqa: E402
-from bench.student import truth_units  # noqa: E402
-from cluster.config import Config, load_config  # noqa: E402
-from cluster.evaluate import voting_tables  # noqa: E402
-from cluster.pipeline import dirs, extract_stage  # noqa: E402
-from cluster.storage import Storage  # noqa: E402
-from distill.config import DataConfig  # noqa: E402
-from distill.labels import LabelSpace, group_for_students  # noqa: E402
-from distill.metrics import MIoUTable  # noqa: E402
-from distill.passes import evaluate  # noqa: E402
-from distill.records import KnowledgeUnits, Shape  # noqa: E402
-from distill.samples import prepare_samples  # noqa: E402
-from distill.student import build_student  # noqa: E402
-from distill.training import distil  # noqa: E402
-from distill.vocab import part_mapping  # noqa: E402
+from bench.common import PSB, RESULTS, truth_units
+from bench.quality import load
+from cluster.config import Config, load_config
+from cluster.evaluate import voting_tables
+from cluster.pipeline import dirs, extract_stage
+from cluster.storage import Storage
+from distill.config import DataConfig
+from distill.labels import LabelSpace, group_for_students
+from distill.metrics import MIoUTable
+from distill.passes import evaluate
+from distill.records import KnowledgeUnits, Shape
+from distill.samples import prepare_samples
+from distill.student import build_student
+from distill.training import distil
+from distill.vocab import part_mapping
 
 COVERED = ["Airplane", "Chair", "Cup", "Glasses", "Human", "Plier", "Table", "Vase"]
 """PSB categories the procedural generator makes (Airplane, Chair, Table under ShapeNetPart
@@ -159,7 +155,7 @@ def run_seed(argv: list[str], seed: int, args: argparse.Namespace) -> dict[str, 
         for suffix, u in runs:
             table, seconds = train_and_score(cfg, shapes, u, test, epochs)
             out[name + suffix] = table
-            partial = ROOT / "bench" / "results" / f"generated_seed{seed}{suffix}.partial.json"
+            partial = RESULTS / f"generated_seed{seed}{suffix}.partial.json"
             partial.parent.mkdir(parents=True, exist_ok=True)
             partial.write_text(json.dumps({k: t.per_shape for k, t in out.items()}) + "\n")
             print(
@@ -176,7 +172,7 @@ def _seed_worker(argv: list[str], seed: int, args: argparse.Namespace) -> dict[s
     torch.set_num_threads(args.threads)
     tables = run_seed(argv, seed, args)
     per_shape = {name: t.per_shape for name, t in tables.items()}
-    path = ROOT / "bench" / "results" / f"generated_seed{seed}{'_truth' if args.truth_only else ''}.json"
+    path = RESULTS / f"generated_seed{seed}{'_truth' if args.truth_only else ''}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(per_shape) + "\n")
     return per_shape
@@ -226,7 +222,7 @@ def main() -> None:
     parser.add_argument("--real-share", type=float, default=0.25, help="share of real shapes in a mixed epoch")
     parser.add_argument("--truth", action="store_true", help="also train on ground truth (the ceiling)")
     parser.add_argument("--truth-only", action="store_true", help="only the ground-truth students")
-    parser.add_argument("--root", default=str(ROOT / "bench" / "results" / "generated_runs"))
+    parser.add_argument("--root", default=str(RESULTS / "generated_runs"))
     parser.add_argument("--threads", type=int, default=2, help="torch threads per process")
     parser.add_argument("--jobs", type=int, default=1, help="seeds run in this many parallel processes")
     parser.add_argument("overrides", nargs="*", help="config keys, key=value")
@@ -260,7 +256,7 @@ def main() -> None:
         "mappings": mappings,
         "minutes": round((time.perf_counter() - start) / 60, 1),
     }
-    out = ROOT / "bench" / "results" / ("generated_truth.json" if args.truth_only else "generated.json")
+    out = RESULTS / ("generated_truth.json" if args.truth_only else "generated.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2) + "\n")
     keys = [m for m in methods if m in METHODS] + [m for m in methods if m not in METHODS]

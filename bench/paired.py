@@ -7,7 +7,7 @@ per student row: each side's mean over categories (mean ± std over runs), the p
 difference (mean ± std over runs) and a 95 % bootstrap interval over the shapes of the
 run-averaged difference (``distill.metrics.category_mean_interval``), and per category.
 
-    python bench/paired.py --a bench/results/quality_runs_enc --b bench/results/quality_runs_final \
+    python -m bench.paired --a bench/results/quality_runs_enc --b bench/results/quality_runs_final \
         --mode pre --seeds 0 1 2 --orders 100 101
 
 The last line of output is a one-line JSON summary; ``--out`` writes it with the
@@ -18,18 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.quality import student_shape_scores  # noqa: E402
-from cluster.storage import Storage  # noqa: E402
-from distill.metrics import category_mean_interval  # noqa: E402
-from distill.records import SHAPE_SCHEMA, table_to_shapes  # noqa: E402
+from bench.quality import student_shape_scores
+from cluster.storage import Storage
+from distill.metrics import category_mean_interval
+from distill.records import SHAPE_SCHEMA, table_to_shapes
 
 ROWS = ("student", "student_units")
 

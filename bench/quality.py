@@ -32,8 +32,8 @@ half); ``tta`` distils on ``eval.data`` itself and scores it. Both score the sam
 so the rows compare. Checkpoints are fixed by the schedule (last epoch) or chosen on
 teacher agreement (``train.select=val``): test labels are read only to score.
 
-    python bench/quality.py                              # Labeled PSB sample, 3 seeds × 2 orders, pre + tta
-    python bench/quality.py --seeds 0 --orders 100 --modes tta teacher.view_correlation=0
+    python -m bench.quality                              # Labeled PSB sample, 3 seeds × 2 orders, pre + tta
+    python -m bench.quality --seeds 0 --orders 100 --modes tta teacher.view_correlation=0
 
 Prints a Markdown table per mode, writes ``bench/results/quality.json``; the last line of
 output is a one-line JSON summary.
@@ -52,15 +52,13 @@ from typing import Any
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from cluster.config import load_config  # noqa: E402
-from cluster.evaluate import BASELINE_METHODS, METHODS, STUDENT_METHODS, baseline_predictions  # noqa: E402
-from cluster.pipeline import dirs, evaluate_stage, extract_stage, train_stage  # noqa: E402
-from cluster.storage import Storage  # noqa: E402
-from distill.metrics import category_mean_interval, shape_miou  # noqa: E402
-from distill.records import (  # noqa: E402
+from bench.common import PSB, RESULTS
+from cluster.config import load_config
+from cluster.evaluate import BASELINE_METHODS, METHODS, STUDENT_METHODS, baseline_predictions
+from cluster.pipeline import dirs, evaluate_stage, extract_stage, train_stage
+from cluster.storage import Storage
+from distill.metrics import category_mean_interval, shape_miou
+from distill.records import (
     PREDICTION_SCHEMA,
     SHAPE_SCHEMA,
     UNIT_SCHEMA,
@@ -71,7 +69,6 @@ from distill.records import (  # noqa: E402
     table_to_units,
 )
 
-PSB = ROOT.parent / "shared" / "data" / "labeled_psb"
 DEFAULTS = [
     # The shipped preset: what is measured is what users run (configs/psb.yaml) ...
     "--config",
@@ -283,9 +280,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="init (and teacher) seeds")
     parser.add_argument("--orders", type=int, nargs="+", default=[100, 101], help="data-order seeds (train.order_seed)")
     parser.add_argument("--modes", nargs="+", default=["pre", "tta"], choices=["pre", "tta"])
-    parser.add_argument("--root", default=str(ROOT / "bench" / "results" / "quality_runs"))
+    parser.add_argument("--root", default=str(RESULTS / "quality_runs"))
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1: two modes side by side)")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "quality.json"))
+    parser.add_argument("--out", default=str(RESULTS / "quality.json"))
     parser.add_argument(
         "--extract-only", action="store_true", help="extract the seeds' knowledge and stop (before side-by-side runs)"
     )

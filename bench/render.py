@@ -1,9 +1,9 @@
 """Rendering benchmarks: CPU time per shape of the extraction chain, and voting quality
 against image size.
 
-    python bench/render.py speed   [--sizes 800 320] [--repeats 3]
-    python bench/render.py quality [--sizes 320 800] [--per-category 0] [--path mesh|points]
-    python bench/render.py visibility [--size 320] [--per-category 2]
+    python -m bench.render speed   [--sizes 800 320] [--repeats 3]
+    python -m bench.render quality [--sizes 320 800] [--per-category 0] [--path mesh|points]
+    python -m bench.render visibility [--size 320] [--per-category 2]
 
 ``speed``: one Labeled-PSB mesh of about 20k faces (Bust 301, 18,500 faces) and its
 2,048 sampled points, 10 PartSLIP views, torch on one thread (a Ray CPU task gets one):
@@ -28,61 +28,27 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from distill.backproject import backproject  # noqa: E402
-from distill.config import DataConfig, RenderConfig, TeacherConfig  # noqa: E402
-from distill.metrics import MIoUTable  # noqa: E402
-from distill.records import Shape  # noqa: E402
-from distill.render import (  # noqa: E402
+from bench.common import load_psb, save, timed
+from distill.backproject import backproject
+from distill.config import RenderConfig, TeacherConfig
+from distill.metrics import MIoUTable
+from distill.records import Shape
+from distill.render import (
     embree_available,
     hidden_point_removal,
     mesh_point_visibility,
     mesh_rasterizer,
     render_shape,
 )
-from distill.teachers.simulated import SimulatedTeacher  # noqa: E402
-from distill.voting import vote, vote_nearest  # noqa: E402
+from distill.teachers.simulated import SimulatedTeacher
+from distill.voting import vote, vote_nearest
 
-RESULTS = ROOT / "bench" / "results"
-PSB = os.environ.get("PSB_PATH", str(ROOT.parent / "shared" / "data" / "labeled_psb"))
 SPEED_SHAPE = "psb/Bust/301"
-
-
-def save(section: str, key: str, value: object) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "render.json"
-    data = json.loads(path.read_text()) if path.exists() else {}
-    data.setdefault(section, {})[key] = value
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def load_psb(per_category: int = 0, categories: list[str] | None = None) -> list[Shape]:
-    from distill.readers import iter_items
-
-    data = DataConfig(source="psb", path=PSB, per_category=per_category, categories=categories or [])
-    return [item.load() for item in iter_items(data, seed=0)]
-
-
-def timed(fn, repeats: int):
-    """(result of the last call, median CPU seconds, median wall seconds)."""
-    cpu, wall, out = [], [], None
-    for _ in range(repeats):
-        c, w = time.process_time(), time.perf_counter()
-        out = fn()
-        cpu.append(time.process_time() - c)
-        wall.append(time.perf_counter() - w)
-    return out, float(np.median(cpu)), float(np.median(wall))
 
 
 # ----------------------------------------------------------------------------- speed
@@ -130,7 +96,7 @@ def run_speed(args: argparse.Namespace) -> None:
     for size in args.sizes:
         for name, shape, backend in paths:
             r = speed_one(shape, size, backend, args.repeats)
-            save("speed", f"{size} {name}", r)
+            save("render", "speed", r, key=f"{size} {name}")
             print(
                 f"{size:5d} {name:12} {r['render_cpu_s']:7.3f} {r['visibility_cpu_s']:7.3f} "
                 f"{r['teacher_box_cpu_s']:9.3f} {r['teacher_mask_cpu_s']:10.3f} {r['backproject_box_cpu_s']:7.3f} "
@@ -178,7 +144,7 @@ def run_quality(args: argparse.Namespace) -> None:
                 "num_shapes": len(t_vote.per_shape),
                 "render_cpu_s_per_shape": cpu / len(shapes),
             }
-            save("quality", f"{args.path} {size} {preset} {output}", row)
+            save("render", "quality", row, key=f"{args.path} {size} {preset} {output}")
             print(
                 f"{size:5d} {preset + ' ' + output:16} {row['visible_right']:13.4f} {row['vote_shape_miou']:9.2f} "
                 f"{row['vote_category_miou']:6.2f} {row['nearest_shape_miou']:12.2f}",
@@ -210,7 +176,8 @@ def run_visibility(args: argparse.Namespace) -> None:
     print(f"{'method':12} {'precision':>9} {'recall':>7} {'agreement':>9}")
     for name, rows in stats.items():
         p, r, a = np.mean(rows, axis=0)
-        save("visibility", f"{args.size} {name}", {"precision": p, "recall": r, "agreement": a, "shapes": len(rows)})
+        row = {"precision": p, "recall": r, "agreement": a, "shapes": len(rows)}
+        save("render", "visibility", row, key=f"{args.size} {name}")
         print(f"{name:12} {p:9.3f} {r:7.3f} {a:9.3f}")
 
 

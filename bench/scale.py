@@ -1,7 +1,7 @@
 """Memory and start-up as the corpus grows: the training side of the streaming data path.
 
-    python bench/scale.py --sizes 2000 20000            # ~15 min on 2 cores
-    python bench/scale.py --sizes 300 3000 --backends local ray
+    python -m bench.scale --sizes 2000 20000            # ~15 min on 2 cores
+    python -m bench.scale --sizes 300 3000 --backends local ray
 
 For each corpus size, a synthetic corpus is written with the real schemas (shape parts of
 ``cluster.part_shapes`` shapes, 256 points each, one category a part, with manifests;
@@ -33,23 +33,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
-import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from cluster.config import load_config  # noqa: E402
-from cluster.layout import knowledge_part_name, shape_summary  # noqa: E402
-from cluster.storage import Storage  # noqa: E402
-from distill.records import KnowledgeUnits, Shape, shapes_to_table, units_to_table  # noqa: E402
+from bench.common import ProcessSampler, is_ray_worker
+from cluster.config import load_config
+from cluster.layout import knowledge_part_name, shape_summary
+from cluster.storage import Storage
+from distill.records import KnowledgeUnits, Shape, shapes_to_table, units_to_table
 
 CATEGORIES = {"Mug": ["body", "handle"], "Lamp": ["base", "pole", "shade"]}
 POINTS = 256
@@ -93,55 +87,29 @@ def write_corpus(storage: Storage, run: str, size: int, part_shapes: int, seed: 
     storage.manifest(f"{run}/knowledge/round_0")
 
 
-class Sampler(threading.Thread):
+class Sampler(ProcessSampler):
     """Peak USS of this process and of every Ray worker process it started (its
     descendants: another program's Ray on the machine is never counted), and the object
     store's peak use, sampled every ``interval`` seconds."""
 
     def __init__(self, interval: float = 1.0, ray_store: bool = False) -> None:
-        super().__init__(daemon=True)
-        self.interval, self.ray_store = interval, ray_store
-        self.me = psutil.Process()
+        super().__init__(interval, "uss", ray_store)
         self.driver_peak = 0
         self.worker_peak: dict[int, tuple[str, int]] = {}
         self.store_peak = 0.0
-        self.stop_event = threading.Event()
 
-    def run(self) -> None:
-        while not self.stop_event.is_set():
-            self.sample()
-            self.stop_event.wait(self.interval)
-
-    def sample(self) -> None:
-        try:
-            self.driver_peak = max(self.driver_peak, self.me.memory_full_info().uss)
-        except psutil.Error:
-            pass
-        try:
-            mine = self.me.children(recursive=True)  # this run's Ray only, never another's
-        except psutil.Error:
-            mine = []
-        for p in mine:
-            try:
-                cmd = " ".join(p.cmdline())
-                if "ray::" not in cmd and "default_worker.py" not in cmd:
-                    continue
-                uss = p.memory_full_info().uss
-            except psutil.Error:
+    def record(self) -> None:
+        me = self.read(self.me)
+        if me is not None:
+            self.driver_peak = max(self.driver_peak, me.memory)
+        for p in self.descendants():  # this run's Ray only, never another's
+            w = self.read(p, keep=is_ray_worker)
+            if w is None:
                 continue
-            name = cmd.split()[0] if cmd else str(p.pid)
-            old = self.worker_peak.get(p.pid, (name, 0))
-            self.worker_peak[p.pid] = (name if "ray::" in name else old[0], max(old[1], uss))
-        if self.ray_store:
-            import ray
-
-            total = ray.cluster_resources().get("object_store_memory", 0.0)
-            free = ray.available_resources().get("object_store_memory", total)
-            self.store_peak = max(self.store_peak, total - free)
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.join()
+            name = w.cmd.split()[0] if w.cmd else str(w.pid)
+            old = self.worker_peak.get(w.pid, (name, 0))
+            self.worker_peak[w.pid] = (name if "ray::" in name else old[0], max(old[1], w.memory))
+        self.store_peak = max(self.store_peak, self.store_bytes())
 
 
 def spilled_bytes() -> int:

@@ -1,17 +1,17 @@
 """The whole pipeline at scale: ``jobs/pretrain.py`` on a small and a 10× larger corpus.
 
-    python bench/scale_e2e.py --sizes 5000 50000 --backend ray     # ~32 min on 2 cores
-    python bench/scale_e2e.py --sizes 5000 50000 --backend local   # ~27 min
-    python bench/scale_e2e.py --sizes 200 2000 --backend local       # a quick look
+    python -m bench.scale_e2e --sizes 5000 50000 --backend ray     # ~32 min on 2 cores
+    python -m bench.scale_e2e --sizes 5000 50000 --backend local   # ~27 min
+    python -m bench.scale_e2e --sizes 200 2000 --backend local       # a quick look
 
 For each size, in one invocation and the same way:
 
 * **inputs**: ``size`` shapes, 99 % procedural (8 categories) and 1 % corrupt files in a
   ``files`` folder (truncated STL and PLY, NaN vertices, empty files, random bytes, text),
   read together as one ``data.source=mix``;
-* **the job users run**: ``python jobs/pretrain.py`` as a subprocess (ingest → extract →
-  voting baselines → train 2 epochs with a re-scoring round after the first → evaluate on
-  64 held-out shapes), with small settings (512 points, 64² renders, a width-8 student, no augmentation);
+* **the job users run**: ``jobs/pretrain.py`` as a subprocess, ``python -m jobs.pretrain``
+  (ingest → extract → voting baselines → train 2 epochs with a re-scoring round after the
+  first → evaluate on 64 held-out shapes), with small settings (512 points, 64² renders, a width-8 student, no augmentation);
   ``--backend ray``: on a multi-node cluster made here (``ray.cluster_utils.Cluster``: a
   head with no CPUs for tasks and two one-CPU worker nodes, object stores capped at
   ``--store-mib`` with spilling on), the job joining it through ``RAY_ADDRESS``;
@@ -47,7 +47,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -55,13 +54,11 @@ from typing import Any
 import numpy as np
 import psutil
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.scale import spilled_bytes, start_cluster  # noqa: E402
-from cluster.checkpoints import load_torch  # noqa: E402
-from cluster.rejects import read_rejects  # noqa: E402
-from cluster.storage import Storage  # noqa: E402
+from bench.common import ROOT, ProcessSampler, is_ray_worker
+from bench.scale import spilled_bytes, start_cluster
+from cluster.checkpoints import load_torch
+from cluster.rejects import read_rejects
+from cluster.storage import Storage
 
 CATEGORIES = ["Airplane", "Car", "Chair", "Guitar", "Lamp", "Rocket", "Skateboard", "Table"]
 STAGES = ["ingest", "extract", "baselines", "train", "evaluate"]
@@ -138,56 +135,32 @@ def _corrupt_bytes(kind: str, rng: np.random.Generator) -> bytes:
 # -- sampling -------------------------------------------------------------------------
 
 
-class Sampler(threading.Thread):
-    """Every ``interval`` s: (time, driver USS, largest Ray worker USS and its name, largest
-    Ray system process USS, object store bytes in use). Only this benchmark's descendants
-    are looked at, never another program's Ray."""
+class Sampler(ProcessSampler):
+    """Every ``interval`` s, a row: (time, driver USS, largest Ray worker USS and its name,
+    largest Ray system process USS, object store bytes in use). Only this benchmark's
+    descendants are looked at, never another program's Ray."""
 
     def __init__(self, ray_store: bool, interval: float = 1.0) -> None:
-        super().__init__(daemon=True)
-        self.ray_store, self.interval = ray_store, interval
-        self.me = psutil.Process()
+        super().__init__(interval, "uss", ray_store)
         self.driver: psutil.Process | None = None
         self.rows: list[tuple[float, int, int, str, int, float]] = []
-        self.stop_event = threading.Event()
 
-    def run(self) -> None:
-        while not self.stop_event.is_set():
-            self.rows.append(self.sample())
-            self.stop_event.wait(self.interval)
-
-    def sample(self) -> tuple[float, int, int, str, int, float]:
+    def record(self) -> None:
         driver_uss = worker_uss = system_uss = 0
         worker_name = ""
         driver = self.driver
-        try:
-            kids = self.me.children(recursive=True)
-        except psutil.Error:
-            kids = []
-        for p in kids:
-            try:
-                cmd = " ".join(p.cmdline())
-                uss = p.memory_full_info().uss
-            except psutil.Error:
+        for p in self.descendants():
+            r = self.read(p)
+            if r is None:
                 continue
-            if driver is not None and p.pid == driver.pid:
-                driver_uss = uss
-            elif "ray::" in cmd or "default_worker.py" in cmd:
-                if uss > worker_uss:
-                    worker_uss, worker_name = uss, cmd.split()[0]
-            elif "gcs_server" in cmd or "raylet" in cmd:
-                system_uss = max(system_uss, uss)
-        store = 0.0
-        if self.ray_store:
-            import ray
-
-            total = ray.cluster_resources().get("object_store_memory", 0.0)
-            store = total - ray.available_resources().get("object_store_memory", total)
-        return time.time(), driver_uss, worker_uss, worker_name, system_uss, store
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.join()
+            if driver is not None and r.pid == driver.pid:
+                driver_uss = r.memory
+            elif is_ray_worker(r.cmd):
+                if r.memory > worker_uss:
+                    worker_uss, worker_name = r.memory, r.cmd.split()[0]
+            elif "gcs_server" in r.cmd or "raylet" in r.cmd:
+                system_uss = max(system_uss, r.memory)
+        self.rows.append((time.time(), driver_uss, worker_uss, worker_name, system_uss, self.store_bytes()))
 
 
 # -- the job --------------------------------------------------------------------------
@@ -200,7 +173,7 @@ def launch(argv: list[str], log_path: Path, env: dict[str, str]) -> subprocess.P
     log.write(f"\n=== {time.strftime('%H:%M:%S')} {' '.join(argv)}\n")
     log.flush()
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "jobs" / "pretrain.py"), *argv],
+        [sys.executable, "-m", "jobs.pretrain", *argv],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
@@ -290,7 +263,7 @@ def run_size(size: int, backend: str, root: Path, kill: bool, env: dict[str, str
     rc = proc.wait()
     sampler.driver = None
     if rc != 0:
-        raise SystemExit(f"{run}: jobs/pretrain.py exited with {rc}; its log: {log_path}")
+        raise SystemExit(f"{run}: jobs.pretrain exited with {rc}; its log: {log_path}")
     wall = time.time() - started
     return {
         "size": size,

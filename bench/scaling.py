@@ -1,12 +1,12 @@
 """Scaling benchmark: the Ray stages against their single-process twins on the same shapes.
 
-    python bench/scaling.py [--per-category 100] [--image-size 320] [--points 1024] [--epochs 4]
+    python -m bench.scaling [--per-category 100] [--image-size 320] [--points 1024] [--epochs 4]
 
 One run, on one set of procedural shapes (3 categories × ``--per-category``, simulated
 ``glip_like`` teacher) in a temporary local storage root:
 
 ``extract``
-    ``extract_local`` (this process, torch on 1 thread) against ``extract_on_ray`` on a
+    ``cluster.extract.extract`` in this process (torch on 1 thread) against the same pass on a
     private local Ray of 2 CPUs, in the layout a CPU-only cluster gets by default (fused:
     actors that render, teach and back-project, one per CPU); ``--split`` measures the GPU
     cluster's layout instead (render tasks of 0.5 CPU beside one teacher actor). The Ray
@@ -16,7 +16,7 @@ One run, on one set of procedural shapes (3 categories × ``--per-category``, si
     shapes/s is end to end (planning, start-up, writing); *streaming* shapes/s is measured
     between the first and the last knowledge part written (start-up excluded).
 ``train``
-    On the knowledge of ``extract_local``: ``train_local`` (this process, 1 thread) against
+    On the knowledge extracted in this process: ``train_local`` (this process, 1 thread) against
     ``train_on_ray`` with 1 and 2 Ray Train workers (gloo; each worker takes 1 CPU and runs
     torch on 1 thread). shapes/s counts every epoch's training shapes: *epochs* over the
     training passes only (each epoch's ``seconds`` in the student's history, rank 0), *loop*
@@ -44,32 +44,25 @@ import contextlib
 import json
 import os
 import platform
-import resource
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private loopback Ray (docs/design.md §7)
+import pyarrow.parquet as pq
+import torch
 
-import pyarrow.parquet as pq  # noqa: E402
-import ray  # noqa: E402
-import torch  # noqa: E402
+from bench.common import RESULTS, ROOT, ProcessSampler, is_ray_worker, peak_rss_mib
+from cluster.checkpoints import checkpoint_dir, load_torch
+from cluster.config import Config, load_config
+from cluster.extract import extract
+from cluster.ingest import ingest
+from cluster.storage import DONE_KEY, Storage
 
-from cluster.checkpoints import checkpoint_dir, load_torch  # noqa: E402
-from cluster.config import Config, load_config  # noqa: E402
-from cluster.extract import extract_local  # noqa: E402
-from cluster.extract_ray import extract_on_ray  # noqa: E402
-from cluster.ingest import ingest  # noqa: E402
-from cluster.storage import DONE_KEY, Storage  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results"
 RESULTS_FILE = RESULTS / "scaling.json"
 HISTORY = 20
 """Summaries of earlier runs kept in the JSON: on a shared machine one run is one sample."""
@@ -104,54 +97,33 @@ def streaming_rate(writes: list[tuple[float, int]]) -> float | None:
 SYSTEM_MARKERS = ("gcs_server", "raylet", "log_monitor", "monitor.py", "dashboard", "DashboardAgent", "RuntimeEnvAgent")
 
 
-def _kind(cmdline: list[str]) -> str:
-    text = " ".join(cmdline)
-    if any(m in text for m in SYSTEM_MARKERS):
+def _kind(cmd: str) -> str:
+    if any(m in cmd for m in SYSTEM_MARKERS):
         return "ray_system"
-    if "ray::" in text or "default_worker.py" in text:
+    if is_ray_worker(cmd):
         return "ray_workers"
     return "other"
 
 
-class Monitor(threading.Thread):
+class Monitor(ProcessSampler):
     """Samples RSS and CPU time of this process and its descendants (see the module doc)."""
 
     def __init__(self, interval: float = 0.25) -> None:
-        super().__init__(daemon=True)
-        import psutil  # vendored by Ray (ray/thirdparty_files): importable once ray is imported
-
-        self.psutil = psutil
-        self.me = psutil.Process()
-        self.interval = interval
-        self.lock = threading.RLock()  # one sample at a time (the phase boundaries sample too)
-        self.stop_event = threading.Event()
+        super().__init__(interval, "rss")
         self.cpu_seen: dict[int, float] = {}
         self.current: dict[str, Any] | None = None
 
-    def _sample(self) -> None:
-        with self.lock:
-            self._sample_locked()
-
-    def _sample_locked(self) -> None:
-        ps = self.psutil
+    def record(self) -> None:
         rss = {"driver": 0, "ray_workers": 0, "ray_system": 0, "other": 0}
         cpu = {"driver": 0.0, "ray_workers": 0.0, "ray_system": 0.0, "other": 0.0}
-        procs = [(self.me, "driver")]
-        try:
-            procs += [(p, None) for p in self.me.children(recursive=True)]
-        except ps.Error:
-            pass
+        procs = [(self.read(self.me), "driver"), *((self.read(p), None) for p in self.descendants())]
         for p, kind in procs:
-            try:
-                with p.oneshot():
-                    kind = kind or _kind(p.cmdline())
-                    rss[kind] += p.memory_info().rss
-                    t = p.cpu_times()
-                    total = t.user + t.system
-            except ps.Error:
+            if p is None:
                 continue
-            cpu[kind] += total - self.cpu_seen.get(p.pid, total if self.current is None else 0.0)
-            self.cpu_seen[p.pid] = total
+            kind = kind or _kind(p.cmd)
+            rss[kind] += p.memory
+            cpu[kind] += p.cpu_s - self.cpu_seen.get(p.pid, p.cpu_s if self.current is None else 0.0)
+            self.cpu_seen[p.pid] = p.cpu_s
         ph = self.current
         if ph is None:
             return
@@ -160,15 +132,10 @@ class Monitor(threading.Thread):
         for k, v in cpu.items():
             ph["cpu_s"][k] += v
 
-    def run(self) -> None:
-        while not self.stop_event.is_set():
-            self._sample()
-            self.stop_event.wait(self.interval)
-
     @contextlib.contextmanager
     def phase(self, name: str, out: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """Measure one phase into ``out[name]``: wall s, CPU s per group, peak RSS, load."""
-        self._sample()  # CPU counted from here on
+        self.sample()  # CPU counted from here on
         rec: dict[str, Any] = {
             "rss_peak": {"driver": 0, "ray_workers": 0, "ray_system": 0, "other": 0},
             "cpu_s": {"driver": 0.0, "ray_workers": 0.0, "ray_system": 0.0, "other": 0.0},
@@ -181,7 +148,7 @@ class Monitor(threading.Thread):
             yield rec
         finally:
             rec["wall_s"] = time.perf_counter() - start
-            self._sample()
+            self.sample()
             with self.lock:
                 self.current = None
             rec["load_after"] = [round(x, 2) for x in os.getloadavg()]
@@ -190,10 +157,6 @@ class Monitor(threading.Thread):
             rec["wall_s"] = round(rec["wall_s"], 2)
             out[name] = rec
             print(f"[scaling] {name}: {rec['wall_s']:.1f} s, load {rec['load_after'][0]}", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        self.stop_event.set()
-        self.join(timeout=5)
 
 
 # -- the phases ----------------------------------------------------------------------------
@@ -259,6 +222,9 @@ def train_figures(cfg: Config, storage: Storage, summary: dict[str, Any], rec: d
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private loopback Ray (docs/design.md §7)
+    import ray
+
     from cluster.runtime import connect
     from cluster.train import train_local
     from cluster.train_ray import train_on_ray
@@ -277,15 +243,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             out["ingest"] = ingest(cfg, storage, cfg.data, SHAPES)
         kdirs = {v: f"{RUN}/{v}/knowledge/round_0" for v in ("local", "ray_cold", "ray_warm")}
         with mon.phase("extract_local", phases) as rec:
-            s = extract_local(cfg, storage, SHAPES, kdirs["local"])
+            s = extract(replace(cfg, cluster=replace(cfg.cluster, backend="local")), storage, SHAPES, kdirs["local"])
         ext = {"local": extract_figures(storage, s, rec, kdirs["local"])}
         with mon.phase("ray_init", phases):
             connect(cfg.cluster)
         for v in ("ray_cold", "ray_warm"):
             with mon.phase(f"extract_{v}", phases) as rec:
-                s = extract_on_ray(cfg, storage, SHAPES, kdirs[v])
+                s = extract(replace(cfg, cluster=replace(cfg.cluster, backend="ray")), storage, SHAPES, kdirs[v])
             ext[v] = extract_figures(storage, s, rec, kdirs[v])
-        # Both drivers give identical knowledge (extract_ray's contract): a sanity check of the run.
+        # Ray and this process give identical knowledge (the runner's contract): a sanity check of the run.
         ext["same_units"] = ext["ray_cold"]["units"] == ext["ray_warm"]["units"] == ext["local"]["units"]
         out["extract"] = ext
 
@@ -303,10 +269,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out["train"] = train
     finally:
         ray.shutdown()
-        mon.close()
+        mon.stop(timeout=5)
         shutil.rmtree(root, ignore_errors=True)
     out["seconds"] = round(time.perf_counter() - t0, 1)
-    out["driver_maxrss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    out["driver_maxrss_mib"] = round(peak_rss_mib(), 1)
     return out
 
 
@@ -360,9 +326,9 @@ def table(out: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     names = {
-        "local": "extract_local (1 process)",
-        "ray_cold": "extract_on_ray, cold",
-        "ray_warm": "extract_on_ray, warm",
+        "local": "extract in this process",
+        "ray_cold": "extract on Ray, cold",
+        "ray_warm": "extract on Ray, warm",
     }
     for v, label in names.items():
         p, x, base = ph[f"extract_{v}"], e[v], e["local"]

@@ -1,9 +1,9 @@
 """Student benchmarks: training speed and memory per backbone, and distillation quality.
 
-    python bench/student.py speed      [--backbones ...] [--batch 8] [--threads 2]
-    python bench/student.py synthetic  [--backbones ...] [--epochs 25]  # noisy units from ground truth
-    python bench/student.py psb        [--backbones ...] [--mode tta|pre] [--per-category]
-    python bench/student.py truth      [--mode pre]   # the ceiling: ground-truth labels as units
+    python -m bench.student speed      [--backbones ...] [--batch 8] [--threads 2]
+    python -m bench.student synthetic  [--backbones ...] [--epochs 25]  # noisy units from ground truth
+    python -m bench.student psb        [--backbones ...] [--mode tta|pre] [--per-category]
+    python -m bench.student truth      [--mode pre]   # the ceiling: ground-truth labels as units
 
 ``speed``: forward + backward + Adam step on (batch, 2048, 3) clouds, each backbone at its
 width/k in a fresh subprocess (so ``ru_maxrss`` is its own peak); reports shapes/s from
@@ -34,40 +34,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.common import RESULTS, load_psb, peak_rss_mib, run_module, save, truth_units
+from distill.config import RenderConfig, StudentConfig, TeacherConfig, TrainConfig
+from distill.labels import LabelSpace, group_for_students
+from distill.metrics import MIoUTable
+from distill.passes import evaluate
+from distill.records import KnowledgeUnits, Shape, table_to_units, units_to_table
+from distill.samples import prepare_samples
+from distill.student import build_student
+from distill.training import distil
+from distill.voting import vote, vote_nearest
 
-from distill.config import DataConfig, RenderConfig, StudentConfig, TeacherConfig, TrainConfig  # noqa: E402
-from distill.labels import LabelSpace, group_for_students  # noqa: E402
-from distill.metrics import MIoUTable  # noqa: E402
-from distill.passes import evaluate  # noqa: E402
-from distill.records import KnowledgeUnits, Shape, table_to_units, units_to_table  # noqa: E402
-from distill.samples import prepare_samples  # noqa: E402
-from distill.student import build_student  # noqa: E402
-from distill.training import distil  # noqa: E402
-from distill.voting import vote, vote_nearest  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results"
-PSB = os.environ.get("PSB_PATH", str(ROOT.parent / "shared" / "data" / "labeled_psb"))
 SPEED_DEFAULT = ["pointnet:32:20", "pointnet2:32:16", "pointnet2:64:20", "dgcnn_static:32:16", "dgcnn:32:16"]
-
-
-def save(section: str, key: str, value: object) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "student.json"
-    data = json.loads(path.read_text()) if path.exists() else {}
-    data.setdefault(section, {})[key] = value
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _spec(spec: str) -> tuple[str, int, int]:
@@ -87,7 +71,7 @@ def speed_one(spec: str, batch: int, points: int, threads: int, steps: int) -> d
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     x = torch.randn(batch, points, 3)
     x = x / x.norm(dim=-1, keepdim=True).amax(1, keepdim=True)
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss0 = peak_rss_mib()
     walls, cpus = [], []
     for i in range(steps + 1):
         w, c = time.perf_counter(), time.process_time()
@@ -102,7 +86,7 @@ def speed_one(spec: str, batch: int, points: int, threads: int, steps: int) -> d
         "shapes_per_s_median": batch / float(np.median(walls)),
         "shapes_per_s_best": batch / min(walls),
         "cpu_s_per_shape": float(np.median(cpus)) / batch,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib(),
         "rss_before_mib": rss0,
     }
 
@@ -110,11 +94,11 @@ def speed_one(spec: str, batch: int, points: int, threads: int, steps: int) -> d
 def run_speed(args: argparse.Namespace) -> None:
     rows = []
     for spec in args.backbones or SPEED_DEFAULT:
-        cmd = [sys.executable, __file__, "_speed_one", spec, str(args.batch), str(args.points), str(args.threads)]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        argv = ["_speed_one", spec, str(args.batch), str(args.points), str(args.threads)]
+        out = run_module("bench.student", argv, check=True).stdout.strip().splitlines()[-1]
         r = json.loads(out)
         rows.append((spec, r))
-        save("speed", f"{spec} b{args.batch} n{args.points} t{args.threads}", r)
+        save("student", "speed", r, key=f"{spec} b{args.batch} n{args.points} t{args.threads}")
         print(
             f"{spec:22s} params {r['params'] / 1e6:5.2f}M  shapes/s median {r['shapes_per_s_median']:5.1f} "
             f"best {r['shapes_per_s_best']:5.1f}  cpu s/shape {r['cpu_s_per_shape']:.3f}  "
@@ -124,13 +108,6 @@ def run_speed(args: argparse.Namespace) -> None:
 
 
 # ----------------------------------------------------------------------------- data
-
-
-def load_psb(per_category: int = 0) -> list[Shape]:
-    from distill.readers import iter_items
-
-    data = DataConfig(source="psb", path=PSB, per_category=per_category)
-    return [item.load() for item in iter_items(data, seed=0)]
 
 
 def noisy_units(shape: Shape, seed: int, views: int = 10, flip: float = 0.3, uncovered: float = 0.3) -> KnowledgeUnits:
@@ -180,13 +157,6 @@ def teacher_units(shapes: list[Shape], image_size: int) -> dict[str, KnowledgeUn
     cache.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(units_to_table(units.values()), cache)
     return units
-
-
-def truth_units(shape: Shape) -> KnowledgeUnits:
-    """Perfect knowledge: one unit per part present, covering exactly its points, score 1."""
-    parts = [p for p in range(shape.num_parts) if (shape.labels == p).any()]
-    sets = [np.flatnonzero(shape.labels == p) for p in parts]
-    return KnowledgeUnits.from_lists(shape.shape_id, [0] * len(parts), parts, [1.0] * len(parts), sets, teacher="truth")
 
 
 def split(shapes: list[Shape], mode: str) -> tuple[list[Shape], list[Shape]]:
@@ -274,24 +244,9 @@ def run_quality(args: argparse.Namespace, source: str) -> None:
         f"vote {plain.category_mean():.1f}  vote+nearest {nearest.category_mean():.1f} (category mIoU)",
         flush=True,
     )
-    save(
-        source,
-        f"{args.mode} vote",
-        {
-            "category_miou": plain.category_mean(),
-            "shape_miou": plain.shape_mean(),
-            "per_category": plain.per_category(),
-        },
-    )
-    save(
-        source,
-        f"{args.mode} vote_nearest",
-        {
-            "category_miou": nearest.category_mean(),
-            "shape_miou": nearest.shape_mean(),
-            "per_category": nearest.per_category(),
-        },
-    )
+    for name, t in (("vote", plain), ("vote_nearest", nearest)):
+        row = {"category_miou": t.category_mean(), "shape_miou": t.shape_mean(), "per_category": t.per_category()}
+        save("student", source, row, key=f"{args.mode} {name}")
     for spec in args.backbones or ["pointnet2:32:16"]:
         name, width, k = _spec(spec)
         student = StudentConfig(backbone=name, width=width, k=k, use_normals=args.normals, align=args.align)
@@ -313,18 +268,15 @@ def run_quality(args: argparse.Namespace, source: str) -> None:
             key += " normals"
         if args.align != "none":
             key += f" align={args.align}"
-        save(
-            source,
-            key,
-            {
-                "category_miou": table.category_mean(),
-                "shape_miou": table.shape_mean(),
-                "per_category": table.per_category(),
-                "train_seconds": seconds,
-                "threads": args.threads,
-                "loss_curves": curves if len(curves) == 1 else None,
-            },
-        )
+        row = {
+            "category_miou": table.category_mean(),
+            "shape_miou": table.shape_mean(),
+            "per_category": table.per_category(),
+            "train_seconds": seconds,
+            "threads": args.threads,
+            "loss_curves": curves if len(curves) == 1 else None,
+        }
+        save("student", source, row, key=key)
         print(
             f"{key:60s} student {table.category_mean():5.1f} (shapes {table.shape_mean():5.1f})  "
             f"vote {plain.category_mean():5.1f}  vote+nearest {nearest.category_mean():5.1f}  train {seconds:6.0f}s",

@@ -1,6 +1,6 @@
 """Student speed: the fast operators against the reference operators, in one run.
 
-    python bench/student_speed.py [--batch 16] [--points 2048] [--width 32] [--k 16] [--repeats 3]
+    python -m bench.student_speed [--batch 16] [--points 2048] [--width 32] [--k 16] [--repeats 3]
                                   [--threads 1 2] [--no-bf16]
 
 The quality study's student (pointnet2, width 32, k 16) on (batch, points, 3) clouds, for
@@ -28,23 +28,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from distill.augment import augment  # noqa: E402
-from distill.config import StudentConfig  # noqa: E402
-from distill.passes import autocast  # noqa: E402
-from distill.pose import ROTATIONS  # noqa: E402
-from distill.student import build_student  # noqa: E402
-from distill.student.ops import (  # noqa: E402
+from bench.common import timed
+from distill.augment import augment
+from distill.config import StudentConfig
+from distill.passes import autocast
+from distill.pose import ROTATIONS
+from distill.student import build_student
+from distill.student.ops import (
     farthest_point_sample,
     farthest_point_sample_dense,
     knn,
@@ -80,13 +75,10 @@ def make_model(args: argparse.Namespace, align: str, refs: torch.Tensor) -> torc
     return model
 
 
-def timed(fn: Callable[[], object]) -> float:
-    """Seconds ``fn`` takes: the process's CPU time with ``--clock cpu`` (steady on a shared
-    machine, where a descheduled thread adds wall time but no CPU time), else wall time."""
-    clock = time.process_time if CLOCK == "cpu" else time.perf_counter
-    start = clock()
-    fn()
-    return clock() - start
+def seconds(fn: Callable[[], object]) -> float:
+    """Seconds one call of ``fn`` takes: CPU seconds with ``--clock cpu``, else wall seconds."""
+    t = timed(fn)
+    return t.cpu_s if CLOCK == "cpu" else t.wall_s
 
 
 CLOCK = "wall"
@@ -126,12 +118,12 @@ def measure(args: argparse.Namespace, align: str, threads: int, x: torch.Tensor,
             model.load_state_dict(state)
             opt.load_state_dict(opt_state)
             with use_reference_operators(ref):
-                t = timed(lambda amp=amp: train_step(model, opt, x, y, amp))
+                t = seconds(lambda amp=amp: train_step(model, opt, x, y, amp))
             if rep:
                 train[name].append(t)
             fresh = make_model(args, align, refs).eval()  # unseen shapes: nothing remembered
             with use_reference_operators(ref), torch.no_grad(), autocast("cpu", amp):
-                t = timed(lambda fresh=fresh: fresh(x))
+                t = seconds(lambda fresh=fresh: fresh(x))
             if rep:
                 infer[name].append(t)
     b = x.shape[0]
@@ -164,7 +156,7 @@ def operator_checks(x: torch.Tensor) -> dict:
         "knn_reference": lambda: knn_dense(centres, x, 16),
     }.items():
         fn()
-        ops_time[name] = min(timed(fn) for _ in range(3))
+        ops_time[name] = min(seconds(fn) for _ in range(3))
     return {
         "fps_identical": fps_same,
         "knn_mismatch_fraction": float((idx != want).float().mean()),

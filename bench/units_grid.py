@@ -18,8 +18,8 @@ point is then one ``combine`` per shape, scored as evaluation scores (``MIoUSums
 over categories).
 
     for o in 0 1 2; do python jobs/pretrain.py run=units-o$o train.order_seed=$o; done
-    python bench/units_grid.py --runs units-o0 units-o1 units-o2
-    python bench/units_grid.py --diagnostic-psb --mode tta    # after bench/quality.py
+    python -m bench.units_grid --runs units-o0 units-o1 units-o2
+    python -m bench.units_grid --diagnostic-psb --mode tta    # after bench/quality.py
 
 Prints one line per grid point, best first (mean ± std over the runs, then each run); the
 last line is JSON.
@@ -30,20 +30,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.quality import load  # noqa: E402
-from cluster.checkpoints import load_student  # noqa: E402
-from cluster.storage import Storage  # noqa: E402
-from distill.evidence import combine, unit_evidence  # noqa: E402
-from distill.metrics import MIoUSums  # noqa: E402
-from distill.passes import predict_log_probs  # noqa: E402
+from bench.common import RESULTS, ROOT
+from bench.quality import load
+from cluster.checkpoints import load_student
+from cluster.storage import Storage
+from distill.evidence import combine, unit_evidence
+from distill.metrics import MIoUSums
+from distill.passes import predict_log_probs
 
 WEIGHTS = (0.1, 0.2, 0.3, 0.5, 0.8)
 NEGATIVES = (0.0, 0.25, 0.5, 1.0)
@@ -68,7 +65,7 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", default=["units-o0", "units-o1", "units-o2"], help="procedural job runs")
     parser.add_argument("--storage-root", default=str(ROOT / "runs"))
     parser.add_argument("--diagnostic-psb", action="store_true", help="score on the PSB test half (after the fact)")
-    parser.add_argument("--root", default=str(ROOT / "bench" / "results" / "quality_runs"))
+    parser.add_argument("--root", default=str(RESULTS / "quality_runs"))
     parser.add_argument("--mode", choices=["pre", "tta"], default="tta")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--orders", type=int, nargs="+", default=[100, 101])

@@ -37,7 +37,7 @@ from cluster.curves import CurveLog
 from cluster.layout import shapes_manifest
 from cluster.pretrained import ENCODER_FILE
 from cluster.storage import Storage
-from cluster.train import resolve_device
+from cluster.students import resolve_device
 from distill.config import ConfigError
 from distill.encoder_training import CloudBatch, EncoderFitState, fit_encoder
 from distill.errors import NotFoundError

@@ -8,36 +8,40 @@ categories (``student``) and, where the teacher's units of the part exist, the s
 combined with them (``student_units``, ``distill.evidence``; ``eval.units_weight``),
 writes those predictions as ``{run}/predictions/<shape part>``
 (``distill.records.PREDICTION_SCHEMA``) and returns per-category sums of shape mIoU (``MIoUSums``),
-never the predictions, to the driver. ``evaluate_local`` streams the parts in this
-process; ``cluster.evaluate_ray.evaluate_on_ray`` through an actor pool that loads the
-students once per actor (``cluster.pipeline`` picks). Test labels are only *read here*,
-never by training or checkpoint selection.
+never the predictions, to the driver. The parts go through ``cluster.runner``: in this
+process, or in a pool of ``cluster.eval_actors`` actors that load the students once
+each (``EvaluateStage``). Test labels are only *read here*, never by training or
+checkpoint selection.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
-from tqdm import tqdm
+import pyarrow as pa
 
-from cluster.checkpoints import list_students, load_student
-from cluster.config import Config
+from cluster.checkpoints import list_students
+from cluster.config import Config, config_from_dict, to_dict
 from cluster.curves import write_curves_png
 from cluster.layout import PartItem, plan_parts, shapes_manifest
+from cluster.runner import Pass, Step, run_pass
+from cluster.runtime import Pool
 from cluster.samples import EVAL_COLUMNS, Tables, load_units
 from cluster.storage import Storage
-from distill.errors import NotFoundError
-from distill.evidence import combine, evidence_vote, unit_evidence
-from distill.labels import LabelSpace
+from cluster.students import LoadedStudent, load_students, pooled, require_students, student_labels, student_log_probs
+from distill.evidence import StudentWithUnits, evidence_vote
 from distill.metrics import MIoUSums
-from distill.passes import predict_log_probs
-from distill.pooling import pool_log_probs
-from distill.records import KnowledgeUnits, Prediction, Shape, predictions_to_table, row_to_shape
+from distill.records import (
+    KnowledgeUnits,
+    Prediction,
+    Shape,
+    add_sums,
+    predictions_to_table,
+    row_to_shape,
+    sums_to_table,
+)
 from distill.superpoints import shape_superpoints, superpoint_vote_nearest
 from distill.voting import vote, vote_nearest
 
@@ -52,11 +56,9 @@ the student; ``voting_superpoints`` is PartSLIP's vote over geometric superpoint
 STUDENT_METHODS = METHODS[4:]
 """``student`` needs no teacher on a scored shape; ``student_units`` needs its units."""
 
-PartSums = tuple[dict[str, MIoUSums], set[str]]
-"""What evaluating shape parts gives: per method its ``MIoUSums``, and the categories seen."""
-EvaluateDriver = Callable[[Config, Storage, list[PartItem], Tables, bool, str], PartSums]
-"""Evaluates items: ``(cfg, storage, items, tables, with_students, predictions_dir)`` →
-``PartSums`` (``evaluate_local`` or ``cluster.evaluate_ray.evaluate_on_ray``)."""
+PartSums = tuple[dict[str, MIoUSums], set[str], set[str]]
+"""What evaluating shape parts gives: per method its ``MIoUSums``, the categories seen,
+and those of them no student was trained for."""
 
 
 def baseline_predictions(shape: Shape, units: KnowledgeUnits, negative: float = 1.0) -> dict[str, np.ndarray]:
@@ -103,58 +105,43 @@ def markdown_table(tables: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@dataclass(frozen=True)
-class UnitsPrior:
-    """How ``student_units`` combines a student with a shape's units (``eval.units_weight``,
-    ``eval.units_negative``; ``distill.evidence.combine``); weight 0: not scored."""
-
-    weight: float = 0.0
-    negative: float = 1.0
-
-    @classmethod
-    def from_config(cls, cfg: Config) -> UnitsPrior:
-        return cls(cfg.eval.units_weight, cfg.eval.units_negative)
-
-    def labels(self, log_probs: np.ndarray, units: KnowledgeUnits) -> np.ndarray:
-        """The combined labels of one shape (no unit: the student's)."""
-        return combine(log_probs, *unit_evidence(units, *log_probs.shape), self.weight, self.negative)
-
-
 class PartEvaluator:
-    """Evaluates one shape part at a time: ``(item) → {method: MIoUSums}`` plus the
-    categories of its shapes; students loaded once (``students``: ``(name, model, space)``).
-    With a ``units_prior`` the students' predictions combined with each shape's units are
-    scored as ``student_units`` and written as the predictions of ``<student>+units``;
-    ``pool``: the student row pooled over superpoints (``student.pool``)."""
+    """Evaluates one shape part at a time: ``(item) → ({method: MIoUSums}, the categories
+    of its shapes, those no student knows)``; students loaded once. With ``with_units``
+    on, the students' predictions combined with each shape's units are scored as
+    ``student_units`` and written as the predictions of ``<student>+units``; ``pool``:
+    the student row pooled over superpoints (``student.pool``)."""
 
     def __init__(
         self,
         storage: Storage,
         tables: Tables,
-        students: list[Any],
+        students: list[LoadedStudent],
         predictions_dir: str = "",
         batch_size: int = 8,
-        units_prior: UnitsPrior = UnitsPrior(),
+        with_units: StudentWithUnits | None = None,
         pool: bool = False,
     ) -> None:
         self.storage, self.tables, self.students = storage, tables, students
-        self.predictions_dir, self.batch_size, self.units_prior = predictions_dir, batch_size, units_prior
+        self.predictions_dir, self.batch_size = predictions_dir, batch_size
+        self.with_units = with_units or StudentWithUnits()
         self.pool = pool
+        self.trained = {c for s in students for c in s.trained}
 
-    def __call__(self, item: PartItem) -> tuple[dict[str, MIoUSums], set[str]]:
+    def __call__(self, item: PartItem) -> PartSums:
         table = self.storage.read_part(
             self.tables.shapes_dir, item.shape_part, [*EVAL_COLUMNS, "superpoints"], optional=("superpoints",)
         )
         shapes = [row_to_shape(r) for r in table.to_pylist()]
         units, _ = load_units(self.storage, self.tables, item)
-        sums = voting_tables(shapes, units, negative=self.units_prior.negative)
+        sums = voting_tables(shapes, units, negative=self.with_units.negative)
         sums["student"], sums["student_units"] = MIoUSums(), MIoUSums()
         preds: list[Prediction] = []
         for name, s, log_probs in student_log_probs(self.students, shapes, self.batch_size):
             labelled = [("student", name, student_labels(log_probs, s, self.pool))]
-            if self.units_prior.weight > 0 and units:  # a part the teacher saw; its unseen shapes: the student's
+            if self.with_units.weight > 0 and units:  # a part the teacher saw; its unseen shapes: the student's
                 own = units.get(s.shape_id) or KnowledgeUnits.empty(s.shape_id)
-                labelled.append(("student_units", f"{name}+units", self.units_prior.labels(log_probs, own)))
+                labelled.append(("student_units", f"{name}+units", self.with_units.labels(log_probs, own)))
             for method, who, pred in labelled:
                 preds.append(Prediction(s.shape_id, s.category, who, pred))
                 if s.labels is not None:
@@ -164,7 +151,33 @@ class PartEvaluator:
             self.storage.write_part(
                 self.predictions_dir, predictions_to_table(preds), done_ids=done, name=item.shape_part
             )
-        return sums, {s.category for s in shapes}
+        categories = {s.category for s in shapes}
+        return sums, categories, categories - self.trained if self.students else set()
+
+
+class EvaluateStage:
+    """The evaluation pass's step: the run's students loaded once (per actor on Ray); per
+    item, its ``PartEvaluator`` sums as ``distill.records.SUMS_SCHEMA`` rows."""
+
+    def __init__(self, config: dict[str, Any], tables: Tables, with_students: bool, predictions_dir: str) -> None:
+        cfg = config_from_dict(config)
+        storage = Storage.from_config(cfg.storage)
+        students = load_students(storage, cfg.run) if with_students else []
+        self.evaluate = PartEvaluator(
+            storage,
+            tables,
+            students,
+            predictions_dir,
+            cfg.train.batch_size,
+            StudentWithUnits.of(cfg.eval),
+            pooled(cfg),
+        )
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        out = []
+        for i in range(len(batch["shape_part"])):
+            out.append(sums_to_table(*self.evaluate(PartItem.from_row({k: batch[k][i] for k in batch}))))
+        return pa.concat_tables(out)
 
 
 ROWS_NOTE = (
@@ -187,70 +200,6 @@ def best_teacher_summary(means: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def require_students(storage: Storage, run: str) -> None:
-    """Refuse, before any work, to evaluate a run that has no finished student."""
-    if not list_students(storage, run):
-        raise NotFoundError(
-            f"{storage.uri(run, 'checkpoints')}: run {run!r} has no finished student — "
-            "train one first (jobs/train.py, or jobs/pretrain.py for the whole pipeline)"
-        )
-
-
-@dataclass(frozen=True)
-class LoadedStudent:
-    """A finished student ready to predict: ``name`` is ``<run>/<student>`` (the
-    ``student`` column of the predictions tables); ``trained``: the categories of its
-    space it had knowledge units for (the only ones it segments)."""
-
-    name: str
-    model: torch.nn.Module
-    space: LabelSpace
-    trained: frozenset[str]
-
-
-def load_students(storage: Storage, run: str) -> list[LoadedStudent]:
-    """The finished students of ``run``."""
-    out = []
-    for name in list_students(storage, run):
-        model, space, bundle = load_student(storage, run, name)
-        trained = frozenset(space.categories) - set(bundle.get("untrained_categories", ()))
-        out.append(LoadedStudent(f"{run}/{name}", model, space, trained))
-    return out
-
-
-def trained_categories(students: list[LoadedStudent]) -> set[str]:
-    return {c for s in students for c in s.trained}
-
-
-def student_log_probs(
-    students: list[LoadedStudent], shapes: list[Shape], batch_size: int
-) -> Iterator[tuple[str, Shape, np.ndarray]]:
-    """Each student's log-probabilities over the parts of the ``shapes`` of the categories
-    it was trained for → ``(student name, shape, (N, P) float32)``, student by student."""
-    for st in students:
-        mine = [s for s in shapes if s.category in st.trained]
-        if mine:
-            out = predict_log_probs(st.model, mine, "cpu", batch_size, st.space)
-            yield from ((st.name, s, lp) for s, lp in zip(mine, out))
-
-
-def student_labels(log_probs: np.ndarray, shape: Shape, pool: bool = False) -> np.ndarray:
-    """The student's labels of one shape (N,) int64: the argmax per point, or with ``pool``
-    (``student.pool=superpoints``) per superpoint (``distill.pooling.pool_log_probs``)."""
-    if pool:
-        return pool_log_probs(log_probs, shape_superpoints(shape), shape.shape_id)
-    return log_probs.argmax(1).astype(np.int64)
-
-
-def student_predictions(
-    students: list[LoadedStudent], shapes: list[Shape], batch_size: int, pool: bool = False
-) -> Iterator[tuple[str, Shape, np.ndarray]]:
-    """Each student's predictions of the ``shapes`` of the categories it was trained for
-    → ``(student name, shape, labels (N,) int64)``, student by student (``student_labels``)."""
-    for name, s, log_probs in student_log_probs(students, shapes, batch_size):
-        yield name, s, student_labels(log_probs, s, pool)
-
-
 def plan_items(storage: Storage, shapes_dir: str, units_dir: str) -> list[PartItem]:
     """The evaluation's work: every shape part of ``shapes_dir`` with its knowledge parts
     (from the manifests; no row read)."""
@@ -258,65 +207,41 @@ def plan_items(storage: Storage, shapes_dir: str, units_dir: str) -> list[PartIt
     return plan_parts(shapes_manifest(storage, shapes_dir), storage.manifest(units_dir), None, where).items
 
 
-def pooled(cfg: Config) -> bool:
-    """Whether the student row is pooled over superpoints (``student.pool``)."""
-    return cfg.student.pool == "superpoints"
-
-
 def empty_sums() -> dict[str, MIoUSums]:
     """One empty ``MIoUSums`` per method, for a driver to add the parts' sums to."""
     return {m: MIoUSums() for m in METHODS}
 
 
-def evaluate_local(
-    cfg: Config, storage: Storage, items: list[PartItem], tables: Tables, with_students: bool, predictions_dir: str
-) -> PartSums:
-    """Every item through one ``PartEvaluator`` in this process (an ``EvaluateDriver``)."""
-    total = empty_sums()
-    categories: set[str] = set()
-    students = load_students(storage, cfg.run) if with_students else []
-    evaluator = PartEvaluator(
-        storage, tables, students, predictions_dir, cfg.train.batch_size, UnitsPrior.from_config(cfg), pooled(cfg)
-    )
-    for item in tqdm(items, desc="evaluate", unit="part", disable=not cfg.progress):
-        sums, cats = evaluator(item)
-        categories |= cats
-        for m, t in sums.items():
-            total[m].merge(t)
-    return total, categories
-
-
 def evaluate_parts(
-    cfg: Config,
-    storage: Storage,
-    shapes_dir: str,
-    units_dir: str,
-    with_students: bool,
-    predictions_dir: str = "",
-    driver: EvaluateDriver = evaluate_local,
+    cfg: Config, storage: Storage, shapes_dir: str, units_dir: str, with_students: bool, predictions_dir: str = ""
 ) -> PartSums:
-    """Stream every shape part of ``shapes_dir`` through ``PartEvaluator`` with ``driver``."""
+    """Stream every shape part of ``shapes_dir`` through ``PartEvaluator`` (``cluster.runner``).
+    Every part is evaluated again on a re-run: its sums depend on the settings (``eval.*``)."""
     items = plan_items(storage, shapes_dir, units_dir)
-    return driver(cfg, storage, items, Tables(shapes_dir, units_dir), with_students, predictions_dir)
+    kwargs = {"config": to_dict(cfg), "tables": Tables(shapes_dir, units_dir)}
+    kwargs |= {"with_students": with_students, "predictions_dir": predictions_dir}
+    step = Step(EvaluateStage, kwargs, Pool(size=cfg.cluster.eval_actors))
+    result = run_pass(cfg, Pass("evaluate", (step,)), (i.to_row() for i in items))
+    total, categories, untrained = empty_sums(), set(), set()
+    add_sums(result.rows, total, categories, untrained)
+    return total, categories, untrained
 
 
-def baselines(
-    cfg: Config, storage: Storage, shapes_dir: str, units_dir: str, driver: EvaluateDriver = evaluate_local
-) -> dict[str, Any]:
+def baselines(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str) -> dict[str, Any]:
     """The voting baselines' mIoU on the labelled shapes of ``shapes_dir`` (empty if none)."""
-    sums, _ = evaluate_parts(cfg, storage, shapes_dir, units_dir, False, "", driver)
+    sums, _, _ = evaluate_parts(cfg, storage, shapes_dir, units_dir, False, "")
     return {m: t.summary() for m, t in sums.items() if not m.startswith("student") and len(t)}
 
 
-def evaluate_run(
-    cfg: Config, storage: Storage, shapes_dir: str, units_dir: str, driver: EvaluateDriver = evaluate_local
-) -> dict[str, Any]:
-    """Students and baselines on the shapes of ``shapes_dir`` with the teacher's ``units_dir``."""
+def evaluate_run(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str) -> dict[str, Any]:
+    """Students and baselines on the shapes of ``shapes_dir`` with the teacher's ``units_dir``
+    (each student loaded once, by the pass's workers)."""
     require_students(storage, cfg.run)
-    tables, categories = evaluate_parts(cfg, storage, shapes_dir, units_dir, True, f"{cfg.run}/predictions", driver)
+    predictions = f"{cfg.run}/predictions"
+    tables, categories, untrained = evaluate_parts(cfg, storage, shapes_dir, units_dir, True, predictions)
     if not categories:
         raise ValueError(f"{storage.uri(shapes_dir)}: no shapes to evaluate")
-    unknown = sorted(categories - trained_categories(load_students(storage, cfg.run)))
+    unknown = sorted(untrained)
     if unknown:
         log.warning("no student was trained for categories %s: their shapes are not segmented", unknown)
     md = markdown_table(tables) + "\n\n" + ROWS_NOTE

@@ -1,4 +1,4 @@
-"""The Ray Data stages of extraction (``cluster.extract_ray`` builds the dataset from them).
+"""The steps of the extraction pass (``cluster.extract`` chains them through ``cluster.runner``).
 
 *fused* layout: ``ExtractStage``, one actor stage that runs ``PartExtractor`` (read,
 render, teach, back-project, write) on each shape part where it is.

@@ -1,36 +1,42 @@
-"""The generation stage's plan and local driver (the Ray driver is ``cluster.generate_ray``).
+"""The generation stage: (category, index) prompts → shapes → filters → shape table.
 
-The plan (pure, on the driver) says which (category, index) shapes to make, and how:
-``plan_rows``: one row per (category, index) for ``generation.categories`` ×
-``generation.start .. start + count - 1`` with its shape id, prompt and seed; rows whose id
-is already done in the table (written or rejected) are dropped here, before any worker sees
-them, so a re-run only makes what is missing. ``part_shapes`` sizes the parts and
-``generator_actor_options`` the shap_e actor pool. ``generate_local`` makes them in this
-process; both drivers return ``summarise``'s summary.
+One plan, one pass (docs/design.md §2):
+
+plan (driver, pure)
+    ``plan_rows``: one row per (category, index) for ``generation.categories`` ×
+    ``generation.start .. start + count - 1`` with its shape id, prompt and seed; rows
+    whose id is already done in the table (written or rejected) are dropped here, before
+    any worker sees them, so a re-run only makes what is missing. ``part_shapes`` sizes
+    the parts.
+``generate``
+    The rows go through ``cluster.runner`` (in this process, or on Ray Data, a block per
+    part). The steps are in ``cluster.generate_stages``:
+    * procedural: CPU tasks of one part each (``procedural_batch``): make, filter, write.
+    * shap_e: a fixed pool of ``generation.actors`` actors (``ShapEStage``; the pipeline is
+      loaded once per actor, ``generation.gpus`` GPUs each, ``generation.batch_size``
+      prompts per call) runs diffusion and the SDF lattice on the GPU; CPU tasks
+      (``finish_shap_e_batch``) then run marching cubes, the filters and point sampling,
+      and write, so the GPU never waits on CPU work.
+    Each part is written by the task that finished its shapes, and only ids and reasons
+    come back to the driver. A task that Ray retries rewrites the same part name (a hash
+    of its ids) with the same content, so retries never duplicate shapes.
+
+Every asked shape ends in exactly one of: a row of a part (``new``) or a reject with its
+reason in ``{run}/rejects/`` (stage ``generate``, ``rejected``); both are done ids of a
+part, so ``new + rejected + skipped == asked``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import time
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-from tqdm import tqdm
-
 from cluster.config import Config
-from cluster.generate_stages import (
-    ROW_COLUMNS,
-    SDF_COLUMNS,
-    ShapEStage,
-    batch_rows,
-    procedural_rows,
-    shap_e_rows,
-    write_results,
-)
+from cluster.generate_stages import ShapEStage, finish_shap_e_batch, procedural_batch
+from cluster.runner import Pass, Step, run_pass
+from cluster.runtime import Pool
 from cluster.storage import Storage
 from distill.categories import PSB_PARTS, SHAPENETPART_PARTS, canonical_name, part_names_for
 from distill.config import ConfigError
@@ -136,28 +142,15 @@ def plan_rows(cfg: Config, done: set[str]) -> tuple[list[dict[str, Any]], int, i
     return rows, asked, skipped
 
 
-@dataclass(frozen=True)
-class GeneratorActorOptions:
-    """The shap_e pool: ``size`` actors of ``num_gpus`` GPUs, ``batch_size`` prompts a call."""
-
-    size: int
-    num_cpus: float
-    num_gpus: float
-    batch_size: int
-
-
-def generator_actor_options(cfg: Config) -> GeneratorActorOptions:
+def generator_actor_options(cfg: Config) -> Pool:
     """generation.actors (0: cluster.teacher_actors), generation.gpus (< 0: cluster.teacher_gpus)."""
     size = cfg.generation.actors or cfg.cluster.teacher_actors
     gpus = cfg.generation.gpus if cfg.generation.gpus >= 0 else cfg.cluster.teacher_gpus
     if size < 1:
         raise ValueError(f"generation.actors / cluster.teacher_actors = {size} must be >= 1")
-    return GeneratorActorOptions(
-        size=size, num_cpus=ACTOR_CPUS, num_gpus=float(gpus), batch_size=cfg.generation.batch_size
-    )
+    return Pool(size=size, num_cpus=ACTOR_CPUS, num_gpus=float(gpus), batch_size=cfg.generation.batch_size)
 
 
-# -- the local driver ----------------------------------------------------------------
 def summarise(
     cfg: Config,
     asked: int,
@@ -191,36 +184,39 @@ def default_table_dir(cfg: Config) -> str:
     return f"{cfg.run}/{cfg.generation.output.strip('/') or 'shapes'}"
 
 
-def generate_local(cfg: Config, storage: Storage, table_dir: str | None = None) -> dict[str, Any]:
-    """Generation in this process (laptops, small corpora) → the summary (``summarise``).
-
-    The same functions as the Ray driver (``cluster.generate_ray``) under a tqdm bar.
-    """
-    table_dir = table_dir or default_table_dir(cfg)
+def generate_pass(cfg: Config, storage: Storage, table_dir: str, todo: int) -> Pass:
+    """The generation pass over ``plan_rows``' rows (``todo`` of them)."""
     gen = cfg.generation
-    rows, asked, skipped = plan_rows(cfg, storage.done_ids(table_dir))
-    chunk = part_shapes(len(rows))
-    start = time.perf_counter()
-    results: list[tuple[str, str]] = []
-    written: set[str] = set()
-    stage = ShapEStage(gen) if gen.name == "shap_e" and rows else None
+    per_part = part_shapes(todo)
+    common = {"storage": storage, "run": cfg.run, "table_dir": table_dir}
+    if gen.name == "procedural":
+        kwargs = {**common, "num_points": cfg.data.num_points, "check": gen.filter}
+        return Pass(
+            "generate procedural",
+            (Step(procedural_batch, kwargs, Pool(batch_size=per_part, tasks=True)),),
+            unit="shape",
+        )
+    pool = generator_actor_options(cfg)
     parts = category_parts(cfg, resolve_categories(cfg))
-    with tqdm(total=len(rows), desc=f"generate {gen.name}", unit="shape", disable=not cfg.progress) as bar:
-        for lo in range(0, len(rows), chunk):
-            block = rows[lo : lo + chunk]
-            if stage is None:
-                shapes, rejects = procedural_rows(block, cfg.data.num_points, gen.filter)
-            else:
-                done_rows = []
-                for b in range(0, len(block), gen.batch_size):
-                    sub = block[b : b + gen.batch_size]
-                    out = stage({k: np.array([r[k] for r in sub], dtype=object) for k in ROW_COLUMNS})
-                    done_rows += batch_rows(out, SDF_COLUMNS)
-                shapes, rejects = shap_e_rows(done_rows, parts, gen, cfg.seed, cfg.data.num_points)
-            table = write_results(storage, cfg.run, table_dir, [r["shape_id"] for r in block], shapes, rejects)
-            results += list(zip(table.column("shape_id").to_pylist(), table.column("error").to_pylist()))
-            written.update(table.column("part").to_pylist())
-            bar.update(len(block))
-    summary = summarise(cfg, asked, skipped, results, written, time.perf_counter() - start, storage, table_dir)
-    log.info("generate (local): %s", summary)
+    finish = {**common, "parts": parts, "gen": gen, "run_seed": cfg.seed, "num_points": cfg.data.num_points}
+    finish_pool = Pool(batch_size=min(per_part, max(pool.batch_size, 1) * 4), tasks=True)
+    steps = (Step(ShapEStage, {"gen": gen}, pool), Step(finish_shap_e_batch, finish, finish_pool))
+    return Pass("generate shap_e", steps, unit="shape")
+
+
+def generate(cfg: Config, storage: Storage, table_dir: str | None = None) -> dict[str, Any]:
+    """Make the shapes of the plan not yet done → the summary (``summarise``)."""
+    table_dir = table_dir or default_table_dir(cfg)
+    rows, asked, skipped = plan_rows(cfg, storage.done_ids(table_dir))
+    result = run_pass(cfg, generate_pass(cfg, storage, table_dir, len(rows)), rows)
+    results: dict[str, str] = {}
+    parts: set[str] = set()
+    for r in result.rows:  # a retried task reports its part again: one result a shape
+        results.setdefault(str(r["shape_id"]), str(r["error"]))
+        parts.add(str(r["part"]))
+    missing = len(rows) - len(results)
+    if missing:  # cannot happen unless rows were dropped; they stay undone for a re-run
+        log.error("generate: %d shapes did not come back and stay undone", missing)
+    summary = summarise(cfg, asked, skipped, list(results.items()), parts, result.seconds, storage, table_dir)
+    log.info("generate: %s", summary)
     return summary

@@ -2,9 +2,9 @@
 
 Each job in ``jobs/`` is one of these functions under ``cluster.job.run_job``. Stages are
 idempotent, so the chain can always be re-run: finished shapes, knowledge and students
-are skipped. ``cluster.backend`` picks Ray (actor pools, Ray Train) or this process
-(``cluster.runtime.use_ray``); the functions here pick each stage's driver by it:
-``<stage>.py`` holds a stage's plan and local driver, ``<stage>_ray.py`` its Ray driver.
+are skipped. ``cluster.backend`` picks Ray or this process (``cluster.runtime.use_ray``):
+every pass over shape parts runs through ``cluster.runner``, which asks it once; the
+fits run on Ray Train (``cluster.train_ray``, ``cluster.encoder_ray``) or here.
 
 Where things go, under ``{storage.root}/{run}/``:
 ``shapes/`` and ``knowledge/round_{k}/`` for the distillation shapes; in ``mode=pre`` the
@@ -21,7 +21,7 @@ import logging
 import posixpath
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cluster.config import Config
 from cluster.ingest import ingest
@@ -30,9 +30,6 @@ from cluster.runtime import join_ray, use_ray
 from cluster.storage import Storage
 from distill.config import ConfigError, DataConfig
 from distill.errors import SEPARATOR
-
-if TYPE_CHECKING:
-    from cluster.evaluate import EvaluateDriver
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +63,10 @@ def ensure_shapes(cfg: Config, storage: Storage, data: DataConfig, shapes_dir: s
 
 
 def generate_shapes(cfg: Config, storage: Storage, table_dir: str | None = None) -> dict[str, Any]:
-    """Make the shape table ``table_dir`` (default ``{run}/{generation.output}``) as
-    configured, on Ray or in this process as ``cluster.backend`` says."""
-    if use_ray(cfg):
-        from cluster.generate_ray import generate_on_ray
+    """Make the shape table ``table_dir`` (default ``{run}/{generation.output}``) as configured."""
+    from cluster.generate import generate
 
-        join_ray(cfg)
-        return generate_on_ray(cfg, storage, table_dir)
-    from cluster.generate import generate_local
-
-    return generate_local(cfg, storage, table_dir)
+    return generate(cfg, storage, table_dir)
 
 
 TEACHER_FILE = "_teacher.json"
@@ -117,26 +108,10 @@ def check_teacher(cfg: Config, storage: Storage, units_dir: str) -> None:
 def extract(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str) -> dict[str, Any]:
     """Teacher knowledge of the shapes of ``shapes_dir`` into ``units_dir``, on Ray or here
     (refused when the folder holds another teacher's knowledge, ``check_teacher``)."""
+    from cluster.extract import extract as extract_parts
+
     check_teacher(cfg, storage, units_dir)
-    if use_ray(cfg):
-        from cluster.extract_ray import extract_on_ray
-
-        join_ray(cfg)
-        return extract_on_ray(cfg, storage, shapes_dir, units_dir)
-    from cluster.extract import extract_local
-
-    return extract_local(cfg, storage, shapes_dir, units_dir)
-
-
-def evaluate_driver(cfg: Config) -> EvaluateDriver:
-    """How the evaluation streams its shape parts: an actor pool on Ray, or this process."""
-    if use_ray(cfg):
-        from cluster.evaluate_ray import evaluate_on_ray
-
-        return evaluate_on_ray
-    from cluster.evaluate import evaluate_local
-
-    return evaluate_local
+    return extract_parts(cfg, storage, shapes_dir, units_dir)
 
 
 BASELINES = "_baselines.json"
@@ -162,7 +137,7 @@ def baselines(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str) ->
                 return cached["baselines"]
         except (ValueError, TypeError, AttributeError, KeyError):
             log.warning("%s is unreadable: the baselines are computed again", storage.uri(cached_at))
-    result = voting_baselines(cfg, storage, shapes_dir, units_dir, evaluate_driver(cfg))
+    result = voting_baselines(cfg, storage, shapes_dir, units_dir)
     storage.write_json(cached_at, {"key": key, "baselines": result})
     return result
 
@@ -216,17 +191,14 @@ def train_stage(cfg: Config, storage: Storage, fault_hook: Any = None) -> dict[s
     if cfg.train.relabel_rounds == 0:
         return train(cfg, units_dir)
     from cluster.evaluate import plan_items
-    from cluster.relabel import generation_config, generation_folds, relabel, relabel_dir, relabel_local
+    from cluster.relabel import generation_config, generation_folds, relabel, relabel_dir
 
     generations: list[dict[str, Any]] = []
     for g in range(cfg.train.relabel_rounds + 1):
         step: dict[str, Any] = {"generation": g}
         if g > 0:
             items = plan_items(storage, shapes_dir, units_dir)
-            driver = relabel_local
-            if use_ray(cfg):
-                from cluster.relabel_ray import relabel_on_ray as driver
-            step["relabel"] = timed(f"relabel_{g}", relabel, cfg, storage, items, shapes_dir, units_dir, g, driver)
+            step["relabel"] = timed(f"relabel_{g}", relabel, cfg, storage, items, shapes_dir, units_dir, g)
         knowledge = relabel_dir(cfg.run, g) if g else units_dir
         fits = [timed(f"train_{g}", train, generation_config(cfg, g, f), knowledge) for f in generation_folds(cfg, g)]
         step["train"] = (
@@ -239,7 +211,8 @@ def train_stage(cfg: Config, storage: Storage, fault_hook: Any = None) -> dict[s
 
 def evaluate_stage(cfg: Config, storage: Storage) -> dict[str, Any]:
     """Students and baselines on the evaluated shapes (extracting their knowledge first)."""
-    from cluster.evaluate import evaluate_run, require_students
+    from cluster.evaluate import evaluate_run
+    from cluster.students import require_students
 
     require_students(storage, cfg.run)  # before extracting the evaluated shapes' knowledge
     summary: dict[str, Any] = {}
@@ -250,7 +223,7 @@ def evaluate_stage(cfg: Config, storage: Storage) -> dict[str, Any]:
         shapes_dir = cfg.data.path
     if cfg.mode == "pre" and cfg.eval.data.source == "table":
         shapes_dir = cfg.eval.data.path
-    return {**evaluate_run(cfg, storage, shapes_dir, units_dir, evaluate_driver(cfg)), **summary}
+    return {**evaluate_run(cfg, storage, shapes_dir, units_dir), **summary}
 
 
 def pretrain(cfg: Config, storage: Storage) -> dict[str, Any]:

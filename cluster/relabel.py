@@ -16,27 +16,28 @@ Generations before the last train as the run ``{run}-generation_{g}`` beside it
 segmentation use. A written part is never redone, so a stopped pass resumes where it was.
 
 The pass handles one item (a shape part and its knowledge parts) at a time
-(``Relabeller``): in this process (``relabel_local``) or in a Ray Data actor pool
-(``cluster.relabel_ray``), as the evaluation does. It costs about what evaluation costs:
-one forward pass a shape.
+(``Relabeller``) through ``cluster.runner``: in this process, or in a pool of
+``cluster.eval_actors`` actors that load the students once each (``RelabelStage``), as
+the evaluation does. It costs about what evaluation costs: one forward pass a shape.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
-from cluster.config import Config
-from cluster.evaluate import LoadedStudent, UnitsPrior, load_students, student_log_probs
+from cluster.config import Config, config_from_dict, to_dict
 from cluster.layout import PartItem
+from cluster.runner import Pass, Step, run_pass
+from cluster.runtime import Pool
 from cluster.samples import SHAPE_COLUMNS
 from cluster.storage import Storage
+from cluster.students import LoadedStudent, load_students, student_log_probs
+from distill.evidence import StudentWithUnits
 from distill.records import KnowledgeUnits, Shape, row_to_shape, table_to_units, units_to_table
 from distill.sources import fold_of
 
@@ -95,15 +96,15 @@ class Relabeller:
         units_dir: str,
         out_dir: str,
         students_by_fold: list[list[LoadedStudent]],
-        prior: UnitsPrior,
+        with_units: StudentWithUnits,
         generation: int,
         batch_size: int = 8,
         seed: int = 0,
     ) -> None:
-        if prior.weight <= 0:
+        if with_units.weight <= 0:
             raise ValueError("train.relabel_rounds needs eval.units_weight > 0: the relabelling is student_units")
         self.storage, self.shapes_dir, self.units_dir, self.out_dir = storage, shapes_dir, units_dir, out_dir
-        self.prior, self.generation, self.batch_size, self.seed = prior, generation, batch_size, seed
+        self.with_units, self.generation, self.batch_size, self.seed = with_units, generation, batch_size, seed
         self.by_fold = students_by_fold
         self.in_sample = 0
 
@@ -121,7 +122,7 @@ class Relabeller:
             new: list[KnowledgeUnits] = []
             with_units: dict[str, int] = {}
             for _, s, log_probs in self._log_probs(mine):
-                labels = self.prior.labels(log_probs, teacher[s.shape_id])
+                labels = self.with_units.labels(log_probs, teacher[s.shape_id])
                 new.append(dense_units(s.shape_id, labels, log_probs.shape[1], self.generation))
                 with_units[s.category] = with_units.get(s.category, 0) + 1
             out = units_to_table(new)
@@ -166,30 +167,25 @@ def relabeller(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str, g
             )
         by_fold.append(students)
     out_dir = relabel_dir(cfg.run, generation)
-    prior = UnitsPrior.from_config(cfg)
+    with_units = StudentWithUnits.of(cfg.eval)
     return Relabeller(
-        storage, shapes_dir, units_dir, out_dir, by_fold, prior, generation, cfg.train.batch_size, cfg.seed
+        storage, shapes_dir, units_dir, out_dir, by_fold, with_units, generation, cfg.train.batch_size, cfg.seed
     )
 
 
-RelabelDriver = Callable[[Config, Storage, list[PartItem], str, str, int], dict[str, int]]
-"""Relabels the items whose parts are not written yet: ``(cfg, storage, todo, shapes_dir,
-units_dir, generation)`` → ``{"parts", "shapes"}`` written (``relabel_local`` or
-``cluster.relabel_ray.relabel_on_ray``)."""
+class RelabelStage:
+    """The relabel pass's step: one ``Relabeller`` (per actor on Ray); per item, the counts
+    written (``parts``, ``shapes``, ``in_sample``)."""
 
+    def __init__(self, config: dict[str, Any], shapes_dir: str, units_dir: str, generation: int) -> None:
+        cfg = config_from_dict(config)
+        self.relabel = relabeller(cfg, Storage.from_config(cfg.storage), shapes_dir, units_dir, generation)
 
-def relabel_local(
-    cfg: Config, storage: Storage, todo: list[PartItem], shapes_dir: str, units_dir: str, generation: int
-) -> dict[str, int]:
-    """Every item through one ``Relabeller`` in this process (a ``RelabelDriver``)."""
-    total = {"parts": 0, "shapes": 0, "in_sample": 0}
-    if not todo:
-        return total
-    worker = relabeller(cfg, storage, shapes_dir, units_dir, generation)
-    for item in tqdm(todo, desc=f"relabel {generation}", unit="part", disable=not cfg.progress):
-        for k, v in worker(item).items():
-            total[k] += v
-    return total
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        counts = [
+            self.relabel(PartItem.from_row({k: batch[k][i] for k in batch})) for i in range(len(batch["shape_part"]))
+        ]
+        return {k: np.array([c[k] for c in counts], np.int64) for k in ("parts", "shapes", "in_sample")}
 
 
 def relabel(
@@ -199,16 +195,20 @@ def relabel(
     shapes_dir: str,
     units_dir: str,
     generation: int,
-    driver: RelabelDriver = relabel_local,
 ) -> dict[str, Any]:
     """Generation ``generation``'s knowledge (≥ 1) from generation − 1's students and the
     teacher's ``units_dir``, over the items not written yet → a summary (parts written,
     skipped, shapes relabelled)."""
-    start = time.perf_counter()
     out_dir = relabel_dir(cfg.run, generation)
     written = set(storage.list_parts(out_dir))
-    todo = [i for i in items if any(k not in written for k in i.knowledge_parts)]
-    total = driver(cfg, storage, todo, shapes_dir, units_dir, generation)
+    kwargs = {"config": to_dict(cfg), "shapes_dir": shapes_dir, "units_dir": units_dir, "generation": generation}
+    relabelled = Pass(
+        f"relabel {generation}",
+        (Step(RelabelStage, kwargs, Pool(size=cfg.cluster.eval_actors)),),
+        finished=lambda row: all(k in written for k in PartItem.from_row(row).knowledge_parts),
+    )
+    result = run_pass(cfg, relabelled, (i.to_row() for i in items))
+    total = {k: sum(int(r[k]) for r in result.rows) for k in ("parts", "shapes", "in_sample")}
     skipped = sum(len(i.knowledge_parts) for i in items) - total["parts"]
     log.info(
         "relabel %d: %d parts written (%d skipped), %d shapes", generation, total["parts"], skipped, total["shapes"]
@@ -217,5 +217,5 @@ def relabel(
         **total,
         "skipped_parts": skipped,
         "table": storage.uri(out_dir),
-        "seconds": round(time.perf_counter() - start, 1),
+        "seconds": round(result.seconds, 1),
     }

@@ -15,28 +15,31 @@ snapshot is kept as ``checkpoints/{student}/round_{k}.pt`` (``cluster.train.prep
 so a score part lost later is rebuilt from the same weights; once every part is written,
 ``last.pt`` moves on to round k and the next fit reads those scores.
 
-``rescore_local`` runs the pass in this process; ``cluster.rescore_ray`` runs the same
-``ItemRescorer`` in a Ray Data actor pool.
+``rescore_pass`` runs it through ``cluster.runner``: in this process, or in a pool of
+``cluster.rescore_actors`` actors (``cluster.rescore_gpus`` each) that load the snapshot
+once and re-score one item a call (``RescoreStage``).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
-from tqdm import tqdm
 
 from cluster.checkpoints import load_torch
-from cluster.config import Config
+from cluster.config import Config, config_from_dict, to_dict
 from cluster.layout import PartItem
+from cluster.runner import Pass, Step, run_pass
+from cluster.runtime import rescore_actor_options
 from cluster.samples import Tables, load_item, write_balance
 from cluster.storage import Storage
+from cluster.students import StudentPlan, resolve_device
 from distill.backward import rescore_with_rule
 from distill.labels import LabelSpace
-from distill.records import scores_to_table
+from distill.records import RESCORE_RESULT_SCHEMA, scores_to_table
 from distill.samples import ShapeSample, pairs_to_source
 from distill.student import build_student
 
@@ -175,22 +178,62 @@ def summarise(new_round: int, done: list[dict[str, Any]], skipped: int, seconds:
     }
 
 
-def rescore_local(cfg: Config, storage: Storage, plan: Any, snapshot: str, device: torch.device) -> dict[str, Any]:
-    """Write the score parts of ``plan`` (a ``StudentPlan``) that its round lacks, in this
-    process, re-scoring with ``snapshot`` (a ``last.pt`` saved awaiting the re-scoring)."""
-    start = time.perf_counter()
-    new_round = int(load_torch(storage, snapshot)["round"]) + 1
+class RescoreStage:
+    """The pass's step: the snapshot loaded once (per actor on Ray); per item, its units
+    re-scored and the round's score parts written → ``RESCORE_RESULT_SCHEMA`` rows."""
+
+    def __init__(self, config: dict[str, Any], plan: dict[str, Any], snapshot: str, round: int) -> None:
+        cfg = config_from_dict(config)
+        plan_ = StudentPlan.from_dict(plan)
+        device = resolve_device(cfg.train.device)  # an actor without a GPU sees none: the CPU
+        self.rescore = ItemRescorer(
+            cfg,
+            Storage.from_config(cfg.storage),
+            plan_.tables(round - 1, pooled=False),
+            plan_.space,
+            snapshot,
+            plan_.tables(round).scores_dir,
+            device,
+        )
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        rows = [
+            self.rescore(PartItem.from_row({k: batch[k][i] for k in batch})) for i in range(len(batch["shape_part"]))
+        ]
+        return pa.Table.from_pylist(rows, schema=RESCORE_RESULT_SCHEMA)
+
+
+def rescore_pass(cfg: Config, storage: Storage, plan: Any, snapshot: str) -> dict[str, Any]:
+    """Write the score parts that a student's (``StudentPlan``) next round lacks,
+    re-scoring with ``snapshot`` (a ``last.pt`` saved awaiting its re-scoring), then the
+    round's balance table (``finish_round``).
+
+    → {round, parts, skipped_parts, shapes, units, mean_score, seconds}.
+    """
+    state = load_torch(storage, snapshot)
+    if not state.get("pending_rescore"):
+        raise ValueError(f"{storage.uri(snapshot)} is not waiting for a re-scoring")
+    new_round = int(state["round"]) + 1
+    del state  # the driver keeps no model weights around during the pass
     out_dir = plan.tables(new_round).scores_dir
-    todo = todo_items(storage, plan.items, out_dir)
-    rescorer = (
-        ItemRescorer(cfg, storage, plan.tables(new_round - 1, pooled=False), plan.space, snapshot, out_dir, device)
-        if todo
-        else None
+    written = set(storage.list_parts(out_dir))
+    step = Step(
+        RescoreStage,
+        {"config": to_dict(cfg), "plan": plan.to_dict(), "snapshot": snapshot, "round": new_round},
+        rescore_actor_options(cfg),
     )
-    done = []
-    for item in tqdm(todo, desc=f"re-score {plan.name}", unit="part", disable=not cfg.progress):
-        done.append(rescorer(item))  # type: ignore[misc]
+    scored = Pass(
+        f"re-score {plan.name}",
+        (step,),
+        finished=lambda row: all(k in written for k in PartItem.from_row(row).knowledge_parts),
+    )
+    result = run_pass(cfg, scored, (i.to_row() for i in plan.items))
+    missing = todo_items(storage, plan.items, out_dir)
+    if missing:
+        raise RuntimeError(
+            f"re-scoring of {plan.name} left {len(missing)} parts without scores: {[i.shape_part for i in missing[:5]]}"
+        )
     finish_round(cfg, storage, out_dir)
-    summary = summarise(new_round, done, len(plan.items) - len(todo), time.perf_counter() - start)
+    summary = summarise(new_round, result.rows, result.skipped, result.seconds)
     log.info("student %s: backward distillation round %d re-scored: %s", plan.name, new_round, summary)
     return summary

@@ -148,21 +148,41 @@ spreads a small corpus over every render CPU."""
 
 
 @dataclass(frozen=True)
-class TeacherActorOptions:
-    """How the teacher stage runs on Ray Data: a fixed pool of ``size`` actors."""
+class Pool:
+    """What one step of a pass (``cluster.runner``) asks of Ray.
 
-    size: int
-    num_cpus: float
-    num_gpus: float
-    batch_size: int
-    """Shapes per actor call."""
+    tasks: a function step, run as Ray tasks (no pool) · size: actors of the pool (0: one
+    per two CPUs of the cluster, leaving room for reading) · grow: the pool starts at
+    ``size`` and grows to as many actors as the cluster's CPUs hold · num_cpus, num_gpus:
+    what each actor or task holds · batch_size: items (rows) per call.
+    """
 
-    def remote_args(self) -> dict[str, Any]:
-        """``map_batches`` keyword arguments for the resources (pool and batch set apart)."""
-        return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+    size: int = 1
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    batch_size: int = 1
+    grow: bool = False
+    tasks: bool = False
+
+    def __post_init__(self) -> None:
+        if self.size < 0 or self.num_cpus <= 0 or self.num_gpus < 0 or self.batch_size < 1:
+            raise ValueError(f"{self}: size and num_gpus must be >= 0, num_cpus > 0 and batch_size >= 1")
+
+    def actors(self, items: int, cluster_cpus: float) -> dict[str, int]:
+        """``ActorPoolStrategy`` keyword arguments for ``items`` items on ``cluster_cpus``
+        CPUs: never more actors than items."""
+        size = self.size or max(1, int(cluster_cpus // 2))
+        if self.grow:
+            most = max(1, int(cluster_cpus // max(self.num_cpus, 1.0)))
+            return {"min_size": max(1, min(size, most, items)), "max_size": max(1, min(max(size, most), items))}
+        return {"size": max(1, min(size, items))}
+
+    def remote_args(self) -> dict[str, float]:
+        """``map_batches`` resource arguments."""
+        return {"num_cpus": self.num_cpus, **({"num_gpus": self.num_gpus} if self.num_gpus else {})}
 
 
-def teacher_actor_options(cfg: Config) -> TeacherActorOptions:
+def teacher_actor_options(cfg: Config) -> Pool:
     """The teacher pool: ``cluster.teacher_actors`` actors of ``cluster.teacher_gpus`` GPUs each.
 
     Shapes per call: enough to fill one teacher forward pass of ``teacher.batch_size``
@@ -175,9 +195,7 @@ def teacher_actor_options(cfg: Config) -> TeacherActorOptions:
         raise ValueError(f"cluster.teacher_gpus={c.teacher_gpus} must be >= 0")
     views = 10 if cfg.render.views == "partslip" else cfg.render.num_views
     shapes = max(1, cfg.teacher.batch_size // max(views, 1))
-    return TeacherActorOptions(
-        size=c.teacher_actors, num_cpus=TEACHER_ACTOR_CPUS, num_gpus=float(c.teacher_gpus), batch_size=shapes
-    )
+    return Pool(size=c.teacher_actors, num_cpus=TEACHER_ACTOR_CPUS, num_gpus=float(c.teacher_gpus), batch_size=shapes)
 
 
 @dataclass(frozen=True)
@@ -262,33 +280,19 @@ def extract_fused(cfg: Config) -> bool:
     return layout == "fused" or (layout == "auto" and cfg.cluster.teacher_gpus == 0)
 
 
-@dataclass(frozen=True)
-class FusedActorOptions:
-    """The fused extraction pool: between ``min_size`` and ``max_size`` actors."""
-
-    min_size: int
-    max_size: int
-    num_cpus: float
-    num_gpus: float
-
-
-def fused_actor_options(cfg: Config, cluster_cpus: float) -> FusedActorOptions:
+def fused_pool(cfg: Config) -> Pool:
     """Fused extraction actors: each holds ``max(render_cpus, 1)`` CPUs (and the teacher's
-    GPUs); the pool starts at ``cluster.teacher_actors`` and grows to fill the CPUs the
-    cluster has now (``cluster_cpus``)."""
+    GPUs); the pool starts at ``cluster.teacher_actors`` and grows to fill the cluster's CPUs."""
     teacher = teacher_actor_options(cfg)
     cpus = max(render_resources(cfg)["num_cpus"], TEACHER_ACTOR_CPUS)
-    most = max(1, int(cluster_cpus // cpus))
-    return FusedActorOptions(
-        min_size=min(teacher.size, most), max_size=max(teacher.size, most), num_cpus=cpus, num_gpus=teacher.num_gpus
-    )
+    return Pool(size=teacher.size, num_cpus=cpus, num_gpus=teacher.num_gpus, grow=True)
 
 
 RESCORE_ACTOR_CPUS = 1.0
 """CPUs held by each re-scoring actor (reading tables, preparing samples, the student on CPU)."""
 
 
-def rescore_actor_options(cfg: Config) -> TeacherActorOptions:
+def rescore_actor_options(cfg: Config) -> Pool:
     """The re-scoring pool: ``cluster.rescore_actors`` actors of ``cluster.rescore_gpus``
     GPUs each; one knowledge part (≤ 32 shapes) per call."""
     c = cfg.cluster
@@ -296,9 +300,7 @@ def rescore_actor_options(cfg: Config) -> TeacherActorOptions:
         raise ValueError(f"cluster.rescore_actors={c.rescore_actors} must be >= 1")
     if c.rescore_gpus < 0:
         raise ValueError(f"cluster.rescore_gpus={c.rescore_gpus} must be >= 0")
-    return TeacherActorOptions(
-        size=c.rescore_actors, num_cpus=RESCORE_ACTOR_CPUS, num_gpus=float(c.rescore_gpus), batch_size=1
-    )
+    return Pool(size=c.rescore_actors, num_cpus=RESCORE_ACTOR_CPUS, num_gpus=float(c.rescore_gpus))
 
 
 def resource_requests(cfg: Config) -> dict[str, dict[str, float]]:

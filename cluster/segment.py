@@ -10,30 +10,90 @@ student knows goes to ``rejects/`` with the categories that are known.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from typing import Any
 
-from tqdm import tqdm
+import numpy as np
+import pyarrow as pa
 
 from cluster.checkpoints import list_students
-from cluster.config import Config
-from cluster.evaluate import load_students, pooled, student_predictions, trained_categories
+from cluster.config import Config, config_from_dict, to_dict
 from cluster.layout import shapes_manifest
 from cluster.pipeline import ensure_shapes
 from cluster.rejects import write_rejects
+from cluster.runner import Pass, Step, run_pass
+from cluster.runtime import Pool
 from cluster.storage import Storage
+from cluster.students import load_students, pooled, student_predictions, trained_categories
 from distill.errors import NotFoundError
 from distill.metrics import MIoUSums
-from distill.records import Prediction, Shape, predictions_to_table, row_to_shape
+from distill.records import Prediction, predictions_to_table, row_to_shape
 from distill.visualize import colored_ply, png_bytes, segmentation_figure
 
 log = logging.getLogger(__name__)
+
+RESULT_SCHEMA = pa.schema(
+    [("part", pa.string()), ("segmented", pa.int64()), ("rejected", pa.int64()), ("pictures", pa.int64()),
+     ("sums", pa.string())]
+)  # fmt: skip
+"""What a segmenting worker hands the driver: one row per shape part, its mIoU sums as JSON."""
 
 
 def file_name(shape_id: str) -> str:
     """A shape id as a flat, portable file name."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", shape_id).strip("_")
+
+
+class SegmentStage:
+    """The segmentation pass's step: the students loaded once (per actor on Ray); per shape
+    part, its labels part, PLYs and up to the item's ``pictures`` PNGs written, and shapes
+    of a category no student knows rejected."""
+
+    def __init__(self, config: dict[str, Any], shapes_dir: str, source_run: str) -> None:
+        self.cfg = cfg = config_from_dict(config)
+        self.storage = Storage.from_config(cfg.storage)
+        self.shapes_dir, self.out = shapes_dir, f"{cfg.run}/segment"
+        self.students = load_students(self.storage, source_run)
+        self.known = sorted(trained_categories(self.students))
+        # A user's files name their category freely ("chair", "CHAIR"): match case-insensitively.
+        self.canonical = {c.lower(): c for c in self.known}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        rows = [self.segment(str(part), int(pics)) for part, pics in zip(batch["part"], batch["pictures"])]
+        return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
+
+    def segment(self, part: str, pictures: int) -> dict[str, Any]:
+        cfg, storage, out = self.cfg, self.storage, self.out
+        shapes = [row_to_shape(r) for r in storage.read_part(self.shapes_dir, part).to_pylist()]
+        for s in shapes:
+            s.category = self.canonical.get(s.category.lower(), s.category)
+        unknown = [s for s in shapes if s.category not in self.known]
+        table = MIoUSums()
+        preds: list[Prediction] = []
+        drawn = 0
+        for name, s, pred in student_predictions(self.students, shapes, cfg.train.batch_size, pooled(cfg)):
+            preds.append(Prediction(s.shape_id, s.category, name, pred, s.points))
+            storage.write_bytes(f"{out}/ply/{file_name(s.shape_id)}.ply", colored_ply(s.points, pred))
+            if s.labels is not None:
+                table.add(s.shape_id, s.category, pred, s.labels, s.num_parts)
+            if drawn < pictures:
+                title = f"{s.shape_id} ({s.category}), student {name}"
+                fig = segmentation_figure(s.points, pred, s.part_names, s.labels, title, cfg.segment.picture_size)
+                storage.write_bytes(f"{out}/png/{file_name(s.shape_id)}.png", png_bytes(fig))
+                drawn += 1
+        known = ", ".join(self.known)
+        write_rejects(
+            storage,
+            cfg.run,
+            "segment",
+            [(s.shape_id, f"no student for category {s.category!r}; trained: {known}") for s in unknown],
+        )
+        done = [p.shape_id for p in preds]
+        storage.write_part(f"{out}/labels", predictions_to_table(preds), done_ids=done, name=part)
+        sums = json.dumps(table.sums)
+        return {"part": part, "segmented": len(preds), "rejected": len(unknown), "pictures": drawn, "sums": sums}
 
 
 def segment(cfg: Config, storage: Storage) -> dict[str, Any]:
@@ -46,48 +106,28 @@ def segment(cfg: Config, storage: Storage) -> dict[str, Any]:
             "or point segment.students_from at a run that has one"
         )
     ingested = ensure_shapes(cfg, storage, cfg.data, shapes_dir)
-    loaded = load_students(storage, source_run)
-    known = sorted(trained_categories(loaded))
-    # A user's files name their category freely ("chair", "CHAIR"): match case-insensitively.
-    canonical = {c.lower(): c for c in known}
-    table = MIoUSums()
-    pictures = segmented = skipped = 0
-    unknown: list[Shape] = []
-    written = set(storage.list_parts(f"{out}/labels"))
     manifest = shapes_manifest(storage, shapes_dir)
-    for part in tqdm(sorted(manifest), desc="segment", unit="part", disable=not cfg.progress):
-        if part in written:  # one labels part per shape part: a re-run skips finished parts
-            skipped += int(manifest[part].get("shapes", 0))
-            continue
-        shapes = [row_to_shape(r) for r in storage.read_part(shapes_dir, part).to_pylist()]
-        for s in shapes:
-            s.category = canonical.get(s.category.lower(), s.category)
-        unknown += [s for s in shapes if s.category not in known]
-        preds: list[Prediction] = []
-        for name, s, pred in student_predictions(loaded, shapes, cfg.train.batch_size, pooled(cfg)):
-            preds.append(Prediction(s.shape_id, s.category, name, pred, s.points))
-            storage.write_bytes(f"{out}/ply/{file_name(s.shape_id)}.ply", colored_ply(s.points, pred))
-            if s.labels is not None:
-                table.add(s.shape_id, s.category, pred, s.labels, s.num_parts)
-            if pictures < cfg.segment.pictures:
-                title = f"{s.shape_id} ({s.category}), student {name}"
-                fig = segmentation_figure(s.points, pred, s.part_names, s.labels, title, cfg.segment.picture_size)
-                storage.write_bytes(f"{out}/png/{file_name(s.shape_id)}.png", png_bytes(fig))
-                pictures += 1
-        segmented += len(preds)
-        done = [p.shape_id for p in preds]
-        storage.write_part(f"{out}/labels", predictions_to_table(preds), done_ids=done, name=part)
-    write_rejects(
-        storage,
-        cfg.run,
+    written = set(storage.list_parts(f"{out}/labels"))  # one labels part per shape part: a re-run skips it
+    items, left = [], cfg.segment.pictures
+    for part in sorted(manifest):
+        pictures = 0 if part in written else min(left, int(manifest[part].get("shapes", 0)))
+        left -= pictures
+        items.append({"part": part, "pictures": pictures})
+    kwargs = {"config": to_dict(cfg), "shapes_dir": shapes_dir, "source_run": source_run}
+    segmented = Pass(
         "segment",
-        [(s.shape_id, f"no student for category {s.category!r}; trained: {', '.join(sorted(known))}") for s in unknown],
+        (Step(SegmentStage, kwargs, Pool(size=cfg.cluster.eval_actors)),),
+        finished=lambda r: r["part"] in written,
     )
+    rows = run_pass(cfg, segmented, items).rows
+    table = MIoUSums()
+    for r in rows:
+        table.merge(MIoUSums(json.loads(r["sums"])))
     summary: dict[str, Any] = {
-        "segmented": segmented,
-        "skipped": skipped,
-        "rejected": len(unknown),
-        "pictures": pictures,
+        "segmented": sum(int(r["segmented"]) for r in rows),
+        "skipped": sum(int(manifest[p].get("shapes", 0)) for p in written if p in manifest),
+        "rejected": sum(int(r["rejected"]) for r in rows),
+        "pictures": sum(int(r["pictures"]) for r in rows),
         "labels": storage.uri(out, "labels"),
         "ply": storage.uri(out, "ply"),
         "png": storage.uri(out, "png"),

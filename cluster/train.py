@@ -19,24 +19,22 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from cluster.checkpoints import checkpoint_dir, final_bundle, load_torch, save_torch, student_name
+from cluster.checkpoints import checkpoint_dir, final_bundle, load_torch, save_torch
 from cluster.config import Config
 from cluster.curves import CurveLog
-from cluster.layout import PartItem, category_parts, plan_parts, shapes_manifest
 from cluster.pretrained import apply_freeze, load_encoder_into
-from cluster.rescore import rescore_local, todo_items
-from cluster.samples import PartSource, Tables, scores_dir
+from cluster.rescore import rescore_pass, todo_items
+from cluster.samples import PartSource
 from cluster.storage import Storage
+from cluster.students import StudentPlan, plan_students, resolve_device
 from distill.backward import apply_rescore
 from distill.config import ConfigError
-from distill.errors import NotFoundError
-from distill.labels import LabelSpace
 from distill.samples import Batch, steps_per_epoch
 from distill.student import build_student
 from distill.training import ONE_WORKER, DistilState, Workers, distil
@@ -46,96 +44,6 @@ log = logging.getLogger(__name__)
 
 def knowledge_dir(run: str, round: int = 0, prefix: str = "") -> str:
     return f"{run}/{prefix}knowledge/round_{round}"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu")
-    return torch.device("cuda" if name in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
-
-
-@dataclass
-class StudentPlan:
-    """One student to train: its name, label space and the parts of its categories."""
-
-    name: str
-    space: LabelSpace
-    shapes_dir: str
-    units_dir: str
-    items: list[PartItem] = field(default_factory=list)
-    with_units: int = 0
-    untrained: tuple[str, ...] = ()
-    """Categories of the space with no knowledge unit: the student learns nothing of them,
-    and evaluation and segmentation report them as untrained instead of scoring them."""
-    pool: bool = False
-    """``train.superpoint_targets``: the fits read their units pooled within superpoints."""
-    superpoints: bool = False
-    """``train.superpoint_consistency`` > 0: the fits' samples carry their superpoints."""
-
-    def tables(self, round: int, pooled: bool = True) -> Tables:
-        """Where round ``round``'s fit reads: the shapes, round 0's units, the round's scores
-        (``pooled=False``: the units as stored, what re-scoring reads and writes)."""
-        scores = scores_dir(self.units_dir, self.name, round) if round else ""
-        return Tables(self.shapes_dir, self.units_dir, scores, self.pool and pooled, self.superpoints and pooled)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "space": self.space.to_dict(),
-            "shapes_dir": self.shapes_dir,
-            "units_dir": self.units_dir,
-            "items": [[i.shape_part, list(i.knowledge_parts), list(i.categories), i.with_units] for i in self.items],
-            "with_units": self.with_units,
-            "untrained": list(self.untrained),
-            "pool": self.pool,
-            "superpoints": self.superpoints,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> StudentPlan:
-        items = [PartItem(p, tuple(k), tuple(c), int(n)) for p, k, c, n in d["items"]]
-        space = LabelSpace.from_dict(d["space"])
-        untrained = tuple(d.get("untrained", ()))
-        pool, superpoints = bool(d.get("pool", False)), bool(d.get("superpoints", False))
-        return cls(
-            d["name"], space, d["shapes_dir"], d["units_dir"], items, d["with_units"], untrained, pool, superpoints
-        )
-
-
-def plan_students(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str) -> list[StudentPlan]:
-    """The run's students, as ``train.per_category`` groups the categories, planned from
-    the shape and knowledge manifests (one small read each)."""
-    shapes = shapes_manifest(storage, shapes_dir)
-    if not shapes:
-        raise NotFoundError(f"{storage.uri(shapes_dir)} holds no shapes — run jobs/ingest.py (or extract) first")
-    knowledge = storage.manifest(units_dir)
-    if not knowledge:
-        raise NotFoundError(f"{storage.uri(units_dir)} holds no knowledge units — run jobs/extract.py first")
-    parts = category_parts(shapes, where=f"{storage.uri(shapes_dir)}: ")
-    with_units: dict[str, int] = {}
-    for meta in knowledge.values():
-        for c, n in meta.get("with_units", {}).items():
-            with_units[c] = with_units.get(c, 0) + int(n)
-    untrained = [c for c in parts if not with_units.get(c)]
-    if len(untrained) == len(parts):
-        raise NotFoundError(
-            f"{storage.uri(units_dir)}: no shape has a knowledge unit to learn from — check the teacher's "
-            "output (teacher.score_threshold, the prompts) with jobs/extract.py"
-        )
-    if untrained:
-        log.warning("no knowledge unit for %s: no student learns them; evaluation reports them untrained", untrained)
-    groups = [[c] for c in parts if c not in untrained] if cfg.train.per_category else [list(parts)]
-    plans = []
-    for group in groups:
-        space = LabelSpace(tuple(group), tuple(parts[c] for c in group))
-        plan = plan_parts(shapes, knowledge, group, where=f"{storage.uri(units_dir)}: ")
-        name = student_name(space, cfg.train.per_category)
-        if cfg.train.fold >= 0:  # a cross-fitted student: its re-scoring rounds are its own
-            name += f"-fold_{cfg.train.fold}"
-        missing = tuple(c for c in group if c in untrained)
-        pool, sp = cfg.train.superpoint_targets, cfg.train.superpoint_consistency > 0
-        plans.append(StudentPlan(name, space, shapes_dir, units_dir, plan.items, plan.with_units, missing, pool, sp))
-    return plans
 
 
 def part_source(
@@ -379,7 +287,7 @@ def train_student_local(cfg: Config, storage: Storage, plan: StudentPlan, device
         storage,
         plan,
         lambda state: fit_student(cfg, storage, plan, device, state),
-        lambda snapshot: rescore_local(cfg, storage, plan, snapshot, device),
+        lambda snapshot: rescore_pass(cfg, storage, plan, snapshot),
     )
 
 

@@ -1,7 +1,7 @@
 """The training stage on Ray Train: the same fits as ``cluster.train``, DDP, fed by Ray Data.
 
 Per student, ``TorchTrainer`` fits alternate with backward distillation's re-scoring
-passes (``cluster.rescore_ray``). A fit's data is a Ray Data pipeline over the student's
+passes (``cluster.rescore``, on Ray Data). A fit's data is a Ray Data pipeline over the student's
 shape parts (``cluster.layout.plan_parts``: only its categories' parts): each item — a
 shape part with its co-partitioned knowledge and, past round 0, the round's scores — is
 read from storage and turned into prepared samples (``cluster.samples.load_item``) by a
@@ -34,7 +34,8 @@ import numpy as np
 from cluster.checkpoints import checkpoint_dir
 from cluster.config import Config, to_dict
 from cluster.storage import Storage
-from cluster.train import FitOutcome, StudentPlan, fit_student, is_finished, last_state, plan_students, train_student
+from cluster.students import StudentPlan, plan_students
+from cluster.train import FitOutcome, fit_student, is_finished, last_state, train_student
 
 log = logging.getLogger(__name__)
 
@@ -213,13 +214,13 @@ def train_student_on_ray(
 ) -> dict[str, Any]:
     """A student's fits (Ray Train) and re-scoring passes (Ray Data), to ``final.pt``."""
     from cluster.autoscaling import held_bundles, hold_capacity
-    from cluster.rescore_ray import rescore_on_ray
+    from cluster.rescore import rescore_pass
 
     def rescore(snapshot: str) -> dict[str, Any]:
         # Ray Train asks the autoscaler for the training nodes only while a fit runs:
         # hold them through the pass, so the next fit finds them (cluster.autoscaling).
         with hold_capacity(held_bundles(cfg), name=f"train-{plan.name}"):
-            return rescore_on_ray(cfg, storage, plan, snapshot)
+            return rescore_pass(cfg, storage, plan, snapshot)
 
     return train_student(cfg, storage, plan, lambda state: fit_on_ray(cfg, storage, plan, state, fault_hook), rescore)
 

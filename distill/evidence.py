@@ -32,6 +32,9 @@ Pure NumPy: no torch, no IO.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 
 from distill.records import KnowledgeUnits
@@ -89,6 +92,27 @@ def combine(log_probs: np.ndarray, pos: np.ndarray, neg: np.ndarray, weight: flo
     if weight < 0 or negative < 0:
         raise ValueError(f"weight={weight} and negative={negative} must be >= 0")
     return np.argmax(log_probs + weight * (pos - negative * neg), axis=1).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class StudentWithUnits:
+    """The combination above as one setting: the student's labels of a shape moved by its
+    own units' evidence (``weight`` w = ``eval.units_weight``, ``negative`` λ =
+    ``eval.units_negative``); weight 0: off. It is the ``student_units`` row, and the
+    relabelling of self-training rounds."""
+
+    weight: float = 0.0
+    negative: float = 1.0
+
+    @classmethod
+    def of(cls, eval_cfg: Any) -> StudentWithUnits:
+        """From an ``EvalConfig`` (its ``units_weight`` and ``units_negative``)."""
+        return cls(eval_cfg.units_weight, eval_cfg.units_negative)
+
+    def labels(self, log_probs: np.ndarray, units: KnowledgeUnits) -> np.ndarray:
+        """The combined labels (N,) of one shape from the student's log-probabilities
+        (N, P) and its units (no unit: the student's argmax)."""
+        return combine(log_probs, *unit_evidence(units, *log_probs.shape), self.weight, self.negative)
 
 
 def evidence_vote(units: KnowledgeUnits, points: np.ndarray, num_parts: int, negative: float = 1.0) -> np.ndarray:

@@ -38,17 +38,31 @@ SUMS_SCHEMA = pa.schema(
 """What an evaluation worker hands the driver: per-category sums of shape mIoU per method."""
 
 
-def sums_to_table(sums: dict[str, MIoUSums], categories: set[str]) -> pa.Table:
-    """Each method's sums, plus a row per category seen (method "") → ``SUMS_SCHEMA`` rows."""
+SEEN = ""
+"""The method of a ``SUMS_SCHEMA`` row that only reports a category seen."""
+UNTRAINED = "~untrained"
+"""The method of a row that reports a category seen that no student was trained for."""
+
+
+def sums_to_table(sums: dict[str, MIoUSums], categories: set[str], untrained: set[str] = frozenset()) -> pa.Table:
+    """Each method's sums, plus a row per category seen (``SEEN``) and per category seen
+    that no student knows (``UNTRAINED``) → ``SUMS_SCHEMA`` rows."""
     rows = [{"method": m, "category": c, "sum": s, "count": n} for m, t in sums.items() for c, (s, n) in t.sums.items()]
-    rows += [{"method": "", "category": c, "sum": 0.0, "count": 0.0} for c in sorted(categories)]
+    rows += [{"method": SEEN, "category": c, "sum": 0.0, "count": 0.0} for c in sorted(categories)]
+    rows += [{"method": UNTRAINED, "category": c, "sum": 0.0, "count": 0.0} for c in sorted(untrained)]
     return pa.Table.from_pylist(rows, schema=SUMS_SCHEMA)
 
 
-def add_sums(rows: Iterable[dict[str, Any]], total: dict[str, MIoUSums], categories: set[str]) -> None:
+def add_sums(
+    rows: Iterable[dict[str, Any]], total: dict[str, MIoUSums], categories: set[str], untrained: set[str] | None = None
+) -> None:
     """The inverse of ``sums_to_table``: merge ``SUMS_SCHEMA`` rows into ``total`` (a ``MIoUSums``
-    per method, every method of the rows present) and the categories they report into ``categories``."""
+    per method, every method of the rows present), the categories they report into
+    ``categories`` and those no student knows into ``untrained``."""
     for r in rows:
-        if r["method"]:
+        if r["method"] == UNTRAINED:
+            if untrained is not None:
+                untrained.add(r["category"])
+        elif r["method"] != SEEN:
             total[r["method"]].merge(MIoUSums({r["category"]: [r["sum"], r["count"]]}))
         categories.add(r["category"])

@@ -8,15 +8,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from cluster.actors import actor_fault_options
 from cluster.config import load_config
-from cluster.extract import extract_local, plan
+from cluster.extract import extract, extract_pass, plan
 from cluster.extract_parts import PartExtractor, done_in_part, extract_shape, write_piece
-from cluster.extract_ray import build_dataset, extract_on_ray
 from cluster.extract_stages import TeachStage, render_part, render_rows
 from cluster.layout import knowledge_part_name, shape_part_of, shape_summary
 from cluster.rejects import read_rejects
-from cluster.runtime import extract_fused, fused_actor_options, teacher_actor_options
+from cluster.runner import ray_dataset
+from cluster.runtime import extract_fused, fused_pool, teacher_actor_options
 from cluster.storage import MANIFEST, PartError, Storage
 from distill.extract import render
 from distill.records import (
@@ -31,6 +30,7 @@ from distill.records import (
 )
 from distill.teachers import build_teacher
 from generation.procedural import make_shape
+from tests.backends import here, on_ray
 
 RUN = "r"
 SHAPES = f"{RUN}/shapes"
@@ -99,11 +99,6 @@ def _assert_same_units(a: dict[str, KnowledgeUnits], b: dict[str, KnowledgeUnits
 
 
 # -- pure pieces (no Ray) -------------------------------------------------------------------
-def test_actor_fault_options_restart_and_retry():
-    opts = actor_fault_options()
-    assert opts["max_restarts"] != 0 and opts["max_task_retries"] > 0
-
-
 def test_view_columns_roundtrip_exactly(shapes):
     views = render(shapes[0], _cfg().render)
     back = columns_to_views(views_to_columns(views))
@@ -224,7 +219,7 @@ def test_corrupt_knowledge_piece_is_quarantined_and_redone(tmp_path, shapes):
     storage = Storage(str(tmp_path))
     ids = _write_shapes(storage, shapes)
     cfg = _cfg()
-    first = extract_local(cfg, storage, SHAPES, KNOWLEDGE)
+    first = extract(here(cfg), storage, SHAPES, KNOWLEDGE)
     assert (first["new"], first["skipped"]) == (len(ids), 0)
     before = _assert_each_once(storage, ids)
     pieces = storage.list_parts(KNOWLEDGE)
@@ -234,14 +229,14 @@ def test_corrupt_knowledge_piece_is_quarantined_and_redone(tmp_path, shapes):
         storage.read_part(KNOWLEDGE, pieces[0])
     assert storage.exists(f"{KNOWLEDGE}/_corrupt/{pieces[0]}")
     # ... and the re-run redoes exactly its shapes.
-    again = extract_local(cfg, storage, SHAPES, KNOWLEDGE)
+    again = extract(here(cfg), storage, SHAPES, KNOWLEDGE)
     assert again["new"] == len(_shape_ids_by_part(storage)[shape_part_of(pieces[0])])
     _assert_same_units(before, _assert_each_once(storage, ids))
     # A damaged piece the manifest does not list yet (written after it): quarantined when
     # the manifest picks it up, and redone.
     storage.delete(f"{KNOWLEDGE}/{MANIFEST}")
     storage.write_bytes(f"{KNOWLEDGE}/{pieces[1]}", b"PAR1 cut short")
-    third = extract_local(cfg, storage, SHAPES, KNOWLEDGE)
+    third = extract(here(cfg), storage, SHAPES, KNOWLEDGE)
     assert third["new"] == len(_shape_ids_by_part(storage)[shape_part_of(pieces[1])])
     assert storage.exists(f"{KNOWLEDGE}/_corrupt/{pieces[1]}")
     _assert_same_units(before, _assert_each_once(storage, ids))
@@ -254,7 +249,7 @@ def test_render_tasks_are_not_fused_into_the_teacher_actors(tmp_path, shapes, ra
     parts = storage.list_parts(SHAPES)
     # Same CPUs for render tasks and teacher actors: the case Ray Data would fuse.
     cfg = _cfg(cluster__render_cpus=1.0, cluster__extract_layout="split")
-    build_dataset(cfg, storage, SHAPES, KNOWLEDGE, parts).explain()
+    ray_dataset(extract_pass(cfg, storage, SHAPES, KNOWLEDGE), [{"part": p} for p in parts]).explain()
     optimized = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
     assert "TaskPoolMapOperator[MapBatches(render_part)]" in optimized
     assert "ActorPoolMapOperator[MapBatches(TeachStage)]" in optimized
@@ -267,9 +262,9 @@ def test_fused_layout_is_one_actor_stage_over_every_cpu(tmp_path, shapes, ray_lo
     cfg = _cfg()  # auto, and the teacher has no GPU
     assert extract_fused(cfg) and not extract_fused(_cfg(cluster__teacher_gpus=1.0))
     assert not extract_fused(_cfg(cluster__extract_layout="split"))
-    opts = fused_actor_options(cfg, 2.0)
-    assert (opts.min_size, opts.max_size, opts.num_cpus) == (1, 2, 1.0)
-    build_dataset(cfg, storage, SHAPES, KNOWLEDGE, parts).explain()
+    pool = fused_pool(cfg)
+    assert pool.actors(len(parts), 2.0) == {"min_size": 1, "max_size": 2} and pool.num_cpus == 1.0
+    ray_dataset(extract_pass(cfg, storage, SHAPES, KNOWLEDGE), [{"part": p} for p in parts]).explain()
     optimized = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
     assert "ActorPoolMapOperator[MapBatches(ExtractStage)]" in optimized
     assert "render_part" not in optimized and "TeachStage" not in optimized
@@ -280,21 +275,21 @@ def test_extract_on_ray_matches_local_then_skips(tmp_path, shapes, ray_local, la
     storage = Storage(str(tmp_path))
     ids = _write_shapes(storage, shapes)
     cfg = _cfg(cluster__extract_layout=layout)
-    out = extract_on_ray(cfg, storage, SHAPES, KNOWLEDGE)
+    out = extract(on_ray(cfg), storage, SHAPES, KNOWLEDGE)
     assert (out["new"], out["skipped"], out["rejected"]) == (len(ids), 0, 0) and out["units"] > 0
     assert storage.reads.rows == {}  # the driver read no row of either table
     assert out["parts"] == len(storage.list_parts(KNOWLEDGE)) >= 2
-    on_ray = _assert_each_once(storage, ids)
-    local = extract_local(cfg, storage, SHAPES, LOCAL)
+    ray_units = _assert_each_once(storage, ids)
+    local = extract(here(cfg), storage, SHAPES, LOCAL)
     assert (local["new"], local["units"]) == (out["new"], out["units"])
-    _assert_same_units(on_ray, _assert_each_once(storage, ids, LOCAL))
+    _assert_same_units(ray_units, _assert_each_once(storage, ids, LOCAL))
     # the manifest records every piece with its counts
     manifest = storage.manifest(KNOWLEDGE)
     assert sorted(manifest) == storage.list_parts(KNOWLEDGE)
     assert sum(m["units"] for m in manifest.values()) == out["units"]
 
     parts_before = storage.list_parts(KNOWLEDGE)
-    again = extract_on_ray(cfg, storage, SHAPES, KNOWLEDGE)
+    again = extract(on_ray(cfg), storage, SHAPES, KNOWLEDGE)
     assert (again["new"], again["skipped"], again["units"], again["parts"]) == (0, len(ids), 0, 0)
     assert storage.list_parts(KNOWLEDGE) == parts_before
 
@@ -313,7 +308,7 @@ def test_resume_does_only_the_rest(tmp_path, shapes, ray_local):
             name=knowledge_part_name(part, [sid]),
             summary={"shape_part": part, "with_units": {}, "units": 0},
         )
-    out = extract_on_ray(cfg, storage, SHAPES, KNOWLEDGE)
+    out = extract(on_ray(cfg), storage, SHAPES, KNOWLEDGE)
     assert (out["new"], out["rejected"]) == (len(ids) - 2, 0)
     units = _assert_each_once(storage, ids)
     assert ids[0] not in units and ids[3] not in units and set(units) == set(ids) - {ids[0], ids[3]}
@@ -336,17 +331,17 @@ def test_bad_shapes_are_rejected_and_the_rest_finish(tmp_path, shapes, ray_local
     table = table.set_column(table.schema.get_field_index("mesh"), "mesh", pa.array(mesh, pa.binary()))
     table = table.set_column(table.schema.get_field_index("points"), "points", pa.array(points, pa.list_(pa.float32())))
     ids = _write_shapes(storage, mixed, table)
-    out = extract_on_ray(cfg, storage, SHAPES, KNOWLEDGE)
+    out = extract(on_ray(cfg), storage, SHAPES, KNOWLEDGE)
     assert (out["new"], out["rejected"]) == (len(ids) - 2, 2)
     units = _assert_each_once(storage, ids)  # rejected shapes are done too (by the piece that rejected them)
     assert set(units) == set(ids) - {ids[1], ids[4]}
     rejects = {r["item"]: r["reason"] for r in read_rejects(storage, RUN, "extract")}
     assert set(rejects) == {ids[1], ids[4]}
     assert "faces" in rejects[ids[1]] and "NaN" in rejects[ids[4]]
-    local = extract_local(cfg, storage, SHAPES, LOCAL)
+    local = extract(here(cfg), storage, SHAPES, LOCAL)
     assert (local["new"], local["rejected"]) == (out["new"], out["rejected"])
     _assert_same_units(units, _assert_each_once(storage, ids, LOCAL))
-    again = extract_on_ray(cfg, storage, SHAPES, KNOWLEDGE)
+    again = extract(on_ray(cfg), storage, SHAPES, KNOWLEDGE)
     assert (again["new"], again["rejected"], again["skipped"]) == (0, 0, len(ids))
 
 
@@ -376,18 +371,18 @@ def test_a_killed_teacher_actor_is_replaced_and_its_shapes_retried(tmp_path, sha
     ids = _write_shapes(storage, shapes)
     marker = str(tmp_path / "crashed-once")
     cfg = _cfg(cluster__extract_layout=layout)
-    out = extract_on_ray(cfg, storage, SHAPES, KNOWLEDGE, teacher_factory=_crash_once_factory(marker))
+    out = extract(on_ray(cfg), storage, SHAPES, KNOWLEDGE, teacher_factory=_crash_once_factory(marker))
     assert os.path.exists(marker), "the actor should have crashed once"
     assert (out["new"], out["rejected"]) == (len(ids), 0)
-    on_ray = _assert_each_once(storage, ids)
-    extract_local(_cfg(), storage, SHAPES, LOCAL)
-    _assert_same_units(on_ray, _assert_each_once(storage, ids, LOCAL))
+    ray_units = _assert_each_once(storage, ids)
+    extract(here(_cfg()), storage, SHAPES, LOCAL)
+    _assert_same_units(ray_units, _assert_each_once(storage, ids, LOCAL))
 
 
 def test_extract_on_ray_with_s3_storage(s3_bucket, shapes, ray_local):
     storage = Storage(s3_bucket + "/p")
     ids = _write_shapes(storage, shapes[:4])
-    out = extract_on_ray(_cfg(), storage, SHAPES, KNOWLEDGE)
+    out = extract(on_ray(_cfg()), storage, SHAPES, KNOWLEDGE)
     assert (out["new"], out["rejected"]) == (4, 0) and out["table"].startswith("s3://")
     units = _assert_each_once(storage, ids)
     assert set(units) == set(ids)
@@ -403,5 +398,5 @@ def test_fused_pool_with_more_teacher_actors_than_parts_left(tmp_path, shapes, r
     write_piece(storage, RUN, KNOWLEDGE, "part-0.parquet", [(sid, None, "teacher: test", "Chair") for sid in ids[:3]])
     cfg = _cfg(cluster__teacher_actors=2)
     assert extract_fused(cfg) and plan(storage, SHAPES, KNOWLEDGE) == (["part-1.parquet"], 6)
-    out = extract_on_ray(cfg, storage, SHAPES, KNOWLEDGE)
+    out = extract(on_ray(cfg), storage, SHAPES, KNOWLEDGE)
     assert (out["new"], out["skipped"]) == (3, 3)

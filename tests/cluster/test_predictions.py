@@ -7,11 +7,12 @@ import torch
 
 from cluster.checkpoints import checkpoint_dir, final_bundle, save_torch
 from cluster.config import load_config
-from cluster.evaluate import PartEvaluator, load_students
+from cluster.evaluate import PartEvaluator
 from cluster.layout import PartItem, knowledge_part_name, shape_summary
 from cluster.samples import Tables
 from cluster.segment import segment
 from cluster.storage import Storage
+from cluster.students import load_students
 from distill.config import StudentConfig
 from distill.labels import LabelSpace
 from distill.records import PREDICTION_SCHEMA, shapes_to_table, table_to_predictions, units_to_table
@@ -91,8 +92,7 @@ def test_the_student_with_the_units_is_scored_and_written_beside_the_student(tmp
     """Where a part has knowledge units, evaluation also scores the student combined with
     each shape's units (``student_units``) and writes those labels as ``<student>+units``;
     a shape of the part without units keeps the student's labels; weight 0 turns it off."""
-    from cluster.evaluate import UnitsPrior
-    from distill.evidence import combine, unit_evidence
+    from distill.evidence import StudentWithUnits, combine, unit_evidence
     from distill.passes import predict_log_probs
     from distill.records import KnowledgeUnits
 
@@ -120,8 +120,8 @@ def test_the_student_with_the_units_is_scored_and_written_beside_the_student(tmp
     students = load_students(storage, RUN)
     item = PartItem(part, (knowledge_part_name(part, done),))
 
-    prior = UnitsPrior(weight=0.5, negative=1.0)
-    sums, _ = PartEvaluator(storage, Tables(SHAPES, knowledge), students, f"{RUN}/predictions", 8, prior)(item)
+    prior = StudentWithUnits(weight=0.5, negative=1.0)
+    sums, _, _ = PartEvaluator(storage, Tables(SHAPES, knowledge), students, f"{RUN}/predictions", 8, prior)(item)
     rows = {(p.shape_id, p.student): p.labels for p in table_to_predictions(storage.read_table(f"{RUN}/predictions"))}
     assert set(rows) == {(i, f"{RUN}/all{suffix}") for i in done for suffix in ("", "+units")}
     log_probs = predict_log_probs(students[0].model, shapes, "cpu", 8, space)
@@ -131,5 +131,5 @@ def test_the_student_with_the_units_is_scored_and_written_beside_the_student(tmp
     # Truthful units from two views overrule an untrained student on shape 0.
     assert sums["student_units"].summary()["per_category"]["Chair"] > sums["student"].summary()["per_category"]["Chair"]
 
-    off, _ = PartEvaluator(storage, Tables(SHAPES, knowledge), students, "", 8, UnitsPrior(weight=0.0))(item)
+    off, _, _ = PartEvaluator(storage, Tables(SHAPES, knowledge), students, "", 8, StudentWithUnits(weight=0.0))(item)
     assert len(off["student_units"]) == 0 and len(off["student"]) == 2

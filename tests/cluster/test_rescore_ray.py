@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 
 from cluster.checkpoints import load_student, load_torch
-from cluster.rescore import load_snapshot, rescore_local, todo_items
-from cluster.rescore_ray import rescore_on_ray
+from cluster.rescore import load_snapshot, rescore_pass, todo_items
 from cluster.samples import BALANCE_FILE, load_item, load_units, read_score_part, read_scores, scores_dir
 from cluster.train import train_student_local
 from distill.backward import rescore_samples
 from distill.records import SCORE_SCHEMA, table_to_units
+from tests.backends import on_ray
 from tests.cluster.bd_run import CKPT, CKPT_DIR, CPU, RUN, fit, pending_run, prepare
 
 
@@ -73,7 +73,7 @@ def test_rescoring_pass_matches_in_process_and_training_resumes(pending, ray_loc
     expected = _expected_scores(cfg, storage, plan)
     storage.reads.reset()
 
-    summary = prepare(storage, plan, lambda snap: rescore_on_ray(cfg, storage, plan, snap))
+    summary = prepare(storage, plan, lambda snap: rescore_pass(on_ray(cfg), storage, plan, snap))
     assert storage.reads.rows == {}  # the actors read the parts; the driver none
     assert summary["round"] == 1 and summary["parts"] == len(plan.items) and summary["skipped_parts"] == 0
     assert summary["shapes"] == sum(len(v) for v in expected.values()) == plan.with_units
@@ -83,7 +83,7 @@ def test_rescoring_pass_matches_in_process_and_training_resumes(pending, ray_loc
     assert not resumed["pending_rescore"] and resumed["round"] == 1 and resumed["round_start"] == 2
     assert resumed["scores"] == {}  # a streaming run's scores live in the round's table
     with pytest.raises(ValueError, match="not waiting"):
-        rescore_on_ray(cfg, storage, plan, CKPT)
+        rescore_pass(on_ray(cfg), storage, plan, CKPT)
 
     # The next fit reads round 1: round-0 units with the new scores.
     item = plan.items[0]
@@ -102,13 +102,13 @@ def test_rescoring_pass_resumes_after_a_crash(pending, ray_local):
     """A driver that died mid-pass: the parts written are kept, the rest are done."""
     cfg, storage, plan = pending
     out_dir = plan.tables(1).scores_dir
-    rescore_on_ray(cfg, storage, plan, CKPT)
+    rescore_pass(on_ray(cfg), storage, plan, CKPT)
     assert load_torch(storage, CKPT)["pending_rescore"]  # the pass alone does not move last.pt on
     parts = storage.list_parts(out_dir)
     first = {p: read_scores(storage, out_dir, p) for p in parts}
     storage.delete(f"{out_dir}/{parts[2]}")  # one part lost, and last.pt still pending
 
-    again = prepare(storage, plan, lambda snap: rescore_on_ray(cfg, storage, plan, snap))
+    again = prepare(storage, plan, lambda snap: rescore_pass(on_ray(cfg), storage, plan, snap))
     assert again["parts"] == 1 and again["skipped_parts"] == len(plan.items) - 1
     assert again["shapes"] == len(first[parts[2]])
     assert storage.list_parts(out_dir) == parts
@@ -121,18 +121,18 @@ def test_rescoring_pass_resumes_after_a_crash(pending, ray_local):
 
     # A score part lost after last.pt moved on: rebuilt from the kept round_1.pt snapshot.
     storage.delete(f"{out_dir}/{parts[0]}")
-    rebuilt = prepare(storage, plan, lambda snap: rescore_on_ray(cfg, storage, plan, snap))
+    rebuilt = prepare(storage, plan, lambda snap: rescore_pass(on_ray(cfg), storage, plan, snap))
     assert rebuilt["parts"] == 1 and storage.list_parts(out_dir) == parts
     for sid, sc in read_scores(storage, out_dir, parts[0]).items():
         np.testing.assert_array_equal(sc, first[parts[0]][sid])
     assert load_torch(storage, CKPT)["round"] == 1
-    assert prepare(storage, plan, lambda snap: rescore_on_ray(cfg, storage, plan, snap)) is None
+    assert prepare(storage, plan, lambda snap: rescore_pass(on_ray(cfg), storage, plan, snap)) is None
 
     # ... and without its snapshot, an error that names the way out.
     storage.delete(f"{out_dir}/{parts[0]}")
     storage.delete(f"{CKPT_DIR}/round_1.pt")
     with pytest.raises(FileNotFoundError, match="train all afresh"):
-        prepare(storage, plan, lambda snap: rescore_on_ray(cfg, storage, plan, snap))
+        prepare(storage, plan, lambda snap: rescore_pass(on_ray(cfg), storage, plan, snap))
 
 
 def test_pending_checkpoint_is_rescored_in_process_when_run_locally(pending):
@@ -152,7 +152,7 @@ def test_rescore_local_matches_the_ray_pass_scores(pending):
     what the Ray pass writes, see above); ``last.pt`` stays pending for ``prepare_fit``."""
     cfg, storage, plan = pending
     expected = _expected_scores(cfg, storage, plan)
-    summary = rescore_local(cfg, storage, plan, CKPT, CPU)
+    summary = rescore_pass(cfg, storage, plan, CKPT)
     assert summary["round"] == 1 and summary["parts"] == len(plan.items)
     assert summary["shapes"] == plan.with_units
     _assert_scores_only(storage, plan, 1, expected)
@@ -168,8 +168,8 @@ def test_a_point_balanced_pass_on_ray_writes_what_the_local_pass_writes(tmp_path
 
         def pass_(snap, cfg=cfg, storage=storage, plan=plan, where=where):
             if where == "ray":
-                return rescore_on_ray(cfg, storage, plan, snap)
-            return rescore_local(cfg, storage, plan, snap, CPU)
+                return rescore_pass(on_ray(cfg), storage, plan, snap)
+            return rescore_pass(cfg, storage, plan, snap)
 
         prepare(storage, plan, pass_)
         out_dir = plan.tables(1).scores_dir

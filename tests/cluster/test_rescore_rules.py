@@ -7,7 +7,7 @@ import pytest
 
 from cluster.checkpoints import load_torch
 from cluster.config import load_config
-from cluster.rescore import balance_factors, load_snapshot, rescore_local
+from cluster.rescore import balance_factors, load_snapshot, rescore_pass
 from cluster.samples import BALANCE_FILE, load_item, read_score_part
 from distill.backward import rescore_samples_with_rule
 from distill.config import ConfigError
@@ -40,7 +40,7 @@ def test_pass_gives_the_in_memory_rule_and_training_resumes(tmp_path, bd_extract
     before = _samples(cfg, storage, plan, 0)
     want, want_pairs = rescore_samples_with_rule(model, before, plan.space, cfg.train, CPU)
 
-    summary = prepare(storage, plan, lambda snap: rescore_local(cfg, storage, plan, snap, CPU))
+    summary = prepare(storage, plan, lambda snap: rescore_pass(cfg, storage, plan, snap))
     assert summary["round"] == 1 and summary["parts"] == len(plan.items)
     out_dir = plan.tables(1).scores_dir
     point = rule.startswith("point")
@@ -81,7 +81,7 @@ def test_balance_factors_keep_each_parts_mass():
 
 def test_a_round_written_by_another_rule_is_refused(tmp_path, bd_extracted):
     cfg, storage, plan = _pending(tmp_path, bd_extracted, "agreement")
-    prepare(storage, plan, lambda snap: rescore_local(cfg, storage, plan, snap, CPU))
+    prepare(storage, plan, lambda snap: rescore_pass(cfg, storage, plan, snap))
     from cluster.rescore import finish_round
 
     balanced = load_config([*ARGS, f"storage.root={tmp_path}", "train.rescore=agreement_balanced"])

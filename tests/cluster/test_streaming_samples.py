@@ -9,7 +9,7 @@ from cluster.config import load_config
 from cluster.layout import knowledge_part_name, shape_summary
 from cluster.samples import PartSource, Tables, samples_to_table, table_to_samples
 from cluster.storage import Storage
-from cluster.train import StudentPlan, plan_students
+from cluster.students import StudentPlan, plan_students
 from cluster.train_ray import concurrent_students
 from distill.metrics import MIoUSums, MIoUTable
 from distill.records import KnowledgeUnits, Shape, scores_to_table, shapes_to_table, units_to_table

@@ -19,7 +19,8 @@ from cluster.config import load_config, to_dict
 from cluster.pipeline import extract_stage
 from cluster.samples import load_item, samples_to_table, table_to_batch, table_to_samples
 from cluster.storage import Storage
-from cluster.train import knowledge_dir, plan_students, train_local
+from cluster.students import plan_students
+from cluster.train import knowledge_dir, train_local
 from cluster.train_ray import sample_rows, training_dataset
 from distill.records import SAMPLE_SCHEMA
 from tests.cluster.conftest import local_ray

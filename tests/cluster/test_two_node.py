@@ -13,15 +13,16 @@ import torch
 
 from cluster.checkpoints import load_torch
 from cluster.config import load_config
-from cluster.extract import extract_local
-from cluster.extract_ray import extract_on_ray
+from cluster.extract import extract
 from cluster.ingest import ingest
-from cluster.rescore_ray import rescore_on_ray
+from cluster.rescore import rescore_pass
 from cluster.runtime import loopback_only
 from cluster.samples import read_scores
 from cluster.storage import Storage
-from cluster.train import fit_student, knowledge_dir, last_state, plan_students, prepare_fit
+from cluster.students import plan_students
+from cluster.train import fit_student, knowledge_dir, last_state, prepare_fit
 from distill.records import UNIT_SCHEMA, table_to_units
+from tests.backends import here, on_ray
 from tests.conftest import run_test_fresh
 
 # About 45 s (a second interpreter and a two-node cluster): the slow lane only.
@@ -84,14 +85,14 @@ def test_two_nodes_extract_and_rescore_across_nodes(tmp_path, two_nodes):
     storage = Storage.from_config(cfg.storage)
     ingest(cfg, storage, cfg.data, f"{RUN}/shapes")
 
-    out = extract_on_ray(cfg, storage, f"{RUN}/shapes", knowledge_dir(RUN, 0))
+    out = extract(on_ray(cfg), storage, f"{RUN}/shapes", knowledge_dir(RUN, 0))
     assert out["new"] == 6 and out["rejected"] == 0
-    local = extract_local(cfg, storage, f"{RUN}/shapes", f"{RUN}/local")
+    local = extract(here(cfg), storage, f"{RUN}/shapes", f"{RUN}/local")
     assert local["units"] == out["units"]
-    on_ray = table_to_units(storage.read_table(knowledge_dir(RUN, 0), schema=UNIT_SCHEMA))
+    ray_units = table_to_units(storage.read_table(knowledge_dir(RUN, 0), schema=UNIT_SCHEMA))
     mine = table_to_units(storage.read_table(f"{RUN}/local", schema=UNIT_SCHEMA))
     for sid, u in mine.items():
-        np.testing.assert_array_equal(u.score, on_ray[sid].score)
+        np.testing.assert_array_equal(u.score, ray_units[sid].score)
 
     # A student stopped for re-scoring (in this process), re-scored by an actor on the GPU node.
     (plan,) = plan_students(cfg, storage, f"{RUN}/shapes", knowledge_dir(RUN, 0))
@@ -100,7 +101,7 @@ def test_two_nodes_extract_and_rescore_across_nodes(tmp_path, two_nodes):
     state = last_state(storage, f"{RUN}/checkpoints/all")
     storage.reads.reset()
     _, summary = prepare_fit(
-        storage, plan, f"{RUN}/checkpoints/all", state, lambda snap: rescore_on_ray(cfg, storage, plan, snap)
+        storage, plan, f"{RUN}/checkpoints/all", state, lambda snap: rescore_pass(on_ray(cfg), storage, plan, snap)
     )
     assert storage.reads.rows == {}
     assert summary["shapes"] == 6 and summary["round"] == 1 and summary["parts"] == len(plan.items)

@@ -4,7 +4,7 @@ back-project → vote, on one Labeled-PSB shape per category (skips without the 
 With clean masks the chain must label ≥ 97 % of the visible points correctly: every
 visible point lies on a mask of the part seen at its pixel, so any shortfall is a
 visibility, projection or indexing bug. Boxes overlap, so clean boxes score lower
-(≈ 85–90 %); glip_like lower still. ``python bench/render.py --quality`` runs the full
+(≈ 85–90 %); glip_like lower still. ``python -m bench.render quality`` runs the full
 190-shape measurement.
 """
 

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from cluster.config import load_config
-from cluster.evaluate import UnitsPrior, load_students, student_log_probs
 from cluster.job import run_job
 from cluster.pipeline import pretrain, train_stage
 from cluster.relabel import dense_units, relabel_dir
 from cluster.storage import Storage
+from cluster.students import load_students, student_log_probs
 from distill.config import ConfigError
-from distill.evidence import combine, unit_evidence
+from distill.evidence import StudentWithUnits, combine, unit_evidence
 from distill.records import table_to_shapes, table_to_units
 
 
@@ -75,7 +75,7 @@ def test_a_generation_learns_from_the_relabelled_table(relabel_run):
         assert sorted(u.point_idx.tolist()) == list(range(shapes[sid]))
     # The relabel pass is the evaluation's student_units on the distillation shapes: the
     # first generation's labels with the shape's teacher units as evidence.
-    assert UnitsPrior.from_config(load_config(argv)).weight > 0
+    assert StudentWithUnits.of(load_config(argv).eval).weight > 0
     assert summary["student"] >= 0.0 and "student_units" in summary
 
 
@@ -85,7 +85,7 @@ def test_the_relabels_are_the_student_combined_with_the_evidence(relabel_run):
     _, argv, _ = relabel_run
     cfg = load_config(argv)
     storage = Storage.from_config(cfg.storage)
-    prior = UnitsPrior.from_config(cfg)
+    prior = StudentWithUnits.of(cfg.eval)
     teacher = table_to_units(storage.read_table("st/knowledge/round_0"))
     relabelled = table_to_units(storage.read_table(relabel_dir("st", 1)))
     shapes = [s for s in table_to_shapes(storage.read_table("st/shapes")) if s.shape_id in relabelled]
@@ -119,14 +119,15 @@ def test_relabelling_needs_the_units_weight(tmp_path):
     from cluster.relabel import Relabeller
 
     with pytest.raises(ValueError, match="eval.units_weight > 0"):
-        Relabeller(Storage(str(tmp_path)), "", "", "", [], UnitsPrior(weight=0.0), 1)
+        Relabeller(Storage(str(tmp_path)), "", "", "", [], StudentWithUnits(weight=0.0), 1)
 
 
 def test_cross_fitted_relabels_come_from_the_student_that_held_the_shape_out(tmp_path):
     """train.relabel_folds=2: generation 0 is two students, each trained without one hash
     fold of the shapes; every shape is relabelled by the student that never saw its units."""
     from cluster.relabel import generation_config
-    from cluster.train import part_source, plan_students
+    from cluster.students import plan_students
+    from cluster.train import part_source
     from distill.sources import fold_of
 
     argv = ["--config", "smoke", f"storage.root={tmp_path}", "cluster.backend=local", "train.relabel_rounds=1",
@@ -147,7 +148,7 @@ def test_cross_fitted_relabels_come_from_the_student_that_held_the_shape_out(tmp
     relabelled = table_to_units(storage.read_table(relabel_dir("cf", 1)))
     assert set(relabelled) == trained
     shapes = [s for s in table_to_shapes(storage.read_table("cf/shapes")) if s.shape_id in relabelled]
-    prior = UnitsPrior.from_config(cfg)
+    prior = StudentWithUnits.of(cfg.eval)
     checked = 0
     for f in (0, 1):  # every shape checked against the student of its own fold
         students = load_students(storage, f"cf-generation_0-fold_{f}")
@@ -171,7 +172,7 @@ def test_a_fold_without_a_category_falls_back_in_sample_and_says_so(relabel_run)
     storage = Storage.from_config(cfg.storage)
     (student,) = load_students(storage, "st-generation_0")
     blind = replace(student, trained=frozenset({"Chair"}))  # fold 0's student knows Chairs only
-    relabeller = Relabeller(storage, "", "", "", [[blind], [student]], UnitsPrior(weight=0.1), 1, seed=cfg.seed)
+    relabeller = Relabeller(storage, "", "", "", [[blind], [student]], StudentWithUnits(weight=0.1), 1, seed=cfg.seed)
     shapes = table_to_shapes(storage.read_table("st/shapes"))
     got = [s.shape_id for _, s, _ in relabeller._log_probs(shapes)]
     assert sorted(got) == sorted(s.shape_id for s in shapes)  # every shape, once
