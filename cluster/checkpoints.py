@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cluster.paths import RunPaths
 from cluster.storage import Storage
 from distill.config import StudentConfig
 from distill.errors import NotFoundError
@@ -25,7 +26,7 @@ FORMAT = "partdistill.student/1"
 
 
 def checkpoint_dir(run: str, student: str) -> str:
-    return f"{run}/checkpoints/{student}"
+    return RunPaths(run).checkpoints(student)
 
 
 def student_name(space: LabelSpace, per_category: bool) -> str:
@@ -57,7 +58,9 @@ def final_bundle(model: nn.Module, space: LabelSpace, student_cfg: StudentConfig
 
 def list_students(storage: Storage, run: str) -> list[str]:
     """Students of a run with a finished ``final.pt``."""
-    return [n for n in storage.listdir(f"{run}/checkpoints") if storage.exists(checkpoint_dir(run, n), "final.pt")]
+    return [
+        n for n in storage.listdir(RunPaths(run).checkpoints()) if storage.exists(checkpoint_dir(run, n), "final.pt")
+    ]
 
 
 def load_student(storage: Storage, run: str, student: str) -> tuple[nn.Module, LabelSpace, dict[str, Any]]:

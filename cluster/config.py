@@ -21,6 +21,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from cluster.paths import RUN_NAME
 from distill.config import (
     ConfigError,
     DataConfig,
@@ -125,7 +126,7 @@ class Config:
 
     def __post_init__(self) -> None:
         check_choice("mode", self.mode, ("pre", "tta"))
-        if not self.run or "/" in self.run:
+        if not RUN_NAME.fullmatch(self.run or ""):
             raise ConfigError(f"run={self.run!r} must be a non-empty name without '/'")
         if self.train.relabel_rounds > 0 and self.eval.units_weight <= 0:
             raise ConfigError(

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from cluster.checkpoints import checkpoint_dir, load_torch
+from cluster.paths import RunPaths
 from cluster.storage import Storage
 from distill.curves import curves_png
 
@@ -25,7 +26,7 @@ SCALARS = ("loss", "lr", "val_agreement", "shapes_per_s", "round")
 
 
 def tensorboard_dir(run: str, student: str) -> str:
-    return f"{run}/tensorboard/{student}"
+    return RunPaths(run).tensorboard(student)
 
 
 class CurveLog:
@@ -70,6 +71,6 @@ def write_curves_png(storage: Storage, run: str, students: Iterable[str]) -> str
             histories[name] = history
     if not histories:
         return None
-    rel = f"{run}/training_curves.png"
+    rel = RunPaths(run).curves_png
     storage.write_bytes(rel, curves_png(histories))
     return rel

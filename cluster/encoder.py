@@ -35,7 +35,7 @@ from cluster.checkpoints import load_torch, save_torch
 from cluster.config import Config
 from cluster.curves import CurveLog
 from cluster.layout import shapes_manifest
-from cluster.pretrained import ENCODER_FILE
+from cluster.paths import RunPaths
 from cluster.storage import Storage
 from cluster.students import resolve_device
 from distill.config import ConfigError
@@ -56,12 +56,12 @@ CLOUD_COLUMNS = ["shape_id", "num_points", "points", "normals"]
 
 
 def encoder_dir(run: str) -> str:
-    return f"{run}/{ENCODER_NAME}"
+    return RunPaths(run).encoder()
 
 
 def encoder_file(run: str) -> str:
     """Where a run's finished encoder is (``student.pretrained=<run>`` reads it)."""
-    return f"{run}/{ENCODER_FILE}"
+    return RunPaths(run).encoder_file
 
 
 def fit_settings(cfg: Config) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from cluster.checkpoints import list_students
 from cluster.config import Config, config_from_dict, to_dict
 from cluster.curves import write_curves_png
 from cluster.layout import PartItem, plan_parts, shapes_manifest
+from cluster.paths import RunPaths
 from cluster.runner import Pass, Step, run_pass
 from cluster.runtime import Pool
 from cluster.samples import EVAL_COLUMNS, Tables, load_units
@@ -159,9 +160,10 @@ class EvaluateStage:
     """The evaluation pass's step: the run's students loaded once (per actor on Ray); per
     item, its ``PartEvaluator`` sums as ``distill.records.SUMS_SCHEMA`` rows."""
 
-    def __init__(self, config: dict[str, Any], tables: Tables, with_students: bool, predictions_dir: str) -> None:
+    def __init__(
+        self, config: dict[str, Any], storage: Storage, tables: Tables, with_students: bool, predictions_dir: str
+    ) -> None:
         cfg = config_from_dict(config)
-        storage = Storage.from_config(cfg.storage)
         students = load_students(storage, cfg.run) if with_students else []
         self.evaluate = PartEvaluator(
             storage,
@@ -218,7 +220,7 @@ def evaluate_parts(
     """Stream every shape part of ``shapes_dir`` through ``PartEvaluator`` (``cluster.runner``).
     Every part is evaluated again on a re-run: its sums depend on the settings (``eval.*``)."""
     items = plan_items(storage, shapes_dir, units_dir)
-    kwargs = {"config": to_dict(cfg), "tables": Tables(shapes_dir, units_dir)}
+    kwargs = {"config": to_dict(cfg), "storage": storage, "tables": Tables(shapes_dir, units_dir)}
     kwargs |= {"with_students": with_students, "predictions_dir": predictions_dir}
     step = Step(EvaluateStage, kwargs, Pool(size=cfg.cluster.eval_actors))
     result = run_pass(cfg, Pass("evaluate", (step,)), (i.to_row() for i in items))
@@ -237,7 +239,7 @@ def evaluate_run(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str)
     """Students and baselines on the shapes of ``shapes_dir`` with the teacher's ``units_dir``
     (each student loaded once, by the pass's workers)."""
     require_students(storage, cfg.run)
-    predictions = f"{cfg.run}/predictions"
+    predictions = RunPaths(cfg.run).predictions
     tables, categories, untrained = evaluate_parts(cfg, storage, shapes_dir, units_dir, True, predictions)
     if not categories:
         raise ValueError(f"{storage.uri(shapes_dir)}: no shapes to evaluate")
@@ -250,7 +252,7 @@ def evaluate_run(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str)
             f"\n\nstudent: untrained for {', '.join(unknown)} (no knowledge unit to learn from), "
             "shown as —; its means are over the other categories."
         )
-    storage.write_bytes(f"{cfg.run}/evaluation.md", (md + "\n").encode())
+    storage.write_bytes(RunPaths(cfg.run).evaluation_md, (md + "\n").encode())
     curves = write_curves_png(storage, cfg.run, list_students(storage, cfg.run))
     evaluated = max(len(t) for t in tables.values())
     log.info("evaluation: %d shapes, table in %s", evaluated, storage.uri(cfg.run, "evaluation.md"))

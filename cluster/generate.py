@@ -35,6 +35,7 @@ from typing import Any
 
 from cluster.config import Config
 from cluster.generate_stages import ShapEStage, finish_shap_e_batch, procedural_batch
+from cluster.paths import RunPaths
 from cluster.runner import Pass, Step, run_pass
 from cluster.runtime import Pool
 from cluster.storage import Storage
@@ -181,7 +182,7 @@ def summarise(
 
 def default_table_dir(cfg: Config) -> str:
     """Where a generation writes unless told: ``{run}/{generation.output}`` (``shapes``)."""
-    return f"{cfg.run}/{cfg.generation.output.strip('/') or 'shapes'}"
+    return RunPaths(cfg.run) / (cfg.generation.output.strip("/") or "shapes")
 
 
 def generate_pass(cfg: Config, storage: Storage, table_dir: str, todo: int) -> Pass:

@@ -26,6 +26,7 @@ import pyarrow as pa
 import generation  # noqa: F401 - registers the data.source=procedural reader with distill.readers
 from cluster.config import Config
 from cluster.layout import part_name, shape_summary, shapes_manifest
+from cluster.paths import RunPaths
 from cluster.rejects import read_rejects, write_rejects
 from cluster.runner import Pass, Step, run_pass
 from cluster.runtime import Pool
@@ -44,7 +45,7 @@ WINDOW_BATCHES = 64
 
 
 def shapes_dir(run: str) -> str:
-    return f"{run}/shapes"
+    return RunPaths(run).shapes
 
 
 def ingest_batches(items: Iterator[SourceItem], chunk: int) -> Iterator[dict[str, Any]]:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cluster.config import Config, load_config, to_dict
+from cluster.paths import RunPaths
 from cluster.storage import Storage
 from distill.errors import UserError
 
@@ -37,7 +38,7 @@ def setup_logging() -> None:
 
 def record_metrics(storage: Storage, run: str, job: str, summary: dict[str, Any]) -> None:
     """Merge ``summary`` into ``{run}/metrics.json`` under ``job`` (read-modify-write)."""
-    rel = f"{run}/metrics.json"
+    rel = RunPaths(run).metrics
     metrics: dict[str, Any] = {}
     if storage.exists(rel):
         try:
@@ -68,7 +69,7 @@ def _run(job: str, stage: StageFn, argv: list[str]) -> dict[str, Any]:
     cfg = load_config(argv)
     storage = Storage.from_config(cfg.storage)
     log.info("%s: run=%s storage=%s", job, cfg.run, storage.uri(cfg.run))
-    storage.write_json(f"{cfg.run}/config/{job}.json", to_dict(cfg))
+    storage.write_json(RunPaths(cfg.run).job_config(job), to_dict(cfg))
     start = time.perf_counter()
     summary = stage(cfg, storage)
     summary = {"job": job, "run": cfg.run, **summary, "seconds": round(time.perf_counter() - start, 2)}

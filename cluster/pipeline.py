@@ -6,11 +6,9 @@ are skipped. ``cluster.backend`` picks Ray or this process (``cluster.runtime.us
 every pass over shape parts runs through ``cluster.runner``, which asks it once; the
 fits run on Ray Train (``cluster.train_ray``, ``cluster.encoder_ray``) or here.
 
-Where things go, under ``{storage.root}/{run}/``:
-``shapes/`` and ``knowledge/round_{k}/`` for the distillation shapes; in ``mode=pre`` the
-evaluated shapes live apart in ``eval/shapes/`` and ``eval/knowledge/round_0/`` (the
-teacher's votes on them are the baselines); in ``mode=tta`` the distillation shapes are
-the evaluated ones.
+Where things go is ``cluster.paths``: in ``mode=pre`` the evaluated shapes live apart in
+``eval/`` (the teacher's votes on them are the baselines); in ``mode=tta`` the
+distillation shapes are the evaluated ones.
 """
 
 from __future__ import annotations
@@ -25,6 +23,7 @@ from typing import Any
 
 from cluster.config import Config
 from cluster.ingest import ingest
+from cluster.paths import distill_tables, evaluated_tables
 from cluster.pretrained import check_pretrained
 from cluster.runtime import join_ray, use_ray
 from cluster.storage import Storage
@@ -45,12 +44,6 @@ def timed(name: str, step: Callable[..., dict[str, Any]], *args: Any, **kwargs: 
     done = time.time()
     log.info("stage %s done at %.3f (%.1f s)", name, done, done - started)
     return {**summary, "started_at": round(started, 3), "seconds": round(done - started, 2)}
-
-
-def dirs(cfg: Config, evaluated: bool = False) -> tuple[str, str]:
-    """(shapes dir, teacher-knowledge dir) of the distillation or the evaluated shapes."""
-    prefix = "eval/" if evaluated and cfg.mode == "pre" else ""
-    return f"{cfg.run}/{prefix}shapes", f"{cfg.run}/{prefix}knowledge/round_0"
 
 
 def ensure_shapes(cfg: Config, storage: Storage, data: DataConfig, shapes_dir: str) -> dict[str, Any]:
@@ -155,11 +148,10 @@ def baselines_key(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str
 
 def extract_stage(cfg: Config, storage: Storage, evaluated: bool = False) -> dict[str, Any]:
     """Shapes (ingested first when needed) → teacher knowledge, with the voting baselines."""
-    data = cfg.eval.data if evaluated and cfg.mode == "pre" else cfg.data
-    shapes_dir, units_dir = dirs(cfg, evaluated)
-    if data.source == "table":
-        shapes_dir = data.path
-    prefix = "eval/" if evaluated and cfg.mode == "pre" else ""
+    apart = evaluated and cfg.mode == "pre"
+    data = cfg.eval.data if apart else cfg.data
+    shapes_dir, units_dir = evaluated_tables(cfg) if evaluated else distill_tables(cfg)
+    prefix = "eval/" if apart else ""
     summary = {"ingest": timed(f"{prefix}ingest", ensure_shapes, cfg, storage, data, shapes_dir)}
     summary["extract"] = timed(f"{prefix}extract", extract, cfg, storage, shapes_dir, units_dir)
     summary["baselines"] = timed(f"{prefix}baselines", baselines, cfg, storage, shapes_dir, units_dir)
@@ -168,13 +160,11 @@ def extract_stage(cfg: Config, storage: Storage, evaluated: bool = False) -> dic
 
 def train_stage(cfg: Config, storage: Storage, fault_hook: Any = None) -> dict[str, Any]:
     """The run's students from its knowledge (``fault_hook``: tests only, ``cluster.train_ray``),
-    then ``train.relabel_rounds`` self-training generations (``cluster.relabel``), each
-    from the relabel pass of the one before; → the last generation's summary with its
-    ``relabel`` pass, the earlier generations under ``generations``."""
+    then ``train.relabel_rounds`` self-training rounds (``cluster.relabel``), each from the
+    relabel pass of the one before; → the last round's summary with its ``relabel`` pass,
+    the earlier rounds under ``relabel_rounds``."""
     check_pretrained(cfg, storage)
-    shapes_dir, units_dir = dirs(cfg)
-    if cfg.data.source == "table":
-        shapes_dir = cfg.data.path
+    shapes_dir, units_dir = distill_tables(cfg)
     if use_ray(cfg):
         from cluster.train_ray import train_on_ray
 
@@ -191,22 +181,22 @@ def train_stage(cfg: Config, storage: Storage, fault_hook: Any = None) -> dict[s
     if cfg.train.relabel_rounds == 0:
         return train(cfg, units_dir)
     from cluster.evaluate import plan_items
-    from cluster.relabel import generation_config, generation_folds, relabel, relabel_dir
+    from cluster.relabel import relabel, relabel_dir, round_config, round_folds
 
-    generations: list[dict[str, Any]] = []
-    for g in range(cfg.train.relabel_rounds + 1):
-        step: dict[str, Any] = {"generation": g}
-        if g > 0:
+    rounds: list[dict[str, Any]] = []
+    for r in range(cfg.train.relabel_rounds + 1):
+        step: dict[str, Any] = {"round": r}
+        if r > 0:
             items = plan_items(storage, shapes_dir, units_dir)
-            step["relabel"] = timed(f"relabel_{g}", relabel, cfg, storage, items, shapes_dir, units_dir, g)
-        knowledge = relabel_dir(cfg.run, g) if g else units_dir
-        fits = [timed(f"train_{g}", train, generation_config(cfg, g, f), knowledge) for f in generation_folds(cfg, g)]
+            step["relabel"] = timed(f"relabel_{r}", relabel, cfg, storage, items, shapes_dir, units_dir, r)
+        knowledge = relabel_dir(cfg.run, r) if r else units_dir
+        fits = [timed(f"train_{r}", train, round_config(cfg, r, f), knowledge) for f in round_folds(cfg, r)]
         step["train"] = (
             fits[0] if len(fits) == 1 else {"folds": fits, "students": [s for t in fits for s in t["students"]]}
         )
-        generations.append(step)
-    last = generations.pop()
-    return {**last["train"], "relabel": last["relabel"], "generations": generations}
+        rounds.append(step)
+    last = rounds.pop()
+    return {**last["train"], "relabel": last["relabel"], "relabel_rounds": rounds}
 
 
 def evaluate_stage(cfg: Config, storage: Storage) -> dict[str, Any]:
@@ -218,11 +208,7 @@ def evaluate_stage(cfg: Config, storage: Storage) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     if cfg.mode == "pre":
         summary["eval_extract"] = extract_stage(cfg, storage, evaluated=True)
-    shapes_dir, units_dir = dirs(cfg, evaluated=True)
-    if cfg.mode == "tta" and cfg.data.source == "table":
-        shapes_dir = cfg.data.path
-    if cfg.mode == "pre" and cfg.eval.data.source == "table":
-        shapes_dir = cfg.eval.data.path
+    shapes_dir, units_dir = evaluated_tables(cfg)
     return {**evaluate_run(cfg, storage, shapes_dir, units_dir), **summary}
 
 
@@ -255,7 +241,7 @@ def pretrain_encoder(cfg: Config, storage: Storage, fault_hook: Any = None) -> d
     from cluster.checkpoints import load_torch
     from cluster.encoder import encoder_file, plan_encoder, pretrain_local
 
-    shapes_dir = cfg.data.path if cfg.data.source == "table" else f"{cfg.run}/shapes"
+    shapes_dir, _ = distill_tables(cfg)
     ingested = timed("ingest", ensure_shapes, cfg, storage, cfg.data, shapes_dir)
     plan = plan_encoder(storage, shapes_dir)
     out = encoder_file(cfg.run)

@@ -14,12 +14,12 @@ from typing import Any
 from torch import nn
 
 from cluster.config import Config
+from cluster.paths import RunPaths
 from cluster.storage import Storage
 from distill.errors import NotFoundError
 from distill.student import build_student
 from distill.student.pretrained import check_encoder_bundle, freeze_encoder, load_pretrained_encoder, read_encoder_file
 
-ENCODER_FILE = "encoder/encoder.pt"
 """Where a run's finished encoder is, under the run (``cluster.encoder.encoder_file``)."""
 
 
@@ -29,7 +29,7 @@ def read_pretrained(storage: Storage, value: str) -> tuple[dict[str, Any], str]:
     local file."""
     root = storage.uri("")
     if "/" not in value and not value.endswith(".pt"):
-        candidates = [f"{value}/{ENCODER_FILE}"]  # a run name (never the run's folder itself)
+        candidates = [RunPaths(value).encoder_file]  # a run name (never the run's folder itself)
     else:
         candidates = [value[len(root) :].lstrip("/") if root and value.startswith(root) else value]
     for c in candidates:

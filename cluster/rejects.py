@@ -6,6 +6,7 @@ import logging
 
 import pyarrow as pa
 
+from cluster.paths import RunPaths
 from cluster.storage import Storage
 from distill.records import REJECT_SCHEMA
 
@@ -22,11 +23,11 @@ def write_rejects(storage: Storage, run: str, stage: str, rejects: list[tuple[st
         {"item": [i for i, _ in rejects], "stage": [stage] * len(rejects), "reason": [r for _, r in rejects]},
         schema=REJECT_SCHEMA,
     )
-    storage.write_part(f"{run}/rejects", table, done_ids=[])
+    storage.write_part(RunPaths(run).rejects, table, done_ids=[])
 
 
 def read_rejects(storage: Storage, run: str, stage: str | None = None) -> list[dict[str, str]]:
     """The rejects of a run (of one stage when given), one dict per item, deduplicated."""
-    table = storage.read_table(f"{run}/rejects", schema=REJECT_SCHEMA)
+    table = storage.read_table(RunPaths(run).rejects, schema=REJECT_SCHEMA)
     rows = {(r["item"], r["stage"]): r for r in table.to_pylist() if stage is None or r["stage"] == stage}
     return list(rows.values())

@@ -1,19 +1,23 @@
-"""Self-training (``train.relabel_rounds``): each generation's students relabel every
-distillation shape, and the next generation learns from those labels.
+"""Self-training (``train.relabel_rounds``): each relabel round's students relabel every
+distillation shape, and the next round's students learn from those labels.
 
-Generation 0 learns from the teacher's units (``knowledge/round_0``). A relabel pass then
+Backward distillation (``train.bd_rounds``) and self-training are both rounds of the
+student teaching the teacher's knowledge back: a *re-score round* re-weights the teacher's
+units inside one student's fit (``cluster.rescore``); a *relabel round* replaces them
+with the student's dense labels for a fresh student (here).
+
+Round 0 learns from the teacher's units (``knowledge/round_0``). A relabel pass then
 labels every point of every distillation shape that has units with ``student_units``:
 the students' log-probabilities plus the shape's own teacher units as evidence
 (``distill.evidence``, the same ``eval.units_weight`` and ``eval.units_negative`` that
 evaluation uses). It writes one unit per (shape, part) with score 1 as
-``{run}/knowledge/relabel_{g}/<knowledge part>``, under round 0's part names and in
-UNIT_SCHEMA, so the training stage reads it like any knowledge table. Generation g
-trains a fresh student on that table. Every point carries a label, also the points no
-view saw.
+``{run}/knowledge/relabel_{r}/<knowledge part>``, under round 0's part names and in
+UNIT_SCHEMA, so the training stage reads it like any knowledge table. Round r trains a
+fresh student on that table. Every point carries a label, also the points no view saw.
 
-Generations before the last train as the run ``{run}-generation_{g}`` beside it
-(checkpoints, curves); the last generation is the run's own student, the one evaluation and
-segmentation use. A written part is never redone, so a stopped pass resumes where it was.
+Rounds before the last train as the run ``{run}/relabel/round_{r}`` inside the run's
+folder (checkpoints, curves; ``cluster.paths``); the last round is the run's own student,
+the one evaluation and segmentation use. A written part is never redone, so a stopped pass resumes where it was.
 
 The pass handles one item (a shape part and its knowledge parts) at a time
 (``Relabeller``) through ``cluster.runner``: in this process, or in a pool of
@@ -32,6 +36,7 @@ import numpy as np
 
 from cluster.config import Config, config_from_dict, to_dict
 from cluster.layout import PartItem
+from cluster.paths import RunPaths
 from cluster.runner import Pass, Step, run_pass
 from cluster.runtime import Pool
 from cluster.samples import SHAPE_COLUMNS
@@ -47,39 +52,40 @@ TEACHER = "relabel"
 """The ``teacher`` column of relabelled units."""
 
 
-def relabel_dir(run: str, generation: int) -> str:
-    """The knowledge table generation ``generation`` learns from (≥ 1)."""
-    return f"{run}/knowledge/relabel_{generation}"
+def relabel_dir(run: str, round: int) -> str:
+    """The knowledge table relabel round ``round`` learns from (≥ 1)."""
+    return RunPaths(run).relabelled(round)
 
 
-def generation_run(cfg: Config, generation: int, fold: int = -1) -> str:
-    """Where generation ``generation``'s students live: the run itself for the last one;
-    a cross-fitted student (``train.relabel_folds`` > 1) of an earlier one in its fold's."""
-    if generation >= cfg.train.relabel_rounds:
+def round_run(cfg: Config, round: int, fold: int = -1) -> str:
+    """Where relabel round ``round``'s students live: the run itself for the last one, an
+    earlier one's in ``{run}/relabel/round_{round}`` (a cross-fitted student,
+    ``train.relabel_folds`` > 1, in its fold's)."""
+    if round >= cfg.train.relabel_rounds:
         return cfg.run
-    return f"{cfg.run}-generation_{generation}" + (f"-fold_{fold}" if fold >= 0 else "")
+    return RunPaths(cfg.run).relabel_round(round, fold).run
 
 
-def generation_folds(cfg: Config, generation: int) -> list[int]:
-    """The folds whose students generation ``generation`` trains: [−1] (one student on
-    every shape) for the last generation or without cross-fitting, else 0..K−1."""
-    if generation >= cfg.train.relabel_rounds or cfg.train.relabel_folds < 2:
+def round_folds(cfg: Config, round: int) -> list[int]:
+    """The folds whose students round ``round`` trains: [−1] (one student on
+    every shape) for the last round or without cross-fitting, else 0..K−1."""
+    if round >= cfg.train.relabel_rounds or cfg.train.relabel_folds < 2:
         return [-1]
     return list(range(cfg.train.relabel_folds))
 
 
-def generation_config(cfg: Config, generation: int, fold: int = -1) -> Config:
-    """``cfg`` with ``run`` set to the generation's (``generation_run``) and, for a
+def round_config(cfg: Config, round: int, fold: int = -1) -> Config:
+    """``cfg`` with ``run`` set to the round's (``round_run``) and, for a
     cross-fitted student, the fold it holds out (``train.fold``)."""
-    return replace(cfg, run=generation_run(cfg, generation, fold), train=replace(cfg.train, fold=fold))
+    return replace(cfg, run=round_run(cfg, round, fold), train=replace(cfg.train, fold=fold))
 
 
-def dense_units(shape_id: str, labels: np.ndarray, num_parts: int, generation: int) -> KnowledgeUnits:
+def dense_units(shape_id: str, labels: np.ndarray, num_parts: int, round: int) -> KnowledgeUnits:
     """One unit per part present in ``labels`` (N,): its points, score 1, view −1 (no view)."""
     sets = [np.nonzero(labels == c)[0] for c in range(num_parts)]
     present = [c for c in range(num_parts) if len(sets[c])]
     return KnowledgeUnits.from_lists(
-        shape_id, [-1] * len(present), present, [1.0] * len(present), [sets[c] for c in present], TEACHER, generation
+        shape_id, [-1] * len(present), present, [1.0] * len(present), [sets[c] for c in present], TEACHER, round
     )
 
 
@@ -97,14 +103,14 @@ class Relabeller:
         out_dir: str,
         students_by_fold: list[list[LoadedStudent]],
         with_units: StudentWithUnits,
-        generation: int,
+        round: int,
         batch_size: int = 8,
         seed: int = 0,
     ) -> None:
         if with_units.weight <= 0:
             raise ValueError("train.relabel_rounds needs eval.units_weight > 0: the relabelling is student_units")
         self.storage, self.shapes_dir, self.units_dir, self.out_dir = storage, shapes_dir, units_dir, out_dir
-        self.with_units, self.generation, self.batch_size, self.seed = with_units, generation, batch_size, seed
+        self.with_units, self.round, self.batch_size, self.seed = with_units, round, batch_size, seed
         self.by_fold = students_by_fold
         self.in_sample = 0
 
@@ -123,7 +129,7 @@ class Relabeller:
             with_units: dict[str, int] = {}
             for _, s, log_probs in self._log_probs(mine):
                 labels = self.with_units.labels(log_probs, teacher[s.shape_id])
-                new.append(dense_units(s.shape_id, labels, log_probs.shape[1], self.generation))
+                new.append(dense_units(s.shape_id, labels, log_probs.shape[1], self.round))
                 with_units[s.category] = with_units.get(s.category, 0) + 1
             out = units_to_table(new)
             facts = {"shape_part": summary.get("shape_part", item.shape_part), "units": out.num_rows}
@@ -154,22 +160,20 @@ class Relabeller:
                     yield from student_log_probs(others[:1], [s], self.batch_size)
 
 
-def relabeller(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str, generation: int) -> Relabeller:
-    """The relabeller of generation ``generation`` (≥ 1): generation − 1's students loaded
+def relabeller(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str, round: int) -> Relabeller:
+    """The relabeller of round ``round`` (≥ 1): round − 1's students loaded
     (cross-fitted: one list per fold, the students that held that fold out)."""
     by_fold = []
-    for fold in generation_folds(cfg, generation - 1):
-        run = generation_run(cfg, generation - 1, fold)
+    for fold in round_folds(cfg, round - 1):
+        run = round_run(cfg, round - 1, fold)
         students = load_students(storage, run)
         if not students:
-            raise FileNotFoundError(
-                f"{storage.uri(run)}: no finished student of generation {generation - 1} to relabel with"
-            )
+            raise FileNotFoundError(f"{storage.uri(run)}: no finished student of round {round - 1} to relabel with")
         by_fold.append(students)
-    out_dir = relabel_dir(cfg.run, generation)
+    out_dir = relabel_dir(cfg.run, round)
     with_units = StudentWithUnits.of(cfg.eval)
     return Relabeller(
-        storage, shapes_dir, units_dir, out_dir, by_fold, with_units, generation, cfg.train.batch_size, cfg.seed
+        storage, shapes_dir, units_dir, out_dir, by_fold, with_units, round, cfg.train.batch_size, cfg.seed
     )
 
 
@@ -177,9 +181,8 @@ class RelabelStage:
     """The relabel pass's step: one ``Relabeller`` (per actor on Ray); per item, the counts
     written (``parts``, ``shapes``, ``in_sample``)."""
 
-    def __init__(self, config: dict[str, Any], shapes_dir: str, units_dir: str, generation: int) -> None:
-        cfg = config_from_dict(config)
-        self.relabel = relabeller(cfg, Storage.from_config(cfg.storage), shapes_dir, units_dir, generation)
+    def __init__(self, config: dict[str, Any], storage: Storage, shapes_dir: str, units_dir: str, round: int) -> None:
+        self.relabel = relabeller(config_from_dict(config), storage, shapes_dir, units_dir, round)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         counts = [
@@ -194,28 +197,27 @@ def relabel(
     items: list[PartItem],
     shapes_dir: str,
     units_dir: str,
-    generation: int,
+    round: int,
 ) -> dict[str, Any]:
-    """Generation ``generation``'s knowledge (≥ 1) from generation − 1's students and the
+    """Round ``round``'s knowledge (≥ 1) from round − 1's students and the
     teacher's ``units_dir``, over the items not written yet → a summary (parts written,
     skipped, shapes relabelled)."""
-    out_dir = relabel_dir(cfg.run, generation)
+    out_dir = relabel_dir(cfg.run, round)
     written = set(storage.list_parts(out_dir))
-    kwargs = {"config": to_dict(cfg), "shapes_dir": shapes_dir, "units_dir": units_dir, "generation": generation}
+    kwargs = {"config": to_dict(cfg), "storage": storage, "shapes_dir": shapes_dir, "units_dir": units_dir}
+    kwargs["round"] = round
     relabelled = Pass(
-        f"relabel {generation}",
+        f"relabel {round}",
         (Step(RelabelStage, kwargs, Pool(size=cfg.cluster.eval_actors)),),
         finished=lambda row: all(k in written for k in PartItem.from_row(row).knowledge_parts),
     )
     result = run_pass(cfg, relabelled, (i.to_row() for i in items))
     total = {k: sum(int(r[k]) for r in result.rows) for k in ("parts", "shapes", "in_sample")}
     skipped = sum(len(i.knowledge_parts) for i in items) - total["parts"]
-    log.info(
-        "relabel %d: %d parts written (%d skipped), %d shapes", generation, total["parts"], skipped, total["shapes"]
-    )
+    log.info("relabel %d: %d parts written (%d skipped), %d shapes", round, total["parts"], skipped, total["shapes"])
     return {
         **total,
         "skipped_parts": skipped,
         "table": storage.uri(out_dir),
-        "seconds": round(result.seconds, 1),
+        "seconds": float(f"{result.seconds:.1f}"),  # `round` is the relabel round here
     }

@@ -182,13 +182,15 @@ class RescoreStage:
     """The pass's step: the snapshot loaded once (per actor on Ray); per item, its units
     re-scored and the round's score parts written → ``RESCORE_RESULT_SCHEMA`` rows."""
 
-    def __init__(self, config: dict[str, Any], plan: dict[str, Any], snapshot: str, round: int) -> None:
+    def __init__(
+        self, config: dict[str, Any], storage: Storage, plan: dict[str, Any], snapshot: str, round: int
+    ) -> None:
         cfg = config_from_dict(config)
         plan_ = StudentPlan.from_dict(plan)
         device = resolve_device(cfg.train.device)  # an actor without a GPU sees none: the CPU
         self.rescore = ItemRescorer(
             cfg,
-            Storage.from_config(cfg.storage),
+            storage,
             plan_.tables(round - 1, pooled=False),
             plan_.space,
             snapshot,
@@ -219,7 +221,7 @@ def rescore_pass(cfg: Config, storage: Storage, plan: Any, snapshot: str) -> dic
     written = set(storage.list_parts(out_dir))
     step = Step(
         RescoreStage,
-        {"config": to_dict(cfg), "plan": plan.to_dict(), "snapshot": snapshot, "round": new_round},
+        {"config": to_dict(cfg), "storage": storage, "plan": plan.to_dict(), "snapshot": snapshot, "round": new_round},
         rescore_actor_options(cfg),
     )
     scored = Pass(

@@ -23,6 +23,7 @@ for every pass. This module is the only one that sets pool sizes and fault toler
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import time
@@ -88,13 +89,13 @@ class PassResult:
     seconds: float = 0.0
 
 
-def run_pass(
-    cfg: Config, p: Pass, items: Iterable[dict[str, Any]], fault_hook: Callable[[], None] | None = None
-) -> PassResult:
-    """Run ``p`` over the ``items`` not finished, on Ray or here as ``cluster.backend`` says.
+FAULT_HOOK: Callable[[], None] | None = None
+"""Tests only (``tests/cluster/test_passes.py``): called on Ray before each batch of every
+step, in the actor or task that runs it, where it may kill the process."""
 
-    fault_hook: tests only; called in each actor before each batch (it may kill the actor).
-    """
+
+def run_pass(cfg: Config, p: Pass, items: Iterable[dict[str, Any]]) -> PassResult:
+    """Run ``p`` over the ``items`` not finished, on Ray or here as ``cluster.backend`` says."""
     start = time.perf_counter()
     result = PassResult()
 
@@ -106,17 +107,16 @@ def run_pass(
             result.items += 1
             yield item
 
-    run = _run_on_ray if use_ray(cfg) else _run_here
-    result.rows = run(cfg, p, todo(), fault_hook)
+    ray = use_ray(cfg)
+    result.rows = (_run_on_ray if ray else _run_here)(cfg, p, todo())
     result.seconds = time.perf_counter() - start
-    log.info("%s: %d items run, %d skipped, %.1f s", p.name, result.items, result.skipped, result.seconds)
+    where = "ray" if ray else "local"
+    log.info("%s (%s): %d items run, %d skipped, %.1f s", p.name, where, result.items, result.skipped, result.seconds)
     return result
 
 
 # -- in this process -----------------------------------------------------------------------
-def _run_here(
-    cfg: Config, p: Pass, items: Iterator[dict[str, Any]], fault_hook: Callable[[], None] | None
-) -> list[dict[str, Any]]:
+def _run_here(cfg: Config, p: Pass, items: Iterator[dict[str, Any]]) -> list[dict[str, Any]]:
     rows: Iterator[dict[str, Any]] = iter(tqdm(items, desc=p.name, unit=p.unit, disable=not cfg.progress))
     first = next(rows, None)
     if first is None:
@@ -165,7 +165,7 @@ def output_rows(out: Any) -> Iterator[dict[str, Any]]:
 
 # -- on Ray ----------------------------------------------------------------------------------
 class _Hooked:
-    """An actor step with a fault hook before each batch (tests only)."""
+    """An actor step with ``FAULT_HOOK`` before each batch (tests only)."""
 
     def __init__(self, step: Step, hook: Callable[[], None]) -> None:
         self.fn, self.hook = step.build(), hook
@@ -175,13 +175,17 @@ class _Hooked:
         return self.fn(batch)
 
 
-def _run_on_ray(
-    cfg: Config, p: Pass, items: Iterator[dict[str, Any]], fault_hook: Callable[[], None] | None
-) -> list[dict[str, Any]]:
+def _hooked_task(batch: dict[str, np.ndarray], step: Step, hook: Callable[[], None]) -> Any:
+    """A task step with ``FAULT_HOOK`` before each batch (tests only)."""
+    hook()
+    return step.fn(batch, **step.kwargs)
+
+
+def _run_on_ray(cfg: Config, p: Pass, items: Iterator[dict[str, Any]]) -> list[dict[str, Any]]:
     join_ray(cfg)
     rows: list[dict[str, Any]] = []
     while window := list(itertools.islice(items, p.window or None)):
-        ds = ray_dataset(p, window, fault_hook)
+        ds = ray_dataset(p, window, FAULT_HOOK)
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):  # Ray Data draws the bars
             rows += batch.to_pylist()
     return rows
@@ -208,6 +212,8 @@ def _map_step(ds: Any, step: Step, items: int, cluster_cpus: float, fault_hook: 
     pool = step.pool
     common = {"batch_size": pool.batch_size, "batch_format": "numpy", **pool.remote_args()}
     if pool.tasks:
+        if fault_hook is not None:
+            return ds.map_batches(functools.partial(_hooked_task, step=step, hook=fault_hook), **common)
         return ds.map_batches(step.fn, fn_kwargs=step.kwargs, **common)
     fn, kwargs = step.fn, step.kwargs
     if fault_hook is not None:

@@ -55,12 +55,36 @@ def loopback_only() -> None:
         log.debug("ray_constants.ENABLE_RAY_CLUSTER not found; local Ray may bind the routable IP")
 
 
+def local_state_api(runtime_env: dict[str, Any] | None) -> tuple[int, dict[str, Any]]:
+    """A port for a local Ray's dashboard, and ``runtime_env`` that sends its workers there.
+
+    Ray's state API (``ray.util.state``) is served by the dashboard; Ray Train's
+    ``PlacementGroupCleaner`` actor asks it every second whether the Train controller
+    still lives, and without it logs ``Failed to query Ray Train Controller actor state``
+    each time. A worker finds the dashboard through ``RAY_API_SERVER_ADDRESS``, else by
+    guessing its cluster (``RAY_ADDRESS``, ``ray_current_cluster``, the one GCS process
+    of the machine: wrong or ambiguous where other Rays run), so the runtime environment
+    names it. The port is free on 127.0.0.1 now, picked as Ray picks its own ports; a
+    ``RAY_API_SERVER_ADDRESS`` of the caller's ``runtime_env`` wins.
+    """
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(runtime_env or {})
+    env["env_vars"] = {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}", **(env.get("env_vars") or {})}
+    return port, env
+
+
 def connect(cfg: ClusterConfig, runtime_env: dict[str, Any] | None = None) -> None:
     """Join the configured Ray cluster or start a local one; a no-op when already connected.
 
-    Local: ``local_num_cpus(cfg)`` CPUs, 127.0.0.1 only, no dashboard, warnings-only logs.
-    ``runtime_env`` (e.g. ``{"env_vars": {...}}``) applies to every task and actor of
-    this driver; a local Ray rarely needs one since workers inherit this environment.
+    Local: ``local_num_cpus(cfg)`` CPUs, 127.0.0.1 only, warnings-only logs, and the
+    dashboard on 127.0.0.1 for Ray's state API, which Ray Train's controller watchdog
+    polls (``local_state_api``; ~3 s more start-up, ~140 MB). ``runtime_env`` (e.g.
+    ``{"env_vars": {...}}``) applies to every task and actor of this driver; a local Ray
+    rarely needs one since workers inherit this environment.
     """
     import ray
 
@@ -73,13 +97,18 @@ def connect(cfg: ClusterConfig, runtime_env: dict[str, Any] | None = None) -> No
         return
     num_cpus = local_num_cpus(cfg)
     loopback_only()
+    dashboard_port, runtime_env = local_state_api(runtime_env)
     log.info("starting a local Ray with %d CPUs on 127.0.0.1", num_cpus)
     ray.init(
         # "local": a new private instance even where a killed `ray start --head` left
         # /tmp/ray/ray_current_cluster behind (a bare init would try to join that one).
         address="local",
         num_cpus=num_cpus,
-        include_dashboard=False,
+        # Ray's default (the dashboard where ray[default] is installed; a failure to start
+        # it is logged, not raised): it serves the state API that Ray Train polls.
+        include_dashboard=None,
+        dashboard_host="127.0.0.1",
+        dashboard_port=dashboard_port,
         _node_ip_address="127.0.0.1",
         runtime_env=runtime_env,
         logging_level=logging.WARNING,

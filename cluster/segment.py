@@ -21,6 +21,7 @@ import pyarrow as pa
 from cluster.checkpoints import list_students
 from cluster.config import Config, config_from_dict, to_dict
 from cluster.layout import shapes_manifest
+from cluster.paths import RunPaths
 from cluster.pipeline import ensure_shapes
 from cluster.rejects import write_rejects
 from cluster.runner import Pass, Step, run_pass
@@ -51,10 +52,10 @@ class SegmentStage:
     part, its labels part, PLYs and up to the item's ``pictures`` PNGs written, and shapes
     of a category no student knows rejected."""
 
-    def __init__(self, config: dict[str, Any], shapes_dir: str, source_run: str) -> None:
+    def __init__(self, config: dict[str, Any], storage: Storage, shapes_dir: str, source_run: str) -> None:
         self.cfg = cfg = config_from_dict(config)
-        self.storage = Storage.from_config(cfg.storage)
-        self.shapes_dir, self.out = shapes_dir, f"{cfg.run}/segment"
+        self.storage = storage
+        self.shapes_dir, self.out = shapes_dir, RunPaths(cfg.run).segment()
         self.students = load_students(self.storage, source_run)
         self.known = sorted(trained_categories(self.students))
         # A user's files name their category freely ("chair", "CHAIR"): match case-insensitively.
@@ -97,7 +98,7 @@ class SegmentStage:
 
 
 def segment(cfg: Config, storage: Storage) -> dict[str, Any]:
-    out = f"{cfg.run}/segment"
+    out = RunPaths(cfg.run).segment()
     shapes_dir = cfg.data.path if cfg.data.source == "table" else f"{out}/shapes"
     source_run = cfg.segment.students_from or cfg.run
     if not list_students(storage, source_run):  # before ingesting the shapes
@@ -113,7 +114,7 @@ def segment(cfg: Config, storage: Storage) -> dict[str, Any]:
         pictures = 0 if part in written else min(left, int(manifest[part].get("shapes", 0)))
         left -= pictures
         items.append({"part": part, "pictures": pictures})
-    kwargs = {"config": to_dict(cfg), "shapes_dir": shapes_dir, "source_run": source_run}
+    kwargs = {"config": to_dict(cfg), "storage": storage, "shapes_dir": shapes_dir, "source_run": source_run}
     segmented = Pass(
         "segment",
         (Step(SegmentStage, kwargs, Pool(size=cfg.cluster.eval_actors)),),

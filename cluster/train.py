@@ -28,6 +28,7 @@ from tqdm import tqdm
 from cluster.checkpoints import checkpoint_dir, final_bundle, load_torch, save_torch
 from cluster.config import Config
 from cluster.curves import CurveLog
+from cluster.paths import RunPaths
 from cluster.pretrained import apply_freeze, load_encoder_into
 from cluster.rescore import rescore_pass, todo_items
 from cluster.samples import PartSource
@@ -42,8 +43,8 @@ from distill.training import ONE_WORKER, DistilState, Workers, distil
 log = logging.getLogger(__name__)
 
 
-def knowledge_dir(run: str, round: int = 0, prefix: str = "") -> str:
-    return f"{run}/{prefix}knowledge/round_{round}"
+def knowledge_dir(run: str, round: int = 0) -> str:
+    return RunPaths(run).knowledge(round)
 
 
 def part_source(
@@ -295,7 +296,7 @@ def train_local(
     cfg: Config, storage: Storage, shapes_dir: str | None = None, units_dir: str | None = None
 ) -> dict[str, Any]:
     """Train every student of the run in this process (skipping finished ones)."""
-    shapes_dir = shapes_dir or f"{cfg.run}/shapes"
+    shapes_dir = shapes_dir or RunPaths(cfg.run).shapes
     units_dir = units_dir or knowledge_dir(cfg.run, 0)
     device = resolve_device(cfg.train.device)
     students, skipped = [], []

@@ -1,7 +1,6 @@
 """Knowledge extraction on a real local Ray (2 CPUs) and in-process, over shape parts
 with co-partitioned knowledge parts (``cluster.layout``)."""
 
-import os
 
 import numpy as np
 import pyarrow as pa
@@ -270,30 +269,6 @@ def test_fused_layout_is_one_actor_stage_over_every_cpu(tmp_path, shapes, ray_lo
     assert "render_part" not in optimized and "TeachStage" not in optimized
 
 
-@pytest.mark.parametrize("layout", ["fused", "split"])
-def test_extract_on_ray_matches_local_then_skips(tmp_path, shapes, ray_local, layout):
-    storage = Storage(str(tmp_path))
-    ids = _write_shapes(storage, shapes)
-    cfg = _cfg(cluster__extract_layout=layout)
-    out = extract(on_ray(cfg), storage, SHAPES, KNOWLEDGE)
-    assert (out["new"], out["skipped"], out["rejected"]) == (len(ids), 0, 0) and out["units"] > 0
-    assert storage.reads.rows == {}  # the driver read no row of either table
-    assert out["parts"] == len(storage.list_parts(KNOWLEDGE)) >= 2
-    ray_units = _assert_each_once(storage, ids)
-    local = extract(here(cfg), storage, SHAPES, LOCAL)
-    assert (local["new"], local["units"]) == (out["new"], out["units"])
-    _assert_same_units(ray_units, _assert_each_once(storage, ids, LOCAL))
-    # the manifest records every piece with its counts
-    manifest = storage.manifest(KNOWLEDGE)
-    assert sorted(manifest) == storage.list_parts(KNOWLEDGE)
-    assert sum(m["units"] for m in manifest.values()) == out["units"]
-
-    parts_before = storage.list_parts(KNOWLEDGE)
-    again = extract(on_ray(cfg), storage, SHAPES, KNOWLEDGE)
-    assert (again["new"], again["skipped"], again["units"], again["parts"]) == (0, len(ids), 0, 0)
-    assert storage.list_parts(KNOWLEDGE) == parts_before
-
-
 def test_resume_does_only_the_rest(tmp_path, shapes, ray_local):
     storage = Storage(str(tmp_path))
     ids = _write_shapes(storage, shapes)
@@ -343,40 +318,6 @@ def test_bad_shapes_are_rejected_and_the_rest_finish(tmp_path, shapes, ray_local
     _assert_same_units(units, _assert_each_once(storage, ids, LOCAL))
     again = extract(on_ray(cfg), storage, SHAPES, KNOWLEDGE)
     assert (again["new"], again["rejected"], again["skipped"]) == (0, 0, len(ids))
-
-
-def _crash_once_factory(marker: str):
-    def factory(cfg, seed):
-        # Pickled by value into the actors (a closure): the first actor to teach a shape
-        # leaves the marker and dies as a crash would (no exception, no cleanup).
-        inner = build_teacher(cfg, seed=seed)
-
-        class CrashOnce:
-            name, output = inner.name, inner.output
-
-            def predict(self, views, shape):
-                if not os.path.exists(marker):
-                    open(marker, "w").close()
-                    os._exit(1)
-                return inner.predict(views, shape)
-
-        return CrashOnce()
-
-    return factory
-
-
-@pytest.mark.parametrize("layout", ["fused", "split"])
-def test_a_killed_teacher_actor_is_replaced_and_its_shapes_retried(tmp_path, shapes, ray_local, layout):
-    storage = Storage(str(tmp_path / "root"))
-    ids = _write_shapes(storage, shapes)
-    marker = str(tmp_path / "crashed-once")
-    cfg = _cfg(cluster__extract_layout=layout)
-    out = extract(on_ray(cfg), storage, SHAPES, KNOWLEDGE, teacher_factory=_crash_once_factory(marker))
-    assert os.path.exists(marker), "the actor should have crashed once"
-    assert (out["new"], out["rejected"]) == (len(ids), 0)
-    ray_units = _assert_each_once(storage, ids)
-    extract(here(_cfg()), storage, SHAPES, LOCAL)
-    _assert_same_units(ray_units, _assert_each_once(storage, ids, LOCAL))
 
 
 def test_extract_on_ray_with_s3_storage(s3_bucket, shapes, ray_local):

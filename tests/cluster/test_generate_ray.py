@@ -11,13 +11,12 @@ import pytest
 from cluster.config import load_config
 from cluster.generate import (
     MAX_PART_SHAPES,
-    generate_local,
+    generate,
     generator_actor_options,
     part_shapes,
     plan_rows,
     resolve_categories,
 )
-from cluster.generate_ray import generate_on_ray
 from cluster.layout import part_name
 from cluster.pipeline import generate_shapes
 from cluster.rejects import read_rejects
@@ -26,6 +25,7 @@ from distill.records import GENERATE_RESULT_SCHEMA, SHAPE_SCHEMA, table_to_shape
 from distill.sampling import derive_seed
 from generation.procedural import make_shape
 from generation.prompts import make_prompt
+from tests.backends import here, on_ray
 
 RUN = "r"
 POINTS = 128
@@ -129,7 +129,7 @@ def test_part_names_are_a_function_of_the_ids():
 # -- procedural ----------------------------------------------------------------------------
 def test_procedural_local_writes_what_make_shape_makes(tmp_path):
     storage = Storage(str(tmp_path))
-    summary = generate_local(_proc_cfg(4), storage)
+    summary = generate(here(_proc_cfg(4)), storage)
     assert summary["asked"] == 12 and summary["new"] == 12 and summary["rejected"] == 0
     assert summary["table"] == storage.uri("r/shapes")
     shapes = {s.shape_id: s for s in table_to_shapes(storage.read_table("r/shapes"))}
@@ -141,7 +141,7 @@ def test_procedural_local_writes_what_make_shape_makes(tmp_path):
 def test_procedural_on_ray_writes_each_shape_once_then_skips(tmp_path, ray_local):
     storage = Storage(str(tmp_path))
     cfg = _proc_cfg(6)
-    summary = generate_on_ray(cfg, storage)
+    summary = generate(on_ray(cfg), storage)
     assert (summary["asked"], summary["new"], summary["rejected"], summary["skipped"]) == (18, 18, 0, 0)
     ids = _table_ids(storage, "r/shapes")
     assert len(ids) == len(set(ids)) == 18
@@ -154,7 +154,7 @@ def test_procedural_on_ray_writes_each_shape_once_then_skips(tmp_path, ray_local
     assert all(s.source == "procedural" and s.labels is not None and s.num_points == POINTS for s in shapes)
     # The same shapes as the local driver makes.
     local = Storage(str(tmp_path / "local"))
-    generate_local(cfg, local)
+    generate(here(cfg), local)
     ref = {s.shape_id: s for s in table_to_shapes(local.read_table("r/shapes"))}
     for s in shapes:
         np.testing.assert_array_equal(s.points, ref[s.shape_id].points)
@@ -163,7 +163,7 @@ def test_procedural_on_ray_writes_each_shape_once_then_skips(tmp_path, ray_local
         assert s.superpoints is not None and s.superpoints.shape == (POINTS,)
         np.testing.assert_array_equal(s.superpoints, ref[s.shape_id].superpoints)
 
-    again = generate_on_ray(cfg, storage)
+    again = generate(on_ray(cfg), storage)
     assert (again["new"], again["skipped"], again["parts"]) == (0, 18, 0)
     assert sorted(_part_done(storage, "r/shapes")) == sorted(parts)
 
@@ -171,18 +171,18 @@ def test_procedural_on_ray_writes_each_shape_once_then_skips(tmp_path, ray_local
 def test_procedural_on_ray_resumes_only_the_missing_part(tmp_path, ray_local):
     storage = Storage(str(tmp_path))
     cfg = _proc_cfg(6)
-    generate_on_ray(cfg, storage)
+    generate(on_ray(cfg), storage)
     parts = _part_done(storage, "r/shapes")
     lost_name, lost_ids = sorted(parts.items())[0]
     storage.delete(f"r/shapes/{lost_name}")
-    summary = generate_on_ray(cfg, storage)
+    summary = generate(on_ray(cfg), storage)
     assert summary["new"] == len(lost_ids) and summary["skipped"] == 18 - len(lost_ids)
     assert sorted(_table_ids(storage, "r/shapes")) == sorted(i for ids in parts.values() for i in ids)
 
 
 def test_procedural_on_ray_to_s3(s3_bucket, ray_local):
     storage = Storage(s3_bucket)
-    summary = generate_on_ray(_proc_cfg(2), storage)
+    summary = generate(on_ray(_proc_cfg(2)), storage)
     assert summary["new"] == 6 and summary["table"] == f"{s3_bucket}/r/shapes"
     assert len(_table_ids(storage, "r/shapes")) == 6
 
@@ -212,7 +212,7 @@ def test_generate_shapes_obeys_cluster_backend(tmp_path, ray_local, caplog, back
     cfg = _proc_cfg(1, "generation.output=corpus", f"cluster.backend={backend}")
     summary = generate_shapes(cfg, Storage(str(tmp_path)))
     assert summary["new"] == 3 and summary["table"].endswith("r/corpus")
-    assert f"generate ({backend})" in caplog.text
+    assert f"generate procedural ({backend})" in caplog.text
 
 
 # -- shap_e -------------------------------------------------------------------------------
@@ -238,7 +238,7 @@ def _check_shap_e_outcome(storage: Storage, summary: dict, asked: int, table_dir
 
 def test_shap_e_local_counts_add_up(tmp_path, tiny_dir):
     storage = Storage(str(tmp_path))
-    summary = generate_local(_shap_e_cfg(tiny_dir, 3), storage)
+    summary = generate(here(_shap_e_cfg(tiny_dir, 3)), storage)
     _check_shap_e_outcome(storage, summary, 6)
 
 
@@ -246,11 +246,11 @@ def test_shap_e_local_counts_add_up(tmp_path, tiny_dir):
 def test_shap_e_on_ray_writes_or_rejects_every_shape_then_skips(tmp_path, tiny_dir, ray_local):
     storage = Storage(str(tmp_path))
     cfg = _shap_e_cfg(tiny_dir, 4)
-    summary = generate_on_ray(cfg, storage)
+    summary = generate(on_ray(cfg), storage)
     _check_shap_e_outcome(storage, summary, 8)
     # The tiny random model makes some blobs and some debris: both paths are exercised.
     assert summary["new"] >= 1 and summary["rejected"] >= 1
-    again = generate_on_ray(cfg, storage)
+    again = generate(on_ray(cfg), storage)
     assert (again["new"], again["rejected"], again["skipped"]) == (0, 0, 8)
     assert len(read_rejects(storage, RUN, "generate")) == summary["rejected"]
 
@@ -259,7 +259,7 @@ def test_shap_e_on_ray_writes_or_rejects_every_shape_then_skips(tmp_path, tiny_d
 def test_shap_e_on_ray_fails_clearly_without_the_model(tmp_path, ray_local):
     cfg = _cfg("generation.name=shap_e", f"generation.model={tmp_path / 'missing'}", "generation.count=1")
     with pytest.raises(Exception, match="generation.model="):
-        generate_on_ray(cfg, Storage(str(tmp_path)))
+        generate(on_ray(cfg), Storage(str(tmp_path)))
 
 
 def test_result_schema():

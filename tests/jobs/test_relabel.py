@@ -1,4 +1,4 @@
-"""Self-training (``train.relabel_rounds``): generations, the relabelled knowledge table,
+"""Self-training (``train.relabel_rounds``): relabel rounds, the relabelled knowledge table,
 resume, and a changed setting on a finished run (one process, no Ray, the smoke config)."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from distill.records import table_to_shapes, table_to_units
 
 def test_dense_units_cover_every_point_once():
     labels = np.array([2, 0, 2, 2, 0])
-    units = dense_units("s", labels, num_parts=4, generation=1)
+    units = dense_units("s", labels, num_parts=4, round=1)
     assert list(units.label) == [0, 2] and np.all(units.score == 1.0) and units.round == 1
     assert sorted(units.point_idx.tolist()) == list(range(5))
     np.testing.assert_array_equal(units.unit_points(1), [0, 2, 3])
@@ -50,15 +50,15 @@ def relabel_run(tmp_path_factory):
     return root, argv, run_job("pretrain", pretrain, argv)
 
 
-def test_a_generation_learns_from_the_relabelled_table(relabel_run):
+def test_a_relabel_round_learns_from_the_relabelled_table(relabel_run):
     root, argv, summary = relabel_run
     storage = Storage.from_config(load_config(argv).storage)
-    (first,) = summary["train"]["generations"]
+    (first,) = summary["train"]["relabel_rounds"]
     assert summary["train"]["relabel"]["parts"] == 3 and summary["train"]["relabel"]["skipped_parts"] == 0
     assert first["train"]["students"][0]["knowledge"] == "st/knowledge/round_0"
     (last,) = summary["train"]["students"]
     assert last["knowledge"] == relabel_dir("st", 1)
-    assert (root / "st-generation_0" / "checkpoints" / "all" / "final.pt").exists()
+    assert (root / "st" / "relabel" / "round_0" / "checkpoints" / "all" / "final.pt").exists()
     assert (root / "st" / "checkpoints" / "all" / "final.pt").exists()
     # The relabelled table: round 0's part names, every shape with teacher units relabelled
     # densely (each of its points in exactly one unit of score 1), no other shape.
@@ -74,13 +74,13 @@ def test_a_generation_learns_from_the_relabelled_table(relabel_run):
         assert np.all(u.score == 1.0) and u.teacher == "relabel"
         assert sorted(u.point_idx.tolist()) == list(range(shapes[sid]))
     # The relabel pass is the evaluation's student_units on the distillation shapes: the
-    # first generation's labels with the shape's teacher units as evidence.
+    # first round's labels with the shape's teacher units as evidence.
     assert StudentWithUnits.of(load_config(argv).eval).weight > 0
     assert summary["student"] >= 0.0 and "student_units" in summary
 
 
 def test_the_relabels_are_the_student_combined_with_the_evidence(relabel_run):
-    """Each relabelled shape's labels are combine(generation 0's log-probs, its teacher
+    """Each relabelled shape's labels are combine(round 0's log-probs, its teacher
     units' evidence), and the evidence changes the student's own argmax somewhere."""
     _, argv, _ = relabel_run
     cfg = load_config(argv)
@@ -89,23 +89,23 @@ def test_the_relabels_are_the_student_combined_with_the_evidence(relabel_run):
     teacher = table_to_units(storage.read_table("st/knowledge/round_0"))
     relabelled = table_to_units(storage.read_table(relabel_dir("st", 1)))
     shapes = [s for s in table_to_shapes(storage.read_table("st/shapes")) if s.shape_id in relabelled]
-    students = load_students(storage, "st-generation_0")
+    students = load_students(storage, "st/relabel/round_0")
     checked, changed = check_relabels(relabelled, teacher, prior, students, shapes)
     assert checked == len(relabelled) and changed > 0
 
 
-def test_a_rerun_skips_every_generation_and_pass(relabel_run):
+def test_a_rerun_skips_every_relabel_round_and_pass(relabel_run):
     _, argv, _ = relabel_run
     cfg = load_config(argv)
     storage = Storage.from_config(cfg.storage)
     with torch.random.fork_rng():
         again = train_stage(cfg, storage)
-    (first,) = again["generations"]
+    (first,) = again["relabel_rounds"]
     assert first["train"]["skipped"] == ["all"] and again["skipped"] == ["all"]
     assert again["relabel"]["parts"] == 0 and again["relabel"]["skipped_parts"] == 3
 
 
-def test_changing_the_generations_of_a_finished_run_is_refused(relabel_run):
+def test_changing_the_relabel_rounds_of_a_finished_run_is_refused(relabel_run):
     _, argv, _ = relabel_run
     cfg = load_config([*argv, "train.relabel_rounds=0"])
     with pytest.raises(ConfigError, match="relabel_rounds changed"):
@@ -123,9 +123,9 @@ def test_relabelling_needs_the_units_weight(tmp_path):
 
 
 def test_cross_fitted_relabels_come_from_the_student_that_held_the_shape_out(tmp_path):
-    """train.relabel_folds=2: generation 0 is two students, each trained without one hash
+    """train.relabel_folds=2: round 0 is two students, each trained without one hash
     fold of the shapes; every shape is relabelled by the student that never saw its units."""
-    from cluster.relabel import generation_config
+    from cluster.relabel import round_config
     from cluster.students import plan_students
     from cluster.train import part_source
     from distill.sources import fold_of
@@ -135,13 +135,13 @@ def test_cross_fitted_relabels_come_from_the_student_that_held_the_shape_out(tmp
     summary = run_job("pretrain", pretrain, argv)
     cfg = load_config(argv)
     storage = Storage.from_config(cfg.storage)
-    (first,) = summary["train"]["generations"]
+    (first,) = summary["train"]["relabel_rounds"]
     folds = first["train"]["folds"]
     assert [f["students"][0]["student"] for f in folds] == ["all-fold_0", "all-fold_1"]
     teacher = table_to_units(storage.read_table("cf/knowledge/round_0"))
     trained = {s for s, u in teacher.items() if len(u)}
     for f in (0, 1):  # each fold student learns from the other fold's shapes only
-        c = generation_config(cfg, 0, f)
+        c = round_config(cfg, 0, f)
         (plan,) = plan_students(c, storage, "cf/shapes", "cf/knowledge/round_0")
         seen = {sid for b in part_source(c, storage, plan, 0).train_batches(0, {}) for sid in b.shape_ids}
         assert seen == {s for s in trained if fold_of(s, cfg.seed, 2) != f} and seen
@@ -151,7 +151,7 @@ def test_cross_fitted_relabels_come_from_the_student_that_held_the_shape_out(tmp
     prior = StudentWithUnits.of(cfg.eval)
     checked = 0
     for f in (0, 1):  # every shape checked against the student of its own fold
-        students = load_students(storage, f"cf-generation_0-fold_{f}")
+        students = load_students(storage, f"cf/relabel/round_0-fold_{f}")
         mine = [s for s in shapes if fold_of(s.shape_id, cfg.seed, 2) == f]
         checked += check_relabels(relabelled, teacher, prior, students, mine)[0]
     assert checked == len(relabelled)
@@ -170,7 +170,7 @@ def test_a_fold_without_a_category_falls_back_in_sample_and_says_so(relabel_run)
     _, argv, _ = relabel_run
     cfg = load_config(argv)
     storage = Storage.from_config(cfg.storage)
-    (student,) = load_students(storage, "st-generation_0")
+    (student,) = load_students(storage, "st/relabel/round_0")
     blind = replace(student, trained=frozenset({"Chair"}))  # fold 0's student knows Chairs only
     relabeller = Relabeller(storage, "", "", "", [[blind], [student]], StudentWithUnits(weight=0.1), 1, seed=cfg.seed)
     shapes = table_to_shapes(storage.read_table("st/shapes"))
