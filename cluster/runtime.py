@@ -208,7 +208,7 @@ class Pool:
 
     def remote_args(self) -> dict[str, float]:
         """``map_batches`` resource arguments."""
-        return {"num_cpus": self.num_cpus, **({"num_gpus": self.num_gpus} if self.num_gpus else {})}
+        return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
 
 
 def teacher_actor_options(cfg: Config) -> Pool:
