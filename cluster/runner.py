@@ -205,6 +205,17 @@ def ray_dataset(p: Pass, items: list[dict[str, Any]], fault_hook: Callable[[], N
     return ds
 
 
+def pool_size(pool: Pool, items: int, cluster_cpus: float) -> dict[str, int]:
+    """``ActorPoolStrategy`` arguments of an actor step over ``items`` items on a cluster of
+    ``cluster_cpus`` CPUs: ``pool.size`` actors (0: one per two CPUs), or with ``pool.grow``
+    from ``pool.size`` up to what the CPUs hold; never more actors than items."""
+    size = pool.size or max(1, int(cluster_cpus // 2))
+    if pool.grow:
+        most = max(1, int(cluster_cpus // max(pool.num_cpus, 1.0)))
+        return {"min_size": max(1, min(size, most, items)), "max_size": max(1, min(max(size, most), items))}
+    return {"size": max(1, min(size, items))}
+
+
 def _map_step(ds: Any, step: Step, items: int, cluster_cpus: float, fault_hook: Callable[[], None] | None) -> Any:
     """``ds`` mapped by one step: tasks, or an actor pool with fault tolerance."""
     import ray.data
@@ -227,7 +238,7 @@ def _map_step(ds: Any, step: Step, items: int, cluster_cpus: float, fault_hook: 
         return ds.map_batches(
             fn,
             fn_constructor_kwargs=kwargs,
-            compute=ray.data.ActorPoolStrategy(**pool.actors(items, cluster_cpus)),
+            compute=ray.data.ActorPoolStrategy(**pool_size(pool, items, cluster_cpus)),
             max_restarts=ACTOR_MAX_RESTARTS,
             max_task_retries=ACTOR_MAX_TASK_RETRIES,
             **common,

@@ -178,7 +178,7 @@ spreads a small corpus over every render CPU."""
 
 @dataclass(frozen=True)
 class Pool:
-    """What one step of a pass (``cluster.runner``) asks of Ray.
+    """What one step of a pass asks of Ray (``cluster.runner`` turns it into a pool).
 
     tasks: a function step, run as Ray tasks (no pool) · size: actors of the pool (0: one
     per two CPUs of the cluster, leaving room for reading) · grow: the pool starts at
@@ -196,15 +196,6 @@ class Pool:
     def __post_init__(self) -> None:
         if self.size < 0 or self.num_cpus <= 0 or self.num_gpus < 0 or self.batch_size < 1:
             raise ValueError(f"{self}: size and num_gpus must be >= 0, num_cpus > 0 and batch_size >= 1")
-
-    def actors(self, items: int, cluster_cpus: float) -> dict[str, int]:
-        """``ActorPoolStrategy`` keyword arguments for ``items`` items on ``cluster_cpus``
-        CPUs: never more actors than items."""
-        size = self.size or max(1, int(cluster_cpus // 2))
-        if self.grow:
-            most = max(1, int(cluster_cpus // max(self.num_cpus, 1.0)))
-            return {"min_size": max(1, min(size, most, items)), "max_size": max(1, min(max(size, most), items))}
-        return {"size": max(1, min(size, items))}
 
     def remote_args(self) -> dict[str, float]:
         """``map_batches`` resource arguments."""

@@ -13,7 +13,7 @@ from cluster.extract_parts import PartExtractor, done_in_part, extract_shape, wr
 from cluster.extract_stages import TeachStage, render_part, render_rows
 from cluster.layout import knowledge_part_name, shape_part_of, shape_summary
 from cluster.rejects import read_rejects
-from cluster.runner import ray_dataset
+from cluster.runner import pool_size, ray_dataset
 from cluster.runtime import extract_fused, fused_pool, teacher_actor_options
 from cluster.storage import MANIFEST, PartError, Storage
 from distill.extract import render
@@ -262,7 +262,7 @@ def test_fused_layout_is_one_actor_stage_over_every_cpu(tmp_path, shapes, ray_lo
     assert extract_fused(cfg) and not extract_fused(_cfg(cluster__teacher_gpus=1.0))
     assert not extract_fused(_cfg(cluster__extract_layout="split"))
     pool = fused_pool(cfg)
-    assert pool.actors(len(parts), 2.0) == {"min_size": 1, "max_size": 2} and pool.num_cpus == 1.0
+    assert pool_size(pool, len(parts), 2.0) == {"min_size": 1, "max_size": 2} and pool.num_cpus == 1.0
     ray_dataset(extract_pass(cfg, storage, SHAPES, KNOWLEDGE), [{"part": p} for p in parts]).explain()
     optimized = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
     assert "ActorPoolMapOperator[MapBatches(ExtractStage)]" in optimized
