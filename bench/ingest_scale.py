@@ -13,6 +13,8 @@ Runs, one at a time:
   small_2: ``--small`` files, 2 worker nodes → throughput, driver peak
   large_2: ``--large`` files, 2 worker nodes → driver peak
 
+Driver CPU: the driver process's CPU seconds (this machine has 2 cores: the nodes share
+them with the driver and Ray's own processes, so the 2v1 figure is bounded by them).
 Driver peak: the highest USS (pages only the driver maps) and PSS of the driver process,
 sampled every 0.2 s. The last line of output is one JSON object with
 ``ingest_throughput_2v1`` (small_2 / small_1 files per second) and
@@ -90,7 +92,7 @@ def run(files: Path, count: int, nodes: int, points: int) -> dict[str, float]:
     for _ in range(nodes):
         cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
-    peak = {"uss": 0.0, "pss": 0.0}
+    peak = {"uss": 0.0, "pss": 0.0, "cpu": 0.0}
     with tempfile.TemporaryDirectory(prefix="ingest_store_") as store:
         env = {**os.environ, "RAY_ADDRESS": cluster.address}
         cmd = [sys.executable, "-m", "bench.ingest_scale", "_driver", "--files", str(files), "--store", store]
@@ -99,8 +101,9 @@ def run(files: Path, count: int, nodes: int, points: int) -> dict[str, float]:
         me = psutil.Process(proc.pid)
         while proc.poll() is None:
             try:
-                info = me.memory_full_info()
+                info, cpu = me.memory_full_info(), me.cpu_times()
                 peak["uss"], peak["pss"] = max(peak["uss"], info.uss), max(peak["pss"], info.pss)
+                peak["cpu"] = cpu.user + cpu.system
             except psutil.Error:
                 pass
             time.sleep(0.2)
@@ -118,6 +121,7 @@ def run(files: Path, count: int, nodes: int, points: int) -> dict[str, float]:
         "files_per_s": round(count / result["seconds"], 1),
         "driver_peak_uss_mib": round(peak["uss"] / 2**20, 1),
         "driver_peak_pss_mib": round(peak["pss"] / 2**20, 1),
+        "driver_cpu_s": round(peak["cpu"], 1),
     }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -95,12 +96,17 @@ def iter_items(data: DataConfig, seed: int) -> Iterator[SourceItem]:
     Raises ``ValueError`` (unknown category filter, a source no reader serves) or
     ``FileNotFoundError`` (``data.path`` missing) when listing starts.
     """
-    # Materialise the listing so configuration errors surface at the call, not at the first next().
-    items = list(reader(data.source)(data, seed))
+    # The first item is read now, so configuration errors surface at the call, not at the
+    # first next(); the rest stream (a driver holds no item it has handed on).
+    items = reader(data.source)(data, seed)
+    first = next(items, None)
+    if first is None:
+        return iter(())
+    items = itertools.chain([first], items)
     if data.vocabulary:
         datasets = tuple(data.vocabulary)
-        items = [
+        return (
             SourceItem(i.shape_id, i.category, i.path, functools.partial(_with_vocabulary, i.load, datasets))
             for i in items
-        ]
-    return iter(items)
+        )
+    return items
