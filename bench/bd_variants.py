@@ -47,9 +47,10 @@ import torch
 from bench.common import RESULTS
 from bench.quality import DEFAULTS, load
 from cluster.config import load_config
-from cluster.evaluate import voting_tables
-from cluster.pipeline import dirs, extract_stage
-from cluster.storage import Storage
+from cluster.passes.evaluate import voting_tables
+from cluster.pipeline import extract_stage
+from cluster.store.paths import distill_tables, evaluated_tables
+from cluster.store.storage import Storage
 from distill.backward import predict_probs, rescore_with_rule, units_of
 from distill.crossfit import train_fold_snapshots, unit_folds
 from distill.labels import LabelSpace
@@ -75,8 +76,8 @@ def setup(seed: int, output: str, mode: str) -> dict[str, Any]:
     storage = Storage.from_config(cfg.storage)
     extract_stage(cfg, storage)
     extract_stage(cfg, storage, evaluated=True)
-    train_shapes, train_units = load(storage, *dirs(cfg))
-    test_shapes, test_units = load(storage, *dirs(cfg, evaluated=True))
+    train_shapes, train_units = load(storage, *distill_tables(cfg))
+    test_shapes, test_units = load(storage, *evaluated_tables(cfg))
     shapes, units = (train_shapes, train_units) if mode == "pre" else (test_shapes, test_units)
     space = LabelSpace.from_shapes(shapes)
     samples = prepare_samples(shapes, units, space, cfg.data.num_points, cfg.seed)

@@ -26,8 +26,9 @@ import torch
 from bench.common import RESULTS, truth_units
 from bench.quality import DEFAULTS, load
 from cluster.config import load_config
-from cluster.pipeline import dirs, extract_stage
-from cluster.storage import Storage
+from cluster.pipeline import extract_stage
+from cluster.store.paths import evaluated_tables
+from cluster.store.storage import Storage
 from distill.labels import LabelSpace
 from distill.passes import evaluate
 from distill.records import Shape
@@ -65,7 +66,7 @@ def main() -> None:
     cfg = load_config([*DEFAULTS, "seed=0", "run=quality-s0", "mode=pre", f"storage.root={args.root}"])
     storage = Storage.from_config(cfg.storage)
     extract_stage(cfg, storage, evaluated=True)
-    shapes, _ = load(storage, *dirs(cfg, evaluated=True))
+    shapes, _ = load(storage, *evaluated_tables(cfg))
     rows = {}
     for name, *overrides in variants:
         runs = [fit_and_score(overrides, shapes, seed) for seed in args.seeds]

@@ -27,9 +27,9 @@ import numpy as np
 
 from bench.common import RESULTS
 from bench.quality import load
-from cluster.evaluate import baseline_predictions
-from cluster.storage import Storage
-from cluster.students import load_students, student_log_probs
+from cluster.passes.evaluate import baseline_predictions
+from cluster.store.storage import Storage
+from cluster.training.students import load_students, student_log_probs
 from distill.records import KnowledgeUnits, Shape
 from distill.superpoints import shape_superpoints
 

@@ -5,7 +5,7 @@ corpus's ground truth (the **test** split, instance indices ≥ 1,000,000, which
 pretraining corpus of configs/encoder*.yaml reads), a per-category linear classifier is
 fitted on the frozen per-point features of ``--train`` shapes a category and scored
 (mIoU) on ``--test`` others (``distill.probe``). The pretrained encoder is read the way
-the jobs read ``student.pretrained`` (``cluster.pretrained``: found, checked against the
+the jobs read ``student.pretrained`` (``cluster.training.pretrained``: found, checked against the
 student settings it was trained for, loaded whole into a student); the baseline is that
 student's encoder at random initialisation, one per ``--seeds`` (the probe's shapes
 are the same for both).
@@ -32,8 +32,8 @@ import torch
 
 from bench.common import RESULTS
 from cluster.config import load_config
-from cluster.pretrained import read_pretrained
-from cluster.storage import Storage
+from cluster.store.storage import Storage
+from cluster.training.pretrained import read_pretrained
 from distill.config import DataConfig
 from distill.metrics import category_mean_interval
 from distill.probe import encoder_features, fit_linear, probe_miou

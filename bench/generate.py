@@ -15,7 +15,7 @@ Peak traced memory (``tracemalloc``: Python and numpy allocations; torch's are n
 comes from a second, shorter pass, since tracing slows everything down.
 
 ``ray``: ``--count`` procedural shapes (spread over the 8 procedural categories) through
-``cluster.generate.generate`` (``cluster.backend=ray``) on a private local Ray of ``--cpus`` CPUs into a temporary folder:
+``cluster.passes.generate.generate`` (``cluster.backend=ray``) on a private local Ray of ``--cpus`` CPUs into a temporary folder:
 wall time from submission to the last part written, shapes per second.
 
 ``real-size``: the compute of a real-size Shap-E with random weights (same architecture
@@ -165,9 +165,9 @@ def run_ray(args: argparse.Namespace) -> None:
     import ray
 
     from cluster.config import load_config
-    from cluster.generate import generate, part_shapes
-    from cluster.runtime import connect
-    from cluster.storage import Storage
+    from cluster.passes.generate import generate, part_shapes
+    from cluster.runtime.connect import connect
+    from cluster.store.storage import Storage
     from generation.procedural import CATEGORIES
 
     per_category = -(-args.count // len(CATEGORIES))

@@ -38,9 +38,10 @@ import torch
 from bench.common import PSB, RESULTS, truth_units
 from bench.quality import load
 from cluster.config import Config, load_config
-from cluster.evaluate import voting_tables
-from cluster.pipeline import dirs, extract_stage
-from cluster.storage import Storage
+from cluster.passes.evaluate import voting_tables
+from cluster.pipeline import extract_stage
+from cluster.store.paths import distill_tables, evaluated_tables
+from cluster.store.storage import Storage
 from distill.config import DataConfig
 from distill.labels import LabelSpace, group_for_students
 from distill.metrics import MIoUTable
@@ -134,9 +135,9 @@ def run_seed(argv: list[str], seed: int, args: argparse.Namespace) -> dict[str, 
     )
     gen_cfg = replace(cfg, data=gen_data, run=f"generated-s{seed}-proc{args.per_category}")
     extract_stage(gen_cfg, storage)
-    real, real_units = load(storage, *dirs(cfg))
-    test, test_units = load(storage, *dirs(cfg, evaluated=True))
-    gen, gen_units = load(storage, *dirs(gen_cfg))
+    real, real_units = load(storage, *distill_tables(cfg))
+    test, test_units = load(storage, *evaluated_tables(cfg))
+    gen, gen_units = load(storage, *distill_tables(gen_cfg))
     print(
         f"seed {seed}: knowledge for {len(real)} real + {len(gen)} generated + {len(test)} scored shapes "
         f"in {time.perf_counter() - t0:.0f}s",

@@ -1,7 +1,7 @@
 """Ingest of files on a multi-node Ray: driver memory from 5K to 50K files, and throughput
 with 2 worker nodes against 1.
 
-The job's own code (``cluster.ingest.ingest``, ``data.source=files``, ``cluster.backend=ray``)
+The job's own code (``cluster.passes.ingest.ingest``, ``data.source=files``, ``cluster.backend=ray``)
 runs as a driver process of its own (``python -m bench.ingest_scale _driver``) joined to a
 ``ray.cluster_utils.Cluster``: a head with no CPU (it schedules nothing) and 1 or 2 worker
 nodes of 1 CPU each, all on this machine. The files are tiny point clouds (binary PLY,
@@ -61,8 +61,8 @@ def write_files(folder: Path, count: int, points: int) -> None:
 def driver(args: argparse.Namespace) -> None:
     """The job's ingest on the cluster at ``RAY_ADDRESS``; prints its summary and seconds."""
     from cluster.config import load_config
-    from cluster.ingest import ingest
-    from cluster.storage import Storage
+    from cluster.passes.ingest import ingest
+    from cluster.store.storage import Storage
 
     cfg = load_config(
         [
@@ -85,7 +85,7 @@ def run(files: Path, count: int, nodes: int, points: int) -> dict[str, float]:
     worker nodes → throughput and the driver's peak memory."""
     from ray.cluster_utils import Cluster
 
-    from cluster.runtime import loopback_only
+    from cluster.runtime.connect import loopback_only
 
     loopback_only()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.quality import student_shape_scores
-from cluster.storage import Storage
+from cluster.store.storage import Storage
 from distill.metrics import category_mean_interval
 from distill.records import SHAPE_SCHEMA, table_to_shapes
 

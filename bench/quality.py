@@ -2,7 +2,7 @@
 
 For a labelled corpus and the *simulated* ``glip_like`` teacher (docs/design.md §4 — a stand-in
 for a VLM, never presented as one), per category, mean ± std over init seeds × data orders,
-every row of the job's evaluation (``cluster.evaluate.METHODS``):
+every row of the job's evaluation (``cluster.passes.evaluate.METHODS``):
 
 * teacher-only rows: ``voting`` (per point, PartSLIP-style sums of covering units),
   ``voting_nearest`` (uncovered points take their nearest covered point's label),
@@ -54,9 +54,10 @@ import torch
 
 from bench.common import PSB, RESULTS
 from cluster.config import load_config
-from cluster.evaluate import BASELINE_METHODS, METHODS, STUDENT_METHODS, baseline_predictions
-from cluster.pipeline import dirs, evaluate_stage, extract_stage, train_stage
-from cluster.storage import Storage
+from cluster.passes.evaluate import BASELINE_METHODS, METHODS, STUDENT_METHODS, baseline_predictions
+from cluster.pipeline import evaluate_stage, extract_stage, train_stage
+from cluster.store.paths import evaluated_tables
+from cluster.store.storage import Storage
 from distill.metrics import category_mean_interval, shape_miou
 from distill.records import (
     PREDICTION_SCHEMA,
@@ -93,9 +94,8 @@ def link_run(root: Path, src: str, run: str, mode: str) -> None:
     """``run``'s distillation shapes and knowledge as links into the extraction run ``src``:
     its train half (``pre``, with its evaluated shapes) or its test half (``tta``)."""
     dst = root / run
-    for old in (dst, *root.glob(f"{run}-generation_*")):  # and a self-training run's earlier generations
-        if old.exists():
-            shutil.rmtree(old)
+    if dst.exists():  # with a self-training run's earlier relabel rounds inside it
+        shutil.rmtree(dst)
     (dst / "knowledge").mkdir(parents=True)
     half = "" if mode == "pre" else "eval/"
     (dst / "shapes").symlink_to(root / src / f"{half}shapes", target_is_directory=True)
@@ -124,7 +124,7 @@ def job_student(
     storage = Storage.from_config(cfg.storage)
     trained = train_stage(cfg, storage)
     evaluated = evaluate_stage(cfg, storage)
-    fits = [trained, *(g["train"] for g in trained.get("generations", []))]  # self-training: every generation
+    fits = [trained, *(r["train"] for r in trained.get("relabel_rounds", []))]  # self-training: every round
     seconds = round(sum(s["seconds"] for t in fits for s in t["students"]), 1)
     per_shape = student_shape_scores(storage, run, truth)
     return {
@@ -158,7 +158,7 @@ def run_seed(argv: list[str], seed: int, orders: list[int], modes: list[str], ro
     t0 = time.perf_counter()
     extract_stage(cfg, storage)
     extract_stage(cfg, storage, evaluated=True)
-    test_shapes, test_units = load(storage, *dirs(cfg, evaluated=True))
+    test_shapes, test_units = load(storage, *evaluated_tables(cfg))
     print(f"seed {seed}: knowledge in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
     votes = teacher_rows(test_shapes, test_units, cfg.eval.units_negative)
     truth = {s.shape_id: s for s in test_shapes}

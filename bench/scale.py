@@ -12,7 +12,7 @@ every unit, and a second fit — on
 * ``ray``: a multi-node cluster made on this machine (``ray.cluster_utils.Cluster``: a
   head with no CPUs for tasks, two logical worker nodes of one CPU each, object stores
   capped at 256 MB with spilling on), two Ray Train workers fed by Ray Data;
-* ``local``: this process alone (``cluster.train.train_local``).
+* ``local``: this process alone (``cluster.training.train.train_local``).
 
 A sampler thread records every second the USS (unique set size: pages shared with other
 processes are not counted) of the driver and of every other process of the cluster, and
@@ -41,8 +41,8 @@ import numpy as np
 
 from bench.common import ProcessSampler, is_ray_worker
 from cluster.config import load_config
-from cluster.layout import knowledge_part_name, shape_summary
-from cluster.storage import Storage
+from cluster.store.layout import knowledge_part_name, shape_summary
+from cluster.store.storage import Storage
 from distill.records import KnowledgeUnits, Shape, shapes_to_table, units_to_table
 
 CATEGORIES = {"Mug": ["body", "handle"], "Lamp": ["base", "pole", "shade"]}
@@ -149,10 +149,10 @@ def run_training(backend: str, root: str, run: str, size: int) -> dict[str, Any]
     sampler.start()
     start = time.time()
     if backend == "ray":
-        from cluster.train_ray import train_on_ray
+        from cluster.training.train_ray import train_on_ray
 
         fit_calls: list[float] = []
-        import cluster.train_ray as tr
+        import cluster.training.train_ray as tr
 
         original = tr.fit_on_ray
 
@@ -167,7 +167,7 @@ def run_training(backend: str, root: str, run: str, size: int) -> dict[str, Any]
             tr.fit_on_ray = original
         startup = [fit_calls[0]]
     else:
-        from cluster.train import train_local
+        from cluster.training.train import train_local
 
         out = train_local(cfg, storage, f"{run}/shapes", f"{run}/knowledge/round_0")
         startup = [start]
@@ -197,7 +197,7 @@ def run_training(backend: str, root: str, run: str, size: int) -> dict[str, Any]
 
 
 def _history(storage: Storage, run: str) -> list[dict[str, Any]]:
-    from cluster.checkpoints import load_torch
+    from cluster.training.checkpoints import load_torch
 
     return load_torch(storage, f"{run}/checkpoints/all/final.pt")["history"]
 
@@ -206,7 +206,7 @@ def start_cluster(store_mib: int = 256) -> Any:
     import ray
     from ray.cluster_utils import Cluster
 
-    from cluster.runtime import local_worker_soft_limit, loopback_only
+    from cluster.runtime.connect import local_worker_soft_limit, loopback_only
 
     loopback_only()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -219,7 +219,7 @@ def start_cluster(store_mib: int = 256) -> Any:
             # One-CPU nodes would keep one idle worker each (Ray's default soft limit is the
             # node's CPUs) and kill the zero-CPU data tasks' workers as soon as they idle, so
             # every shape part would pay a new process and torch's import. Real nodes have
-            # 16-48 CPUs; a local Ray gets the same limit (cluster.runtime.local_worker_soft_limit).
+            # 16-48 CPUs; a local Ray gets the same limit (cluster.runtime.connect.local_worker_soft_limit).
             "_system_config": {"num_workers_soft_limit": local_worker_soft_limit(2)},
         },
     )

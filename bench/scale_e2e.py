@@ -56,9 +56,9 @@ import psutil
 
 from bench.common import ROOT, ProcessSampler, is_ray_worker
 from bench.scale import spilled_bytes, start_cluster
-from cluster.checkpoints import load_torch
-from cluster.rejects import read_rejects
-from cluster.storage import Storage
+from cluster.store.rejects import read_rejects
+from cluster.store.storage import Storage
+from cluster.training.checkpoints import load_torch
 
 CATEGORIES = ["Airplane", "Car", "Chair", "Guitar", "Lamp", "Rocket", "Skateboard", "Table"]
 STAGES = ["ingest", "extract", "baselines", "train", "evaluate"]
@@ -413,7 +413,7 @@ def main() -> None:
     cluster = None
     if a.backend == "ray":
         cluster = start_cluster(a.store_mib)
-        # the job joins this cluster on loopback (cluster.runtime.loopback_only's switch)
+        # the job joins this cluster on loopback (cluster.runtime.connect.loopback_only's switch)
         env.update(RAY_ADDRESS=cluster.address, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
     sampler = Sampler(ray_store=a.backend == "ray")
     sampler.start()

@@ -6,7 +6,7 @@ One run, on one set of procedural shapes (3 categories × ``--per-category``, si
 ``glip_like`` teacher) in a temporary local storage root:
 
 ``extract``
-    ``cluster.extract.extract`` in this process (torch on 1 thread) against the same pass on a
+    ``cluster.passes.extract.extract`` in this process (torch on 1 thread) against the same pass on a
     private local Ray of 2 CPUs, in the layout a CPU-only cluster gets by default (fused:
     actors that render, teach and back-project, one per CPU); ``--split`` measures the GPU
     cluster's layout instead (render tasks of 0.5 CPU beside one teacher actor). The Ray
@@ -57,11 +57,11 @@ import pyarrow.parquet as pq
 import torch
 
 from bench.common import RESULTS, ROOT, ProcessSampler, is_ray_worker, peak_rss_mib
-from cluster.checkpoints import checkpoint_dir, load_torch
 from cluster.config import Config, load_config
-from cluster.extract import extract
-from cluster.ingest import ingest
-from cluster.storage import DONE_KEY, Storage
+from cluster.passes.extract import extract
+from cluster.passes.ingest import ingest
+from cluster.store.storage import DONE_KEY, Storage
+from cluster.training.checkpoints import checkpoint_dir, load_torch
 
 RESULTS_FILE = RESULTS / "scaling.json"
 HISTORY = 20
@@ -225,9 +225,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private loopback Ray (docs/design.md §7)
     import ray
 
-    from cluster.runtime import connect
-    from cluster.train import train_local
-    from cluster.train_ray import train_on_ray
+    from cluster.runtime.connect import connect
+    from cluster.training.train import train_local
+    from cluster.training.train_ray import train_on_ray
 
     torch.set_num_threads(1)  # the single-process baselines get one core, as one Ray worker does
     root = tempfile.mkdtemp(prefix="scaling-")

@@ -36,8 +36,8 @@ import torch
 
 from bench.common import RESULTS, ROOT
 from bench.quality import load
-from cluster.checkpoints import load_student
-from cluster.storage import Storage
+from cluster.store.storage import Storage
+from cluster.training.checkpoints import load_student
 from distill.evidence import combine, unit_evidence
 from distill.metrics import MIoUSums
 from distill.passes import predict_log_probs

@@ -21,7 +21,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cluster.paths import RUN_NAME
+from cluster.store.paths import RUN_NAME
 from distill.config import (
     ConfigError,
     DataConfig,

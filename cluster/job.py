@@ -18,8 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 from cluster.config import Config, load_config, to_dict
-from cluster.paths import RunPaths
-from cluster.storage import Storage
+from cluster.store.paths import RunPaths
+from cluster.store.storage import Storage
 from distill.errors import UserError
 
 log = logging.getLogger("partdistill")

@@ -2,11 +2,11 @@
 
 Each job in ``jobs/`` is one of these functions under ``cluster.job.run_job``. Stages are
 idempotent, so the chain can always be re-run: finished shapes, knowledge and students
-are skipped. ``cluster.backend`` picks Ray or this process (``cluster.runtime.use_ray``):
-every pass over shape parts runs through ``cluster.runner``, which asks it once; the
-fits run on Ray Train (``cluster.train_ray``, ``cluster.encoder_ray``) or here.
+are skipped. ``cluster.backend`` picks Ray or this process (``cluster.runtime.connect.use_ray``):
+every pass over shape parts runs through ``cluster.passes.runner``, which asks it once; the
+fits run on Ray Train (``cluster.training.train_ray``, ``cluster.training.encoder_ray``) or here.
 
-Where things go is ``cluster.paths``: in ``mode=pre`` the evaluated shapes live apart in
+Where things go is ``cluster.store.paths``: in ``mode=pre`` the evaluated shapes live apart in
 ``eval/`` (the teacher's votes on them are the baselines); in ``mode=tta`` the
 distillation shapes are the evaluated ones.
 """
@@ -22,11 +22,11 @@ from collections.abc import Callable
 from typing import Any
 
 from cluster.config import Config
-from cluster.ingest import ingest
-from cluster.paths import distill_tables, evaluated_tables
-from cluster.pretrained import check_pretrained
-from cluster.runtime import join_ray, use_ray
-from cluster.storage import Storage
+from cluster.passes.ingest import ingest
+from cluster.runtime.connect import join_ray, use_ray
+from cluster.store.paths import distill_tables, evaluated_tables
+from cluster.store.storage import Storage
+from cluster.training.pretrained import check_pretrained
 from distill.config import ConfigError, DataConfig
 from distill.errors import SEPARATOR
 
@@ -57,7 +57,7 @@ def ensure_shapes(cfg: Config, storage: Storage, data: DataConfig, shapes_dir: s
 
 def generate_shapes(cfg: Config, storage: Storage, table_dir: str | None = None) -> dict[str, Any]:
     """Make the shape table ``table_dir`` (default ``{run}/{generation.output}``) as configured."""
-    from cluster.generate import generate
+    from cluster.passes.generate import generate
 
     return generate(cfg, storage, table_dir)
 
@@ -101,7 +101,7 @@ def check_teacher(cfg: Config, storage: Storage, units_dir: str) -> None:
 def extract(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str) -> dict[str, Any]:
     """Teacher knowledge of the shapes of ``shapes_dir`` into ``units_dir``, on Ray or here
     (refused when the folder holds another teacher's knowledge, ``check_teacher``)."""
-    from cluster.extract import extract as extract_parts
+    from cluster.passes.extract import extract as extract_parts
 
     check_teacher(cfg, storage, units_dir)
     return extract_parts(cfg, storage, shapes_dir, units_dir)
@@ -118,7 +118,7 @@ def baselines(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str) ->
     a key of the two tables' part names (each a digest of the ids it holds) and of the
     settings that shape the vote: a re-run of an interrupted job reads it back instead of
     voting again, and any new part or changed setting computes it anew."""
-    from cluster.evaluate import baselines as voting_baselines
+    from cluster.passes.evaluate import baselines as voting_baselines
 
     key = baselines_key(cfg, storage, shapes_dir, units_dir)
     cached_at = posixpath.join(units_dir, BASELINES)
@@ -138,7 +138,7 @@ def baselines(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str) ->
 def baselines_key(cfg: Config, storage: Storage, shapes_dir: str, units_dir: str) -> str:
     """Digest of the parts of both tables and of every setting but training's and Ray's."""
     from cluster.config import to_dict
-    from cluster.evaluate import BASELINE_METHODS
+    from cluster.passes.evaluate import BASELINE_METHODS
 
     settings = {k: v for k, v in to_dict(cfg).items() if k not in ("train", "student", "cluster", "progress")}
     parts = [storage.list_parts(shapes_dir), storage.list_parts(units_dir)]
@@ -159,29 +159,29 @@ def extract_stage(cfg: Config, storage: Storage, evaluated: bool = False) -> dic
 
 
 def train_stage(cfg: Config, storage: Storage, fault_hook: Any = None) -> dict[str, Any]:
-    """The run's students from its knowledge (``fault_hook``: tests only, ``cluster.train_ray``),
-    then ``train.relabel_rounds`` self-training rounds (``cluster.relabel``), each from the
+    """The run's students from its knowledge (``fault_hook``: tests only, ``cluster.training.train_ray``),
+    then ``train.relabel_rounds`` self-training rounds (``cluster.passes.relabel``), each from the
     relabel pass of the one before; → the last round's summary with its ``relabel`` pass,
     the earlier rounds under ``relabel_rounds``."""
     check_pretrained(cfg, storage)
     shapes_dir, units_dir = distill_tables(cfg)
     if use_ray(cfg):
-        from cluster.train_ray import train_on_ray
+        from cluster.training.train_ray import train_on_ray
 
         join_ray(cfg)
 
         def train(c: Config, units: str) -> dict[str, Any]:
             return train_on_ray(c, storage, shapes_dir, units, fault_hook)
     else:
-        from cluster.train import train_local
+        from cluster.training.train import train_local
 
         def train(c: Config, units: str) -> dict[str, Any]:
             return train_local(c, storage, shapes_dir, units)
 
     if cfg.train.relabel_rounds == 0:
         return train(cfg, units_dir)
-    from cluster.evaluate import plan_items
-    from cluster.relabel import relabel, relabel_dir, round_config, round_folds
+    from cluster.passes.evaluate import plan_items
+    from cluster.passes.relabel import relabel, relabel_dir, round_config, round_folds
 
     rounds: list[dict[str, Any]] = []
     for r in range(cfg.train.relabel_rounds + 1):
@@ -201,8 +201,8 @@ def train_stage(cfg: Config, storage: Storage, fault_hook: Any = None) -> dict[s
 
 def evaluate_stage(cfg: Config, storage: Storage) -> dict[str, Any]:
     """Students and baselines on the evaluated shapes (extracting their knowledge first)."""
-    from cluster.evaluate import evaluate_run
-    from cluster.students import require_students
+    from cluster.passes.evaluate import evaluate_run
+    from cluster.training.students import require_students
 
     require_students(storage, cfg.run)  # before extracting the evaluated shapes' knowledge
     summary: dict[str, Any] = {}
@@ -218,7 +218,7 @@ def pretrain(cfg: Config, storage: Storage) -> dict[str, Any]:
     extracted = extract_stage(cfg, storage)
     trained = timed("train", train_stage, cfg, storage)
     evaluated = timed("evaluate", evaluate_stage, cfg, storage) if cfg.eval.enabled else {}
-    from cluster.evaluate import METHODS
+    from cluster.passes.evaluate import METHODS
 
     head = {k: evaluated[k] for k in (*METHODS, "best_teacher", "lead_best") if k in evaluated}
     if head:
@@ -236,10 +236,10 @@ def pretrain(cfg: Config, storage: Storage) -> dict[str, Any]:
 
 def pretrain_encoder(cfg: Config, storage: Storage, fault_hook: Any = None) -> dict[str, Any]:
     """``jobs/pretrain_encoder.py``: ``data``'s shapes (ingested when needed), no labels →
-    ``{run}/encoder/encoder.pt`` (``cluster.encoder``; on Ray Train, ``cluster.encoder_ray``).
-    The summary's last field is the file's URI. fault_hook: tests only (``cluster.encoder_ray``)."""
-    from cluster.checkpoints import load_torch
-    from cluster.encoder import encoder_file, plan_encoder, pretrain_local
+    ``{run}/encoder/encoder.pt`` (``cluster.training.encoder``; on Ray Train, ``cluster.training.encoder_ray``).
+    The summary's last field is the file's URI. fault_hook: tests only (``cluster.training.encoder_ray``)."""
+    from cluster.training.checkpoints import load_torch
+    from cluster.training.encoder import encoder_file, plan_encoder, pretrain_local
 
     shapes_dir, _ = distill_tables(cfg)
     ingested = timed("ingest", ensure_shapes, cfg, storage, cfg.data, shapes_dir)
@@ -252,7 +252,7 @@ def pretrain_encoder(cfg: Config, storage: Storage, fault_hook: Any = None) -> d
         return {**summary, "skipped": True, "epochs": bundle.get("epochs"), "encoder": storage.uri(out)}
     start = time.perf_counter()
     if use_ray(cfg):
-        from cluster.encoder_ray import pretrain_on_ray
+        from cluster.training.encoder_ray import pretrain_on_ray
 
         join_ray(cfg)
         history = pretrain_on_ray(cfg, storage, plan, fault_hook)

@@ -15,7 +15,7 @@ from typing import Any
 from cluster.config import Config
 from cluster.job import run_job
 from cluster.pipeline import generate_shapes
-from cluster.storage import Storage
+from cluster.store.storage import Storage
 
 
 def stage(cfg: Config, storage: Storage) -> dict[str, Any]:

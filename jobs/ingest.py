@@ -3,8 +3,8 @@
 python jobs/ingest.py data.source=psb data.path=../shared/data/labeled_psb run=psb
 """
 
-from cluster.ingest import ingest
 from cluster.job import run_job
+from cluster.passes.ingest import ingest
 
 
 def main(argv: list[str] | None = None) -> dict:

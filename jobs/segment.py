@@ -4,7 +4,7 @@ python jobs/segment.py run=smoke data.source=files data.path=my_chairs/ data.cat
 """
 
 from cluster.job import run_job
-from cluster.segment import segment
+from cluster.passes.segment import segment
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,4 +1,4 @@
-"""The same config on either side of ``cluster.runtime.use_ray``: tests run a pass both ways."""
+"""The same config on either side of ``cluster.runtime.connect.use_ray``: tests run a pass both ways."""
 
 from dataclasses import replace
 

@@ -7,9 +7,9 @@ import torch
 
 from cluster.config import load_config
 from cluster.pipeline import extract_stage
-from cluster.storage import Storage
-from cluster.students import plan_students
-from cluster.train import FitOutcome, fit_student, knowledge_dir, last_state, prepare_fit
+from cluster.store.storage import Storage
+from cluster.training.students import plan_students
+from cluster.training.train import FitOutcome, fit_student, knowledge_dir, last_state, prepare_fit
 
 RUN = "bd"
 ARGS = [

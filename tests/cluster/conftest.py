@@ -25,7 +25,7 @@ def local_ray(num_cpus: int = 2, env_vars: dict[str, str] | None = None) -> Iter
     import ray
 
     from cluster.config import ClusterConfig
-    from cluster.runtime import connect
+    from cluster.runtime.connect import connect
 
     if ray.is_initialized():  # left by a test that did not clean up: start from nothing
         ray.shutdown()

@@ -16,7 +16,7 @@ from tests.conftest import free_port, fresh_env, run_fresh
 
 CHILD = """
 import json, ray
-from cluster.runtime import connect
+from cluster.runtime.connect import connect
 from cluster.config import ClusterConfig
 
 out = {}

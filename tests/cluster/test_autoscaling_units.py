@@ -10,7 +10,8 @@ import json
 
 import pytest
 
-from cluster.autoscaling import (
+from cluster.config import load_config
+from cluster.runtime.autoscaling import (
     FAKE_HEAD_TYPE,
     fake_node_types,
     held_bundles,
@@ -21,8 +22,7 @@ from cluster.autoscaling import (
     training_bundles,
     worker_node_types,
 )
-from cluster.config import load_config
-from cluster.runtime import fits, resource_requests
+from cluster.runtime.resources import fits, resource_requests
 
 # What tests/cluster/test_autoscaling_cluster.py runs: a GPU teacher, training workers pinned
 # to the training nodes by train_slot, a GPU re-scoring actor.
@@ -166,7 +166,7 @@ def test_hold_capacity_refreshes_and_merges_with_other_requesters(ray_local):
 def test_elastic_training_scaling():
     from ray.train import ScalingConfig
 
-    from cluster.runtime import per_worker_batch, train_scaling
+    from cluster.runtime.resources import per_worker_batch, train_scaling
 
     fixed = train_scaling(load_config(["cluster.train_workers=4"]))
     assert not fixed.elastic and fixed.ray_num_workers == 4 and fixed.global_batch(16) == 0

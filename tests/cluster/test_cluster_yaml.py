@@ -8,7 +8,7 @@ import pytest
 import ray.autoscaler
 
 from cluster.config import load_config
-from cluster.runtime import fits, resource_requests, teacher_actor_options, train_scaling
+from cluster.runtime.resources import fits, resource_requests, teacher_actor_options, train_scaling
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Training curves in the run's storage: each fit keeps its own event file."""
 
-from cluster.curves import CurveLog, tensorboard_dir
-from cluster.storage import Storage
+from cluster.store.storage import Storage
+from cluster.training.curves import CurveLog, tensorboard_dir
 
 
 def test_two_fits_in_one_second_keep_both_event_files(tmp_path):

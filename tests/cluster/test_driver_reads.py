@@ -18,7 +18,7 @@ import pytest
 
 from cluster.config import load_config
 from cluster.pipeline import pretrain
-from cluster.storage import ReadCounter, Storage
+from cluster.store.storage import ReadCounter, Storage
 from tests.conftest import run_fresh
 
 PART = 4
@@ -55,7 +55,7 @@ class MaxReads(ReadCounter):
 DRIVER = """
 import json, sys
 from cluster.pipeline import pretrain
-from cluster.storage import Storage
+from cluster.store.storage import Storage
 from cluster.config import load_config
 from tests.cluster.test_driver_reads import MaxReads
 

@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from cluster.checkpoints import load_student, load_torch
 from cluster.config import load_config
-from cluster.encoder import CloudSource, encoder_file, plan_encoder, run_fit
 from cluster.job import run_job
 from cluster.pipeline import extract_stage, pretrain_encoder, train_stage
-from cluster.storage import Storage
+from cluster.store.storage import Storage
+from cluster.training.checkpoints import load_student, load_torch
+from cluster.training.encoder import CloudSource, encoder_file, plan_encoder, run_fit
 from distill.errors import NotFoundError
 from jobs.pretrain_encoder import main as pretrain_encoder_main
 
@@ -72,7 +72,7 @@ def test_student_starts_from_the_encoder(encoder_run, tmp_path, caplog, freeze):
 def test_killed_fit_resumes_exactly(tmp_path):
     cfg = load_config([*SMOKE, "run=res", f"storage.root={tmp_path}", "encoder.epochs=3"])
     storage = Storage.from_config(cfg.storage)
-    from cluster.ingest import ingest
+    from cluster.passes.ingest import ingest
 
     ingest(cfg, storage)
     plan = plan_encoder(storage, "res/shapes")

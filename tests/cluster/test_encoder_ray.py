@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from cluster.config import load_config, to_dict
-from cluster.encoder import plan_encoder, read_clouds
-from cluster.encoder_ray import cloud_rows
-from cluster.ingest import ingest
-from cluster.storage import Storage
+from cluster.passes.ingest import ingest
+from cluster.store.storage import Storage
+from cluster.training.encoder import plan_encoder, read_clouds
+from cluster.training.encoder_ray import cloud_rows
 from distill.student import build_student, load_pretrained_encoder
 from tests.conftest import run_fresh
 

@@ -1,6 +1,5 @@
 """Knowledge extraction on a real local Ray (2 CPUs) and in-process, over shape parts
-with co-partitioned knowledge parts (``cluster.layout``)."""
-
+with co-partitioned knowledge parts (``cluster.store.layout``)."""
 
 import numpy as np
 import pyarrow as pa
@@ -8,14 +7,14 @@ import pyarrow.compute as pc
 import pytest
 
 from cluster.config import load_config
-from cluster.extract import extract, extract_pass, plan
-from cluster.extract_parts import PartExtractor, done_in_part, extract_shape, write_piece
-from cluster.extract_stages import TeachStage, render_part, render_rows
-from cluster.layout import knowledge_part_name, shape_part_of, shape_summary
-from cluster.rejects import read_rejects
-from cluster.runner import pool_size, ray_dataset
-from cluster.runtime import extract_fused, fused_pool, teacher_actor_options
-from cluster.storage import MANIFEST, PartError, Storage
+from cluster.passes.extract import extract, extract_pass, plan
+from cluster.passes.extract_parts import PartExtractor, done_in_part, extract_shape, write_piece
+from cluster.passes.extract_stages import TeachStage, render_part, render_rows
+from cluster.passes.runner import pool_size, ray_dataset
+from cluster.runtime.resources import extract_fused, fused_pool, teacher_actor_options
+from cluster.store.layout import knowledge_part_name, shape_part_of, shape_summary
+from cluster.store.rejects import read_rejects
+from cluster.store.storage import MANIFEST, PartError, Storage
 from distill.extract import render
 from distill.records import (
     PIECE_SCHEMA,

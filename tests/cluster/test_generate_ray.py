@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cluster.config import load_config
-from cluster.generate import (
+from cluster.passes.generate import (
     MAX_PART_SHAPES,
     generate,
     generator_actor_options,
@@ -17,10 +17,10 @@ from cluster.generate import (
     plan_rows,
     resolve_categories,
 )
-from cluster.layout import part_name
 from cluster.pipeline import generate_shapes
-from cluster.rejects import read_rejects
-from cluster.storage import Storage
+from cluster.store.layout import part_name
+from cluster.store.rejects import read_rejects
+from cluster.store.storage import Storage
 from distill.records import GENERATE_RESULT_SCHEMA, SHAPE_SCHEMA, table_to_shapes
 from distill.sampling import derive_seed
 from generation.procedural import make_shape

@@ -113,7 +113,7 @@ class RayHead:
         self.env = _clean_env()
         head_env = {
             **self.env,
-            # Bind and advertise 127.0.0.1, not the routable IP (see cluster.runtime.loopback_only).
+            # Bind and advertise 127.0.0.1, not the routable IP (see cluster.runtime.connect.loopback_only).
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
             # SIGTERM tears down at once instead of draining the node for 30 s.
             "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
@@ -248,8 +248,8 @@ def _uploaded_dir(head: RayHead, package_uri: str) -> Path:
 def test_pretrain_submitted_as_a_ray_job_writes_its_run_to_s3(ray_head, s3_endpoint, s3_bucket):
     from ray.job_submission import JobSubmissionClient
 
-    from cluster.checkpoints import load_student
-    from cluster.storage import Storage
+    from cluster.store.storage import Storage
+    from cluster.training.checkpoints import load_student
 
     root = f"{s3_bucket}/e2e"
     runtime_env = {

@@ -1,4 +1,4 @@
-"""The pure planning functions of ``cluster.layout`` and ``Storage.manifest`` on a real folder."""
+"""The pure planning functions of ``cluster.store.layout`` and ``Storage.manifest`` on a real folder."""
 
 import json
 import logging
@@ -6,7 +6,7 @@ import logging
 import pyarrow as pa
 import pytest
 
-from cluster.layout import (
+from cluster.store.layout import (
     SHAPE_PART_SIZE,
     PartItem,
     category_parts,
@@ -19,7 +19,7 @@ from cluster.layout import (
     shapes_per_part,
     unfinished_parts,
 )
-from cluster.storage import MANIFEST, PartError, Storage
+from cluster.store.storage import MANIFEST, PartError, Storage
 from generation.procedural import make_shape
 
 TABLE = "r/shapes"
@@ -208,7 +208,7 @@ def test_manifest_drops_a_part_that_is_gone_with_a_warning(tmp_path, caplog):
     _write(storage, "p1.parquet", ["b"])
     assert len(storage.manifest(TABLE)) == 2
     storage.delete(f"{TABLE}/p0.parquet")
-    with caplog.at_level(logging.WARNING, logger="cluster.storage"):
+    with caplog.at_level(logging.WARNING, logger="cluster.store.storage"):
         after = storage.manifest(TABLE)
     assert list(after) == ["p1.parquet"]
     assert any("gone" in r.getMessage() and "p0.parquet" in r.getMessage() for r in caplog.records)
@@ -221,7 +221,7 @@ def test_manifest_quarantines_an_unreadable_part(tmp_path, caplog):
     storage = Storage(str(tmp_path))
     _write(storage, "p0.parquet", ["a"])
     storage.write_bytes(f"{TABLE}/p1.parquet", b"PAR1 truncated by a crash")
-    with caplog.at_level(logging.WARNING, logger="cluster.storage"):
+    with caplog.at_level(logging.WARNING, logger="cluster.store.storage"):
         manifest = storage.manifest(TABLE)
     assert list(manifest) == ["p0.parquet"]
     assert storage.list_parts(TABLE) == ["p0.parquet"]

@@ -1,4 +1,4 @@
-"""The runner's contract (``cluster.runner``), for every pass over shape parts: on the same
+"""The runner's contract (``cluster.passes.runner``), for every pass over shape parts: on the same
 inputs, the Ray Data pool writes the same tables as this process (byte for byte where the
 work is deterministic), resumes after a killed actor or task, and skips finished items on
 a re-run.
@@ -19,18 +19,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cluster import runner
 from cluster.config import Config, load_config
-from cluster.evaluate import evaluate_parts, plan_items
-from cluster.extract import extract
-from cluster.generate import generate
-from cluster.ingest import ingest
 from cluster.job import run_job
+from cluster.passes import runner
+from cluster.passes.evaluate import evaluate_parts, plan_items
+from cluster.passes.extract import extract
+from cluster.passes.generate import generate
+from cluster.passes.ingest import ingest
+from cluster.passes.relabel import relabel
+from cluster.passes.rescore import rescore_pass
+from cluster.passes.segment import segment
 from cluster.pipeline import pretrain
-from cluster.relabel import relabel
-from cluster.rescore import rescore_pass
-from cluster.segment import segment
-from cluster.storage import Storage
+from cluster.store.storage import Storage
 from distill.records import UNIT_SCHEMA, table_to_units
 from tests.backends import here, on_ray
 from tests.cluster.bd_run import CKPT, pending_run

@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cluster.checkpoints import checkpoint_dir, final_bundle, save_torch
 from cluster.config import load_config
-from cluster.evaluate import PartEvaluator
-from cluster.layout import PartItem, knowledge_part_name, shape_summary
-from cluster.samples import Tables
-from cluster.segment import segment
-from cluster.storage import Storage
-from cluster.students import load_students
+from cluster.passes.evaluate import PartEvaluator
+from cluster.passes.segment import segment
+from cluster.store.layout import PartItem, knowledge_part_name, shape_summary
+from cluster.store.storage import Storage
+from cluster.training.checkpoints import checkpoint_dir, final_bundle, save_torch
+from cluster.training.samples import Tables
+from cluster.training.students import load_students
 from distill.config import StudentConfig
 from distill.labels import LabelSpace
 from distill.records import PREDICTION_SCHEMA, shapes_to_table, table_to_predictions, units_to_table
@@ -60,8 +60,8 @@ def test_an_untrained_category_is_reported_not_scored(tmp_path):
     """A student whose plan had no knowledge unit for a category does not segment it:
     evaluation leaves its cell empty (never a chance-level score) and segmentation rejects
     its shapes with the reason."""
-    from cluster.evaluate import evaluate_run
-    from cluster.rejects import read_rejects
+    from cluster.passes.evaluate import evaluate_run
+    from cluster.store.rejects import read_rejects
 
     cfg = load_config(
         [f"storage.root={tmp_path}", f"run={RUN}", "data.source=table", f"data.path={SHAPES}", "progress=false"]

@@ -4,10 +4,10 @@ process, over the student's shape parts: round k ≥ 1 stores scores only."""
 import numpy as np
 import pytest
 
-from cluster.checkpoints import load_student, load_torch
-from cluster.rescore import load_snapshot, rescore_pass, todo_items
-from cluster.samples import BALANCE_FILE, load_item, load_units, read_score_part, read_scores, scores_dir
-from cluster.train import train_student_local
+from cluster.passes.rescore import load_snapshot, rescore_pass, todo_items
+from cluster.training.checkpoints import load_student, load_torch
+from cluster.training.samples import BALANCE_FILE, load_item, load_units, read_score_part, read_scores, scores_dir
+from cluster.training.train import train_student_local
 from distill.backward import rescore_samples
 from distill.records import SCORE_SCHEMA, table_to_units
 from tests.backends import on_ray

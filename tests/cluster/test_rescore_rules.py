@@ -5,10 +5,10 @@ in-memory rule (``rescore_samples_with_rule``) gives over the same samples."""
 import numpy as np
 import pytest
 
-from cluster.checkpoints import load_torch
 from cluster.config import load_config
-from cluster.rescore import balance_factors, load_snapshot, rescore_pass
-from cluster.samples import BALANCE_FILE, load_item, read_score_part
+from cluster.passes.rescore import balance_factors, load_snapshot, rescore_pass
+from cluster.training.checkpoints import load_torch
+from cluster.training.samples import BALANCE_FILE, load_item, read_score_part
 from distill.backward import rescore_samples_with_rule
 from distill.config import ConfigError
 from distill.records import SCORE_SCHEMA
@@ -82,7 +82,7 @@ def test_balance_factors_keep_each_parts_mass():
 def test_a_round_written_by_another_rule_is_refused(tmp_path, bd_extracted):
     cfg, storage, plan = _pending(tmp_path, bd_extracted, "agreement")
     prepare(storage, plan, lambda snap: rescore_pass(cfg, storage, plan, snap))
-    from cluster.rescore import finish_round
+    from cluster.passes.rescore import finish_round
 
     balanced = load_config([*ARGS, f"storage.root={tmp_path}", "train.rescore=agreement_balanced"])
     with pytest.raises(ValueError, match="another rule"):

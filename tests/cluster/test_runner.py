@@ -6,8 +6,8 @@ import pyarrow as pa
 import pytest
 
 from cluster.config import load_config
-from cluster.runner import Pass, Step, output_rows, pool_size, rows_to_batch, run_pass
-from cluster.runtime import Pool
+from cluster.passes.runner import Pass, Step, output_rows, pool_size, rows_to_batch, run_pass
+from cluster.runtime.resources import Pool
 
 
 def test_pool_size_fixed_grown_and_never_above_the_items():

@@ -3,13 +3,15 @@
 import pytest
 
 from cluster.config import ClusterConfig, load_config
-from cluster.runtime import (
+from cluster.runtime.connect import (
     cluster_address,
     configure_data_context,
     connect,
-    fits,
     local_num_cpus,
     local_worker_soft_limit,
+)
+from cluster.runtime.resources import (
+    fits,
     render_resources,
     rescore_actor_options,
     resource_requests,

@@ -2,7 +2,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from cluster.storage import Storage, StorageError
+from cluster.store.storage import Storage, StorageError
 from distill.records import SHAPE_SCHEMA, Mesh, Shape, shapes_to_table, table_to_shapes
 
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from cluster.config import load_config
-from cluster.layout import knowledge_part_name, shape_summary
-from cluster.samples import PartSource, Tables, samples_to_table, table_to_samples
-from cluster.storage import Storage
-from cluster.students import StudentPlan, plan_students
-from cluster.train_ray import concurrent_students
+from cluster.store.layout import knowledge_part_name, shape_summary
+from cluster.store.storage import Storage
+from cluster.training.samples import PartSource, Tables, samples_to_table, table_to_samples
+from cluster.training.students import StudentPlan, plan_students
+from cluster.training.train_ray import concurrent_students
 from distill.metrics import MIoUSums, MIoUTable
 from distill.records import KnowledgeUnits, Shape, scores_to_table, shapes_to_table, units_to_table
 from distill.sources import in_validation
@@ -249,7 +249,7 @@ def test_a_category_without_units_is_planned_untrained(tmp_path):
 
 
 def test_fit_outcome_is_a_flat_train_info():
-    from cluster.train import FitOutcome
+    from cluster.training.train import FitOutcome
 
     outcome = FitOutcome({"student": "all", "epochs": 6}, rescore_due=True)
     assert outcome.to_dict() == {"student": "all", "epochs": 6, "rescore_due": True}  # train_info.json

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.checkpoints import load_student, load_torch
 from cluster.config import load_config, to_dict
 from cluster.pipeline import extract_stage
-from cluster.samples import load_item, samples_to_table, table_to_batch, table_to_samples
-from cluster.storage import Storage
-from cluster.students import plan_students
-from cluster.train import knowledge_dir, train_local
-from cluster.train_ray import sample_rows, training_dataset
+from cluster.store.storage import Storage
+from cluster.training.checkpoints import load_student, load_torch
+from cluster.training.samples import load_item, samples_to_table, table_to_batch, table_to_samples
+from cluster.training.students import plan_students
+from cluster.training.train import knowledge_dir, train_local
+from cluster.training.train_ray import sample_rows, training_dataset
 from distill.records import SAMPLE_SCHEMA
 from tests.cluster.conftest import local_ray
 from tests.conftest import REPO, run_fresh

@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.checkpoints import load_torch
 from cluster.config import load_config
-from cluster.extract import extract
-from cluster.ingest import ingest
-from cluster.rescore import rescore_pass
-from cluster.runtime import loopback_only
-from cluster.samples import read_scores
-from cluster.storage import Storage
-from cluster.students import plan_students
-from cluster.train import fit_student, knowledge_dir, last_state, prepare_fit
+from cluster.passes.extract import extract
+from cluster.passes.ingest import ingest
+from cluster.passes.rescore import rescore_pass
+from cluster.runtime.connect import loopback_only
+from cluster.store.storage import Storage
+from cluster.training.checkpoints import load_torch
+from cluster.training.samples import read_scores
+from cluster.training.students import plan_students
+from cluster.training.train import fit_student, knowledge_dir, last_state, prepare_fit
 from distill.records import UNIT_SCHEMA, table_to_units
 from tests.backends import here, on_ray
 from tests.conftest import run_test_fresh

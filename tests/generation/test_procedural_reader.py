@@ -7,7 +7,7 @@ import pytest
 
 import generation  # noqa: F401 - registers the procedural reader
 from cluster.config import load_config
-from cluster.generate import plan_rows
+from cluster.passes.generate import plan_rows
 from distill.config import DataConfig
 from distill.readers import iter_items
 from distill.records import ShapeError

@@ -10,14 +10,14 @@ import pytest
 import torch
 import trimesh
 
-from cluster.checkpoints import load_student
 from cluster.config import load_config
-from cluster.ingest import ingest
 from cluster.job import run_job
+from cluster.passes.ingest import ingest
+from cluster.passes.segment import segment
 from cluster.pipeline import extract_stage, pretrain
-from cluster.rejects import read_rejects
-from cluster.segment import segment
-from cluster.storage import Storage
+from cluster.store.rejects import read_rejects
+from cluster.store.storage import Storage
+from cluster.training.checkpoints import load_student
 from distill.metrics import MIoUSums
 from distill.passes import predict
 from distill.records import row_to_shape
@@ -138,12 +138,12 @@ def test_smoke_pretrain_learns_and_reports(smoke_run):
 
 def test_rerun_skips_finished_work(smoke_run, monkeypatch):
     _, argv, first = smoke_run
-    import cluster.evaluate
+    import cluster.passes.evaluate
 
     def no_second_vote(*args, **kwargs):
         raise AssertionError("the voting baselines of unchanged parts were computed again")
 
-    monkeypatch.setattr(cluster.evaluate, "baselines", no_second_vote)
+    monkeypatch.setattr(cluster.passes.evaluate, "baselines", no_second_vote)
     again = run_job("pretrain", pretrain, argv)
     assert again["extract"]["extract"]["new"] == 0 and again["extract"]["extract"]["skipped"] == 12
     assert again["extract"]["baselines"]["voting"] == first["extract"]["baselines"]["voting"]

@@ -9,10 +9,10 @@ import torch
 
 from cluster.config import load_config
 from cluster.job import run_job
+from cluster.passes.relabel import dense_units, relabel_dir
 from cluster.pipeline import pretrain, train_stage
-from cluster.relabel import dense_units, relabel_dir
-from cluster.storage import Storage
-from cluster.students import load_students, student_log_probs
+from cluster.store.storage import Storage
+from cluster.training.students import load_students, student_log_probs
 from distill.config import ConfigError
 from distill.evidence import StudentWithUnits, combine, unit_evidence
 from distill.records import table_to_shapes, table_to_units
@@ -116,7 +116,7 @@ def test_relabelling_needs_the_units_weight(tmp_path):
     argv = ["--config", "smoke", f"storage.root={tmp_path}", "train.relabel_rounds=1", "eval.units_weight=0"]
     with pytest.raises(ConfigError, match="eval.units_weight > 0"):
         load_config(argv)
-    from cluster.relabel import Relabeller
+    from cluster.passes.relabel import Relabeller
 
     with pytest.raises(ValueError, match="eval.units_weight > 0"):
         Relabeller(Storage(str(tmp_path)), "", "", "", [], StudentWithUnits(weight=0.0), 1)
@@ -125,9 +125,9 @@ def test_relabelling_needs_the_units_weight(tmp_path):
 def test_cross_fitted_relabels_come_from_the_student_that_held_the_shape_out(tmp_path):
     """train.relabel_folds=2: round 0 is two students, each trained without one hash
     fold of the shapes; every shape is relabelled by the student that never saw its units."""
-    from cluster.relabel import round_config
-    from cluster.students import plan_students
-    from cluster.train import part_source
+    from cluster.passes.relabel import round_config
+    from cluster.training.students import plan_students
+    from cluster.training.train import part_source
     from distill.sources import fold_of
 
     argv = ["--config", "smoke", f"storage.root={tmp_path}", "cluster.backend=local", "train.relabel_rounds=1",
@@ -164,7 +164,7 @@ def test_a_fold_without_a_category_falls_back_in_sample_and_says_so(relabel_run)
     never learnt it; its shapes are relabelled by another fold's student, counted."""
     from dataclasses import replace
 
-    from cluster.relabel import Relabeller
+    from cluster.passes.relabel import Relabeller
     from distill.sources import fold_of
 
     _, argv, _ = relabel_run

@@ -5,7 +5,7 @@ Under ``{storage.root}/{run}/`` (docs/data.md has each table's schema):
 ``shapes/``, ``knowledge/round_0/``
     the distillation shapes and the teacher's knowledge of them (``data.source=table``
     reads the shapes from ``data.path`` instead); ``knowledge/round_{k}/{student}/``
-    backward distillation's scores (``cluster.samples.scores_dir``).
+    backward distillation's scores (``cluster.training.samples.scores_dir``).
 ``eval/shapes/``, ``eval/knowledge/round_0/``
     the evaluated shapes and their knowledge in ``mode=pre`` (in ``mode=tta`` the
     distillation shapes are the evaluated ones).

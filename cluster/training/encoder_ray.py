@@ -1,10 +1,10 @@
-"""Encoder pretraining on Ray Train: ``cluster.encoder``'s fit, DDP, fed by Ray Data.
+"""Encoder pretraining on Ray Train: ``cluster.training.encoder``'s fit, DDP, fed by Ray Data.
 
 The data is a Ray Data pipeline over the run's shape parts: a map task reads a part and
 turns it into cloud rows (``cloud_rows``: points, normals, nothing else), and the stream
 is split over the workers (``streaming_split(equal=True)``, Ray Train's default: every
 worker takes the same number of clouds, so the same number of DDP steps an epoch). The
-driver holds the part list only. Each worker runs ``cluster.encoder.run_fit`` on its
+driver holds the part list only. Each worker runs ``cluster.training.encoder.run_fit`` on its
 shard: it resumes from ``{run}/encoder/last.pt`` itself, so a worker group restarted by
 ``FailureConfig`` (``train.max_failures``) or a re-run of the job continues from the last
 checkpoint; rank 0 writes checkpoints, curves and ``encoder.pt``.
@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from cluster.config import Config, to_dict
-from cluster.encoder import EncoderPlan, encoder_dir, read_clouds
-from cluster.storage import Storage
+from cluster.store.storage import Storage
+from cluster.training.encoder import EncoderPlan, encoder_dir, read_clouds
 
 SHUFFLE_BUFFER = 256
 """Clouds a worker shuffles among (Ray Data's local shuffle buffer), beside the random
@@ -88,8 +88,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
     import torch
 
     from cluster.config import config_from_dict
-    from cluster.encoder import run_fit
-    from cluster.train_ray import worker_mean
+    from cluster.training.encoder import run_fit
+    from cluster.training.train_ray import worker_mean
     from distill.training import Workers
 
     torch.set_num_threads(int(config["threads"]))
@@ -126,9 +126,9 @@ def pretrain_on_ray(
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from cluster.checkpoints import load_torch
-    from cluster.encoder import encoder_file
-    from cluster.runtime import train_scaling
+    from cluster.runtime.resources import train_scaling
+    from cluster.training.checkpoints import load_torch
+    from cluster.training.encoder import encoder_file
 
     scaling = train_scaling(cfg)
     cpus = max(1, int(scaling.resources_per_worker.get("CPU", 1)))

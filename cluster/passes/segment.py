@@ -18,16 +18,16 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from cluster.checkpoints import list_students
 from cluster.config import Config, config_from_dict, to_dict
-from cluster.layout import shapes_manifest
-from cluster.paths import RunPaths
+from cluster.passes.runner import Pass, Step, run_pass
 from cluster.pipeline import ensure_shapes
-from cluster.rejects import write_rejects
-from cluster.runner import Pass, Step, run_pass
-from cluster.runtime import Pool
-from cluster.storage import Storage
-from cluster.students import load_students, pooled, student_predictions, trained_categories
+from cluster.runtime.resources import Pool
+from cluster.store.layout import shapes_manifest
+from cluster.store.paths import RunPaths
+from cluster.store.rejects import write_rejects
+from cluster.store.storage import Storage
+from cluster.training.checkpoints import list_students
+from cluster.training.students import load_students, pooled, student_predictions, trained_categories
 from distill.errors import NotFoundError
 from distill.metrics import MIoUSums
 from distill.records import Prediction, predictions_to_table, row_to_shape

@@ -9,8 +9,8 @@ plan (driver, pure)
     any worker sees them, so a re-run only makes what is missing. ``part_shapes`` sizes
     the parts.
 ``generate``
-    The rows go through ``cluster.runner`` (in this process, or on Ray Data, a block per
-    part). The steps are in ``cluster.generate_stages``:
+    The rows go through ``cluster.passes.runner`` (in this process, or on Ray Data, a block per
+    part). The steps are in ``cluster.passes.generate_stages``:
     * procedural: CPU tasks of one part each (``procedural_batch``): make, filter, write.
     * shap_e: a fixed pool of ``generation.actors`` actors (``ShapEStage``; the pipeline is
       loaded once per actor, ``generation.gpus`` GPUs each, ``generation.batch_size``
@@ -34,11 +34,11 @@ from collections import Counter
 from typing import Any
 
 from cluster.config import Config
-from cluster.generate_stages import ShapEStage, finish_shap_e_batch, procedural_batch
-from cluster.paths import RunPaths
-from cluster.runner import Pass, Step, run_pass
-from cluster.runtime import Pool
-from cluster.storage import Storage
+from cluster.passes.generate_stages import ShapEStage, finish_shap_e_batch, procedural_batch
+from cluster.passes.runner import Pass, Step, run_pass
+from cluster.runtime.resources import Pool
+from cluster.store.paths import RunPaths
+from cluster.store.storage import Storage
 from distill.categories import PSB_PARTS, SHAPENETPART_PARTS, canonical_name, part_names_for
 from distill.config import ConfigError
 from distill.sampling import derive_seed

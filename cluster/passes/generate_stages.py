@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from cluster.layout import part_name, shape_summary
-from cluster.rejects import write_rejects
-from cluster.storage import Storage
+from cluster.store.layout import part_name, shape_summary
+from cluster.store.rejects import write_rejects
+from cluster.store.storage import Storage
 from distill.records import GENERATE_RESULT_SCHEMA, Shape, shapes_to_table
 from distill.sampling import derive_seed
 from distill.superpoints import attach_superpoints

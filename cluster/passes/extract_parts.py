@@ -1,6 +1,6 @@
 """Extraction's unit of work: one shape part → its co-partitioned knowledge.
 
-Whichever process extracts a shape part also writes its knowledge (``cluster.layout``):
+Whichever process extracts a shape part also writes its knowledge (``cluster.store.layout``):
 ``write_piece`` writes the units of some of the part's shapes as one knowledge part
 named ``<shape part stem>--<digest of their ids>`` whose done ids are exactly those
 shapes (rejected ones included), rejects first. ``PartExtractor`` reads a shape part,
@@ -15,9 +15,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from cluster.layout import knowledge_part_name, shape_part_of
-from cluster.rejects import write_rejects
-from cluster.storage import Storage
+from cluster.store.layout import knowledge_part_name, shape_part_of
+from cluster.store.rejects import write_rejects
+from cluster.store.storage import Storage
 from distill.config import RenderConfig, TeacherConfig
 from distill.extract import render, teach, to_units
 from distill.records import KnowledgeUnits, Shape, row_to_shape, units_to_table

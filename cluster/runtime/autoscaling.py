@@ -9,7 +9,7 @@ Why hold capacity: the autoscaler ends a node once it has been idle for
 re-scoring pass runs on a Ray Data actor pool and the training workers are gone; a pass
 longer than the idle timeout would release the training nodes, and the next fit would
 wait for new ones to boot. ``hold_capacity`` asks the autoscaler to keep room for the
-training workers' bundles while a re-scoring pass runs (``cluster.train_ray`` wraps the
+training workers' bundles while a re-scoring pass runs (``cluster.training.train_ray`` wraps the
 pass in it) and withdraws the request after, so the nodes idle out as usual at the end.
 Only the pass: while a fit runs, Ray Train 2.60 asks for the same bundles itself, through
 the same coordinator, which adds requests up; a hold around the fits too would ask for
@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from cluster.config import Config
-from cluster.runtime import fits
+from cluster.runtime.resources import fits
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def nodes_needed(bundles: list[dict[str, float]], node: dict[str, float]) -> int
 
 def training_bundles(cfg: Config) -> list[dict[str, float]]:
     """One bundle per training worker: what a student's fits ask of the cluster."""
-    from cluster.runtime import train_scaling
+    from cluster.runtime.resources import train_scaling
 
     scaling = train_scaling(cfg)
     return [dict(scaling.resources_per_worker) for _ in range(scaling.num_workers)]

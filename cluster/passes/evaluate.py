@@ -8,7 +8,7 @@ categories (``student``) and, where the teacher's units of the part exist, the s
 combined with them (``student_units``, ``distill.evidence``; ``eval.units_weight``),
 writes those predictions as ``{run}/predictions/<shape part>``
 (``distill.records.PREDICTION_SCHEMA``) and returns per-category sums of shape mIoU (``MIoUSums``),
-never the predictions, to the driver. The parts go through ``cluster.runner``: in this
+never the predictions, to the driver. The parts go through ``cluster.passes.runner``: in this
 process, or in a pool of ``cluster.eval_actors`` actors that load the students once
 each (``EvaluateStage``). Test labels are only *read here*, never by training or
 checkpoint selection.
@@ -22,16 +22,23 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from cluster.checkpoints import list_students
 from cluster.config import Config, config_from_dict, to_dict
-from cluster.curves import write_curves_png
-from cluster.layout import PartItem, plan_parts, shapes_manifest
-from cluster.paths import RunPaths
-from cluster.runner import Pass, Step, run_pass
-from cluster.runtime import Pool
-from cluster.samples import EVAL_COLUMNS, Tables, load_units
-from cluster.storage import Storage
-from cluster.students import LoadedStudent, load_students, pooled, require_students, student_labels, student_log_probs
+from cluster.passes.runner import Pass, Step, run_pass
+from cluster.runtime.resources import Pool
+from cluster.store.layout import PartItem, plan_parts, shapes_manifest
+from cluster.store.paths import RunPaths
+from cluster.store.storage import Storage
+from cluster.training.checkpoints import list_students
+from cluster.training.curves import write_curves_png
+from cluster.training.samples import EVAL_COLUMNS, Tables, load_units
+from cluster.training.students import (
+    LoadedStudent,
+    load_students,
+    pooled,
+    require_students,
+    student_labels,
+    student_log_probs,
+)
 from distill.evidence import StudentWithUnits, evidence_vote
 from distill.metrics import MIoUSums
 from distill.records import (
@@ -217,7 +224,7 @@ def empty_sums() -> dict[str, MIoUSums]:
 def evaluate_parts(
     cfg: Config, storage: Storage, shapes_dir: str, units_dir: str, with_students: bool, predictions_dir: str = ""
 ) -> PartSums:
-    """Stream every shape part of ``shapes_dir`` through ``PartEvaluator`` (``cluster.runner``).
+    """Stream every shape part of ``shapes_dir`` through ``PartEvaluator`` (``cluster.passes.runner``).
     Every part is evaluated again on a re-run: its sums depend on the settings (``eval.*``)."""
     items = plan_items(storage, shapes_dir, units_dir)
     kwargs = {"config": to_dict(cfg), "storage": storage, "tables": Tables(shapes_dir, units_dir)}

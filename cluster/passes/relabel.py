@@ -3,7 +3,7 @@ distillation shape, and the next round's students learn from those labels.
 
 Backward distillation (``train.bd_rounds``) and self-training are both rounds of the
 student teaching the teacher's knowledge back: a *re-score round* re-weights the teacher's
-units inside one student's fit (``cluster.rescore``); a *relabel round* replaces them
+units inside one student's fit (``cluster.passes.rescore``); a *relabel round* replaces them
 with the student's dense labels for a fresh student (here).
 
 Round 0 learns from the teacher's units (``knowledge/round_0``). A relabel pass then
@@ -16,11 +16,11 @@ UNIT_SCHEMA, so the training stage reads it like any knowledge table. Round r tr
 fresh student on that table. Every point carries a label, also the points no view saw.
 
 Rounds before the last train as the run ``{run}/relabel/round_{r}`` inside the run's
-folder (checkpoints, curves; ``cluster.paths``); the last round is the run's own student,
+folder (checkpoints, curves; ``cluster.store.paths``); the last round is the run's own student,
 the one evaluation and segmentation use. A written part is never redone, so a stopped pass resumes where it was.
 
 The pass handles one item (a shape part and its knowledge parts) at a time
-(``Relabeller``) through ``cluster.runner``: in this process, or in a pool of
+(``Relabeller``) through ``cluster.passes.runner``: in this process, or in a pool of
 ``cluster.eval_actors`` actors that load the students once each (``RelabelStage``), as
 the evaluation does. It costs about what evaluation costs: one forward pass a shape.
 """
@@ -35,13 +35,13 @@ from typing import Any
 import numpy as np
 
 from cluster.config import Config, config_from_dict, to_dict
-from cluster.layout import PartItem
-from cluster.paths import RunPaths
-from cluster.runner import Pass, Step, run_pass
-from cluster.runtime import Pool
-from cluster.samples import SHAPE_COLUMNS
-from cluster.storage import Storage
-from cluster.students import LoadedStudent, load_students, student_log_probs
+from cluster.passes.runner import Pass, Step, run_pass
+from cluster.runtime.resources import Pool
+from cluster.store.layout import PartItem
+from cluster.store.paths import RunPaths
+from cluster.store.storage import Storage
+from cluster.training.samples import SHAPE_COLUMNS
+from cluster.training.students import LoadedStudent, load_students, student_log_probs
 from distill.evidence import StudentWithUnits
 from distill.records import KnowledgeUnits, Shape, row_to_shape, table_to_units, units_to_table
 from distill.sources import fold_of

@@ -1,6 +1,6 @@
 """A run's students, in one home: what each one learns (``StudentPlan``, planned from the
 tables' manifests), loading the finished ones (``load_students``) and what they predict
-(``student_log_probs``, ``student_labels``). Training (``cluster.train``), re-scoring,
+(``student_log_probs``, ``student_labels``). Training (``cluster.training.train``), re-scoring,
 evaluation, relabelling and segmentation all ask here.
 """
 
@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from cluster.checkpoints import list_students, load_student, student_name
 from cluster.config import Config
-from cluster.layout import PartItem, category_parts, plan_parts, shapes_manifest
-from cluster.samples import Tables, scores_dir
-from cluster.storage import Storage
+from cluster.store.layout import PartItem, category_parts, plan_parts, shapes_manifest
+from cluster.store.storage import Storage
+from cluster.training.checkpoints import list_students, load_student, student_name
+from cluster.training.samples import Tables, scores_dir
 from distill.errors import NotFoundError
 from distill.labels import LabelSpace
 from distill.passes import predict_log_probs

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from cluster.paths import RunPaths
-from cluster.storage import Storage
+from cluster.store.paths import RunPaths
+from cluster.store.storage import Storage
 from distill.config import StudentConfig
 from distill.errors import NotFoundError
 from distill.labels import LabelSpace

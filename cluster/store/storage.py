@@ -278,7 +278,9 @@ class Storage:
 
     def quarantine(self, table_dir: str, name: str, error: BaseException) -> None:
         """Move an unreadable part to ``_corrupt/``: its items are done again by a re-run."""
-        log.warning("part %s/%s is unreadable (%s): moved to _corrupt/, its items will be redone", table_dir, name, error)
+        log.warning(
+            "part %s/%s is unreadable (%s): moved to _corrupt/, its items will be redone", table_dir, name, error
+        )
         self.fs.mv(self.path(table_dir, name), self.path(table_dir, "_corrupt", name))
 
     def part_done_ids(self, table_dir: str) -> dict[str, list[str]]:

@@ -1,10 +1,10 @@
-"""The training stage on Ray Train: the same fits as ``cluster.train``, DDP, fed by Ray Data.
+"""The training stage on Ray Train: the same fits as ``cluster.training.train``, DDP, fed by Ray Data.
 
 Per student, ``TorchTrainer`` fits alternate with backward distillation's re-scoring
-passes (``cluster.rescore``, on Ray Data). A fit's data is a Ray Data pipeline over the student's
-shape parts (``cluster.layout.plan_parts``: only its categories' parts): each item — a
+passes (``cluster.passes.rescore``, on Ray Data). A fit's data is a Ray Data pipeline over the student's
+shape parts (``cluster.store.layout.plan_parts``: only its categories' parts): each item — a
 shape part with its co-partitioned knowledge and, past round 0, the round's scores — is
-read from storage and turned into prepared samples (``cluster.samples.load_item``) by a
+read from storage and turned into prepared samples (``cluster.training.samples.load_item``) by a
 map task, and the stream is split over the workers with Ray Train's default
 ``DataConfig`` (``streaming_split(equal=True)``: every worker takes the same number of
 samples, so the same number of DDP steps an epoch). Each worker consumes its shard with
@@ -31,11 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from cluster.checkpoints import checkpoint_dir
 from cluster.config import Config, to_dict
-from cluster.storage import Storage
-from cluster.students import StudentPlan, plan_students
-from cluster.train import FitOutcome, fit_student, is_finished, last_state, train_student
+from cluster.store.storage import Storage
+from cluster.training.checkpoints import checkpoint_dir
+from cluster.training.students import StudentPlan, plan_students
+from cluster.training.train import FitOutcome, fit_student, is_finished, last_state, train_student
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,8 @@ def sample_rows(batch: dict[str, np.ndarray], config: dict[str, Any], plan: dict
     out as ``SAMPLE_SCHEMA`` rows (shapes with units; validation shapes and a cross-fitted
     student's fold held out)."""
     from cluster.config import config_from_dict
-    from cluster.layout import PartItem
-    from cluster.samples import load_item, samples_to_table
+    from cluster.store.layout import PartItem
+    from cluster.training.samples import load_item, samples_to_table
     from distill.sources import trains_on
 
     cfg = config_from_dict(config)
@@ -91,7 +91,7 @@ def training_dataset(cfg: Config, plan: StudentPlan, round: int) -> Any:
 
 def shard_batches(shard: Any, batch_size: int, seed: int) -> Callable[[int], Iterator[Any]]:
     """A worker's training batches of an epoch, from its Ray Data shard."""
-    from cluster.samples import table_to_batch
+    from cluster.training.samples import table_to_batch
 
     def batches(epoch: int) -> Iterator[Any]:
         for table in shard.iter_batches(
@@ -135,7 +135,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if config.get("global_batch"):  # elastic: the planned global batch on however many workers run
-        from cluster.runtime import per_worker_batch
+        from cluster.runtime.resources import per_worker_batch
 
         cfg.train.batch_size = per_worker_batch(int(config["global_batch"]), world)
     plan = StudentPlan.from_dict(config["plan"])
@@ -174,7 +174,7 @@ def fit_on_ray(
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from cluster.runtime import train_scaling
+    from cluster.runtime.resources import train_scaling
 
     ckpt = checkpoint_dir(cfg.run, plan.name)
     at_round = int(state["round"]) if state else 0
@@ -213,12 +213,12 @@ def train_student_on_ray(
     cfg: Config, storage: Storage, plan: StudentPlan, fault_hook: FaultHook | None = None
 ) -> dict[str, Any]:
     """A student's fits (Ray Train) and re-scoring passes (Ray Data), to ``final.pt``."""
-    from cluster.autoscaling import held_bundles, hold_capacity
-    from cluster.rescore import rescore_pass
+    from cluster.passes.rescore import rescore_pass
+    from cluster.runtime.autoscaling import held_bundles, hold_capacity
 
     def rescore(snapshot: str) -> dict[str, Any]:
         # Ray Train asks the autoscaler for the training nodes only while a fit runs:
-        # hold them through the pass, so the next fit finds them (cluster.autoscaling).
+        # hold them through the pass, so the next fit finds them (cluster.runtime.autoscaling).
         with hold_capacity(held_bundles(cfg), name=f"train-{plan.name}"):
             return rescore_pass(cfg, storage, plan, snapshot)
 
@@ -230,7 +230,7 @@ def concurrent_students(cfg: Config, cluster: dict[str, float]) -> int:
     many worker groups as the cluster's CPUs (GPUs when training on GPUs) hold."""
     if cfg.cluster.concurrent_students:
         return cfg.cluster.concurrent_students
-    from cluster.runtime import train_scaling
+    from cluster.runtime.resources import train_scaling
 
     scaling = train_scaling(cfg)
     key = "GPU" if scaling.use_gpu else "CPU"

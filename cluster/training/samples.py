@@ -1,6 +1,6 @@
 """Training samples streamed from storage, one shape part at a time.
 
-``load_item`` joins a shape part with its knowledge parts (co-partitioned, ``cluster.layout``)
+``load_item`` joins a shape part with its knowledge parts (co-partitioned, ``cluster.store.layout``)
 and, past round 0, with the round's score parts, and prepares the samples of one
 student's label space exactly as training does (same resampling, same seed). Every stage
 that needs samples — training in this process, Ray Data's training ingest, re-scoring,
@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from cluster.layout import PartItem
-from cluster.storage import Storage
+from cluster.store.layout import PartItem
+from cluster.store.storage import Storage
 from distill.errors import NotFoundError
 from distill.labels import LabelSpace
 from distill.pooling import pool_units
@@ -246,7 +246,7 @@ class PartSource(SampleSource):
     seeded order through a shuffle buffer of ``shuffle_samples`` samples (~45 MB at 2048
     points) and yields batches; memory is bounded by the buffer and one part.
 
-    items: the student's ``PartItem``s (``cluster.layout.plan_parts``) · stream(epoch):
+    items: the student's ``PartItem``s (``cluster.store.layout.plan_parts``) · stream(epoch):
     where the training batches come from instead (a Ray Train worker's Ray Data shard;
     the bounded reads — calibration, references, validation — still come from the parts)
     · num_train: the training shapes (units, not held out) the schedule is sized for.

@@ -1,11 +1,11 @@
 """The extraction stage: shape table → render → teacher → back-projection → knowledge table.
 
-Work is planned per *shape part* from the tables' manifests (``cluster.layout``): the
+Work is planned per *shape part* from the tables' manifests (``cluster.store.layout``): the
 driver lists the unfinished shape parts and hands them out; whoever extracts a part
-writes its knowledge, co-partitioned with it (``cluster.extract_parts``), and returns one
+writes its knowledge, co-partitioned with it (``cluster.passes.extract_parts``), and returns one
 small row per knowledge piece. The driver never reads a row of either table.
 
-``extract`` streams the parts through ``cluster.runner`` (in this process, or on Ray
+``extract`` streams the parts through ``cluster.passes.runner`` (in this process, or on Ray
 Data) in one of two layouts (``cluster.extract_layout``; ``auto`` fuses when the teacher
 has no GPU):
 
@@ -20,14 +20,14 @@ row a shape, ``cluster.render_cpus`` each), teach and back-project in a fixed po
 write each batch's units as knowledge pieces of the parts they came from. This is the GPU
 cluster's layout: rendering spreads over CPU nodes, GPUs only teach.
 
-The stages are in ``cluster.extract_stages``.
+The stages are in ``cluster.passes.extract_stages``.
 
 Both skip what is done (a part whose pieces finish all its shapes; within a part, the
 shapes its pieces list), and send a shape whose render or teacher raises to
 ``{run}/rejects/`` (stage ``extract``) with its reason, marked done, while the rest go on.
 The knowledge of a shape depends only on the config, the seed and the shape: Ray and
 this process give identical units. A teacher actor that dies (a crash, an OOM kill, a lost
-node) is restarted by Ray and its batch retried (``cluster.runner``); a batch that keeps
+node) is restarted by Ray and its batch retried (``cluster.passes.runner``); a batch that keeps
 killing its actor fails the run, which a re-run resumes.
 """
 
@@ -37,11 +37,10 @@ import logging
 from typing import Any
 
 from cluster.config import Config
-from cluster.extract_parts import TeacherFactory
-from cluster.extract_stages import ExtractStage, TeachStage, render_part
-from cluster.layout import shapes_manifest, unfinished_parts
-from cluster.runner import Pass, Step, run_pass
-from cluster.runtime import (
+from cluster.passes.extract_parts import TeacherFactory
+from cluster.passes.extract_stages import ExtractStage, TeachStage, render_part
+from cluster.passes.runner import Pass, Step, run_pass
+from cluster.runtime.resources import (
     RENDER_BATCH_SHAPES,
     Pool,
     extract_fused,
@@ -49,7 +48,8 @@ from cluster.runtime import (
     render_resources,
     teacher_actor_options,
 )
-from cluster.storage import Storage
+from cluster.store.layout import shapes_manifest, unfinished_parts
+from cluster.store.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def extract_pass(
     cfg: Config, storage: Storage, shapes_dir: str, knowledge_dir: str, teacher_factory: TeacherFactory | None = None
 ) -> Pass:
     """The extraction pass over ``{"part": shape part}`` items, fused or split
-    (``cluster.runtime.extract_fused``)."""
+    (``cluster.runtime.resources.extract_fused``)."""
     teacher_kwargs = {"teacher_cfg": cfg.teacher, "seed": cfg.seed, "storage": storage, "run": cfg.run}
     teacher_kwargs |= {"knowledge_dir": knowledge_dir, "teacher_factory": teacher_factory}
     if extract_fused(cfg):

@@ -6,7 +6,7 @@ included) into the run's shape table like every job, then trains the student's e
 with a self-supervised objective (``encoder.objective``; ``distill.masked_points``)
 through ``distill.encoder_training.fit_encoder``, streaming the shape parts from
 storage: in this process (``CloudSource``, a seeded shuffle buffer over the parts), or on
-Ray Train (``cluster.encoder_ray``), as ``cluster.backend`` says. Only points and
+Ray Train (``cluster.training.encoder_ray``), as ``cluster.backend`` says. Only points and
 normals are read: no labels, no knowledge.
 
 What it writes under ``{run}/encoder/``: ``last.pt`` (the whole fit: model with its
@@ -15,7 +15,7 @@ a killed job resumes from it, and with the same batches ends on the same weights
 ``encoder.pt`` (``distill.student.pretrained.encoder_bundle``: the encoder alone and
 what it was trained for) when done, which a re-run skips to; TensorBoard curves under
 ``{run}/tensorboard/encoder``. ``student.pretrained=<run or encoder.pt>`` loads it
-(``cluster.pretrained``).
+(``cluster.training.pretrained``).
 """
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from cluster.checkpoints import load_torch, save_torch
 from cluster.config import Config
-from cluster.curves import CurveLog
-from cluster.layout import shapes_manifest
-from cluster.paths import RunPaths
-from cluster.storage import Storage
-from cluster.students import resolve_device
+from cluster.store.layout import shapes_manifest
+from cluster.store.paths import RunPaths
+from cluster.store.storage import Storage
+from cluster.training.checkpoints import load_torch, save_torch
+from cluster.training.curves import CurveLog
+from cluster.training.students import resolve_device
 from distill.config import ConfigError
 from distill.encoder_training import CloudBatch, EncoderFitState, fit_encoder
 from distill.errors import NotFoundError

@@ -18,7 +18,7 @@ gets only small rows back (counts, sums, names).
 Both skip the items the pass's ``finished`` says are done (a re-run resumes), and on the
 same items write the same tables: the contract ``tests/cluster/test_passes.py`` checks
 for every pass. This module is the only one that sets pool sizes and fault tolerance;
-``cluster.runtime.use_ray`` is the only place that decides "Ray or here".
+``cluster.runtime.connect.use_ray`` is the only place that decides "Ray or here".
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from cluster.config import Config
-from cluster.runtime import Pool, join_ray, use_ray
+from cluster.runtime.connect import join_ray, use_ray
+from cluster.runtime.resources import Pool
 
 log = logging.getLogger(__name__)
 

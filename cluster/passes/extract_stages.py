@@ -1,4 +1,4 @@
-"""The steps of the extraction pass (``cluster.extract`` chains them through ``cluster.runner``).
+"""The steps of the extraction pass (``cluster.passes.extract`` chains them through ``cluster.passes.runner``).
 
 *fused* layout: ``ExtractStage``, one actor stage that runs ``PartExtractor`` (read,
 render, teach, back-project, write) on each shape part where it is.
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from cluster.extract_parts import (
+from cluster.passes.extract_parts import (
     PartExtractor,
     Result,
     TeacherFactory,
@@ -29,7 +29,7 @@ from cluster.extract_parts import (
     reason,
     write_piece,
 )
-from cluster.storage import Storage
+from cluster.store.storage import Storage
 from distill.config import RenderConfig, TeacherConfig
 from distill.extract import render, teach, to_units
 from distill.records import (

@@ -6,8 +6,8 @@ import logging
 
 import pyarrow as pa
 
-from cluster.paths import RunPaths
-from cluster.storage import Storage
+from cluster.store.paths import RunPaths
+from cluster.store.storage import Storage
 from distill.records import REJECT_SCHEMA
 
 log = logging.getLogger(__name__)

@@ -2,15 +2,15 @@
 
 The loop itself is ``distill.training.distil``; this module plans the students from the
 tables' manifests (never reading the tables themselves), feeds each fit from storage one
-shape part at a time (``cluster.samples``) and keeps the state there:
+shape part at a time (``cluster.training.samples``) and keeps the state there:
 ``{run}/checkpoints/{student}/last.pt`` (model, optimiser, schedule, epoch, round: its size
 does not grow with the corpus) every ``train.checkpoint_every`` epochs, ``final.pt`` when
 a student is done (a re-run skips it), and each backward-distillation round's scores as
-``{run}/knowledge/round_{k}/{student}/`` (``cluster.rescore``).
+``{run}/knowledge/round_{k}/{student}/`` (``cluster.passes.rescore``).
 
 A student alternates *fits* (``fit_student``: train until a re-scoring is due, or to the
 end) and *re-scoring passes*, in one loop (``train_student``) that both drivers share:
-``train_local`` runs the fits and passes in this process; ``cluster.train_ray`` runs the
+``train_local`` runs the fits and passes in this process; ``cluster.training.train_ray`` runs the
 fits on Ray Train and the passes on a Ray Data actor pool.
 """
 
@@ -25,15 +25,15 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from cluster.checkpoints import checkpoint_dir, final_bundle, load_torch, save_torch
 from cluster.config import Config
-from cluster.curves import CurveLog
-from cluster.paths import RunPaths
-from cluster.pretrained import apply_freeze, load_encoder_into
-from cluster.rescore import rescore_pass, todo_items
-from cluster.samples import PartSource
-from cluster.storage import Storage
-from cluster.students import StudentPlan, plan_students, resolve_device
+from cluster.passes.rescore import rescore_pass, todo_items
+from cluster.store.paths import RunPaths
+from cluster.store.storage import Storage
+from cluster.training.checkpoints import checkpoint_dir, final_bundle, load_torch, save_torch
+from cluster.training.curves import CurveLog
+from cluster.training.pretrained import apply_freeze, load_encoder_into
+from cluster.training.samples import PartSource
+from cluster.training.students import StudentPlan, plan_students, resolve_device
 from distill.backward import apply_rescore
 from distill.config import ConfigError
 from distill.samples import Batch, steps_per_epoch

@@ -17,9 +17,9 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from cluster.checkpoints import checkpoint_dir, load_torch
-from cluster.paths import RunPaths
-from cluster.storage import Storage
+from cluster.store.paths import RunPaths
+from cluster.store.storage import Storage
+from cluster.training.checkpoints import checkpoint_dir, load_torch
 from distill.curves import curves_png
 
 SCALARS = ("loss", "lr", "val_agreement", "shapes_per_s", "round")

@@ -1,6 +1,6 @@
 """The student's side of a pretrained encoder: ``student.pretrained`` found, checked, loaded.
 
-The value names a run of this storage (its ``encoder/encoder.pt``, ``cluster.encoder``), a
+The value names a run of this storage (its ``encoder/encoder.pt``, ``cluster.training.encoder``), a
 path under the storage root, or a local file. ``check_pretrained`` reads and loads it into
 a throw-away student at the start of a job, so a missing, unreadable or mismatched file
 is one line before any work; ``load_encoder_into`` starts a fresh student from it.
@@ -14,13 +14,13 @@ from typing import Any
 from torch import nn
 
 from cluster.config import Config
-from cluster.paths import RunPaths
-from cluster.storage import Storage
+from cluster.store.paths import RunPaths
+from cluster.store.storage import Storage
 from distill.errors import NotFoundError
 from distill.student import build_student
 from distill.student.pretrained import check_encoder_bundle, freeze_encoder, load_pretrained_encoder, read_encoder_file
 
-"""Where a run's finished encoder is, under the run (``cluster.encoder.encoder_file``)."""
+"""Where a run's finished encoder is, under the run (``cluster.training.encoder.encoder_file``)."""
 
 
 def read_pretrained(storage: Storage, value: str) -> tuple[dict[str, Any], str]:

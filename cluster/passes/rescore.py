@@ -11,11 +11,11 @@ rule writes scores and relative (point, unit) pair weights in round 0's pair ord
 summary, and once every part is written the pass turns the summed masses into one factor
 per (category, part) (``BALANCE_FILE``), applied when the round's samples are loaded.
 A written score part is never redone, so a stopped pass resumes where it was. The
-snapshot is kept as ``checkpoints/{student}/round_{k}.pt`` (``cluster.train.prepare_fit``),
+snapshot is kept as ``checkpoints/{student}/round_{k}.pt`` (``cluster.training.train.prepare_fit``),
 so a score part lost later is rebuilt from the same weights; once every part is written,
 ``last.pt`` moves on to round k and the next fit reads those scores.
 
-``rescore_pass`` runs it through ``cluster.runner``: in this process, or in a pool of
+``rescore_pass`` runs it through ``cluster.passes.runner``: in this process, or in a pool of
 ``cluster.rescore_actors`` actors (``cluster.rescore_gpus`` each) that load the snapshot
 once and re-score one item a call (``RescoreStage``).
 """
@@ -29,14 +29,14 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from cluster.checkpoints import load_torch
 from cluster.config import Config, config_from_dict, to_dict
-from cluster.layout import PartItem
-from cluster.runner import Pass, Step, run_pass
-from cluster.runtime import rescore_actor_options
-from cluster.samples import Tables, load_item, write_balance
-from cluster.storage import Storage
-from cluster.students import StudentPlan, resolve_device
+from cluster.passes.runner import Pass, Step, run_pass
+from cluster.runtime.resources import rescore_actor_options
+from cluster.store.layout import PartItem
+from cluster.store.storage import Storage
+from cluster.training.checkpoints import load_torch
+from cluster.training.samples import Tables, load_item, write_balance
+from cluster.training.students import StudentPlan, resolve_device
 from distill.backward import rescore_with_rule
 from distill.labels import LabelSpace
 from distill.records import RESCORE_RESULT_SCHEMA, scores_to_table

@@ -5,8 +5,8 @@ read. The driver lists the source (``distill.readers``: names, categories and pa
 file opened) and groups the new items into batches of at most ``cluster.part_shapes``
 shapes of one category each (``ingest_batches``: one buffer a category, at most
 ``4 × part_shapes`` items held), handed out a window at a time. Workers
-(``ingest_batch``, CPU tasks on Ray or calls in this process, ``cluster.runner``) read
-the batch's files and write it as one part (``cluster.layout``), so an interrupted run
+(``ingest_batch``, CPU tasks on Ray or calls in this process, ``cluster.passes.runner``) read
+the batch's files and write it as one part (``cluster.store.layout``), so an interrupted run
 loses at most the batches in flight and a student reads only its categories' parts. A
 file that cannot be read goes to ``{run}/rejects/`` with its reason, written before the
 part that records it as done, and the run goes on. The table's manifest is refreshed at
@@ -25,12 +25,12 @@ import pyarrow as pa
 
 import generation  # noqa: F401 - registers the data.source=procedural reader with distill.readers
 from cluster.config import Config
-from cluster.layout import part_name, shape_summary, shapes_manifest
-from cluster.paths import RunPaths
-from cluster.rejects import read_rejects, write_rejects
-from cluster.runner import Pass, Step, run_pass
-from cluster.runtime import Pool
-from cluster.storage import Storage
+from cluster.passes.runner import Pass, Step, run_pass
+from cluster.runtime.resources import Pool
+from cluster.store.layout import part_name, shape_summary, shapes_manifest
+from cluster.store.paths import RunPaths
+from cluster.store.rejects import read_rejects, write_rejects
+from cluster.store.storage import Storage
 from distill.config import DataConfig
 from distill.readers import SourceItem, iter_items
 from distill.records import Shape, shapes_to_table
