@@ -1,6 +1,6 @@
 """A private autoscaling Ray cluster on this machine: Ray's fake multi-node provider behind a
 real head and a real autoscaler (the v1 monitor), with node types derived from
-``ray_cluster.yaml`` by ``cluster.autoscaling.fake_node_types``.
+``ray_cluster.yaml`` by ``cluster.runtime.autoscaling.fake_node_types``.
 
 Not ``ray.cluster_utils.AutoscalingCluster``: that one runs ``ray stop --force`` on start
 and shutdown, which kills every Ray on the machine (other people's too), and it reads an
@@ -8,6 +8,12 @@ and shutdown, which kills every Ray on the machine (other people's too), and it 
 ``ray start --head --block`` in its own session with its own ``RAY_TMPDIR``; the provider
 is loaded as an ``external`` module (so no defaults file is needed) and told the head's
 GCS address; stopping kills exactly the processes carrying that ``RAY_TMPDIR``.
+
+One cluster can serve several scenarios, each its own driver: another process ``attach``es
+to it by its ``handle``; the autoscaler re-reads its config file at every update, so
+``reconfigure`` changes the idle timeout (or the node types) of the running cluster; and
+``provider_workers`` says which worker nodes the autoscaler still holds (a killed node stays
+there until its heartbeat times out), so a scenario can start from the head alone.
 
 A ``Recorder`` polls the node table and keeps every change: which nodes of which type
 were alive, while which stage ran.
@@ -30,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from cluster.autoscaling import FAKE_HEAD_TYPE, fake_node_types, node_type_of
+from cluster.runtime.autoscaling import FAKE_HEAD_TYPE, fake_node_types, node_type_of
 from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,6 +46,13 @@ PROVIDER = "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeP
 
 def load_cluster_yaml() -> dict[str, Any]:
     return yaml.safe_load(CLUSTER_YAML.read_text())
+
+
+def default_node_types() -> dict[str, dict[str, Any]]:
+    """The fake cluster's node types: ``ray_cluster.yaml``'s with 4 logical CPUs a node (room
+    for a stage's actors beside the training workers, as the real nodes have 48 CPUs beside
+    4 GPUs; only what runs costs real CPU)."""
+    return fake_node_types(load_cluster_yaml(), max_cpus=4)
 
 
 def fake_cluster_config(node_types: dict[str, dict[str, Any]], gcs_address: str, idle_timeout_s: float) -> dict:
@@ -73,6 +86,16 @@ def fake_cluster_config(node_types: dict[str, dict[str, Any]], gcs_address: str,
         "head_start_ray_commands": [],
         "worker_start_ray_commands": [],
     }
+
+
+def autoscaler_status() -> dict[str, Any]:
+    """The monitor's last report (it writes one to the GCS after every update): ``time`` (when
+    that update began) and ``autoscaler_report`` (the autoscaler's non-terminated nodes)."""
+    from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    raw = _internal_kv_get(DEBUG_AUTOSCALING_STATUS)
+    return json.loads(raw) if raw else {}
 
 
 def standing_request() -> list[dict[str, float]]:
@@ -182,30 +205,56 @@ class FakeAutoscalingCluster:
     """Head (and autoscaler) of a fake multi-node cluster; workers come and go on demand."""
 
     def __init__(self, node_types: dict[str, dict[str, Any]] | None = None, idle_timeout_s: float = 6.0) -> None:
-        # 4 logical CPUs a node: room for a stage's actors beside the training workers,
-        # as the real nodes have (48 CPUs beside 4 GPUs); only what runs costs real CPU.
-        self.node_types = node_types or fake_node_types(load_cluster_yaml(), max_cpus=4)
+        self.node_types = node_types or default_node_types()
         self.idle_timeout_s = idle_timeout_s
         self.tmp = tempfile.mkdtemp(prefix="pdas", dir="/tmp")  # short: Ray's socket paths are < 108 bytes
+        self.config_path = os.path.join(self.tmp, "autoscaler.yaml")
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
+        self.owner = True
+        """Whether this process started the cluster (and ``shutdown`` stops it)."""
         self.env = {
             **os.environ,
             "RAY_TMPDIR": self.tmp,
             "RAY_FAKE_CLUSTER": "1",
             "AUTOSCALER_UPDATE_INTERVAL_S": "1",
             "RAY_AUTH_MODE": "disabled",
-            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # every node binds 127.0.0.1 (cluster.runtime.loopback_only)
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # every node binds 127.0.0.1 (cluster.runtime.connect.loopback_only)
             "RAY_USAGE_STATS_ENABLED": "0",
         }
         self.env.pop("RAY_ADDRESS", None)
 
-    def start(self, timeout_s: float = 120.0) -> FakeAutoscalingCluster:
+    def handle(self) -> str:
+        """What another process needs to ``attach`` to this cluster (fits an environment variable)."""
+        return json.dumps({"tmp": self.tmp, "port": self.port})
+
+    @classmethod
+    def attach(cls, handle: str) -> FakeAutoscalingCluster:
+        """The cluster of ``handle`` as seen from another process (a test in a fresh
+        interpreter): it connects, reconfigures, kills nodes and reads the autoscaler's log
+        like the starting process; its ``shutdown`` only disconnects."""
+        info = json.loads(handle)
+        self = cls.__new__(cls)
+        self.tmp, self.port = info["tmp"], int(info["port"])
+        self.address = f"127.0.0.1:{self.port}"
+        self.config_path = os.path.join(self.tmp, "autoscaler.yaml")
+        config = json.loads(Path(self.config_path).read_text())
+        self.node_types = config["available_node_types"]
+        self.idle_timeout_s = 60.0 * config["idle_timeout_minutes"]
+        self.proc, self.owner, self.env = None, False, {}
+        return self
+
+    def _write_config(self) -> None:
         config = fake_cluster_config(self.node_types, self.address, self.idle_timeout_s)
-        path = os.path.join(self.tmp, "autoscaler.yaml")
-        with open(path, "w") as f:
+        part = self.config_path + ".part"
+        with open(part, "w") as f:
             json.dump(config, f)
+        os.replace(part, self.config_path)  # whole: the monitor may read it at any moment
+
+    def start(self, timeout_s: float = 120.0) -> FakeAutoscalingCluster:
+        self._write_config()
+        path = self.config_path
         head = self.node_types[FAKE_HEAD_TYPE]["resources"]
         cmd = [
             "ray", "start", "--head", "--block", f"--port={self.port}", "--node-ip-address=127.0.0.1",
@@ -230,7 +279,7 @@ class FakeAutoscalingCluster:
     def connect(self) -> None:
         import ray
 
-        from cluster.runtime import loopback_only
+        from cluster.runtime.connect import loopback_only
 
         os.environ["RAY_AUTH_MODE"] = "disabled"
         loopback_only()  # else the driver turns 127.0.0.1 into this machine's routable address
@@ -243,6 +292,47 @@ class FakeAutoscalingCluster:
                 if attempt == 2:
                     raise
                 time.sleep(5)
+
+    def reconfigure(
+        self,
+        idle_timeout_s: float | None = None,
+        node_types: dict[str, dict[str, Any]] | None = None,
+        timeout_s: float = 120.0,
+    ) -> None:
+        """A new idle timeout and/or node types for the running cluster (needs ``connect``).
+
+        The autoscaler re-reads its config file at the start of every update; this returns
+        once an update that began after the write has reported (``autoscaler_status``), so
+        the new config is in force. Node types change what the next launches get: swap them
+        only while ``provider_workers`` is empty.
+        """
+        if idle_timeout_s is not None:
+            self.idle_timeout_s = idle_timeout_s
+        if node_types is not None:
+            self.node_types = node_types
+        written = time.time()
+        self._write_config()
+        deadline = time.monotonic() + timeout_s
+        while autoscaler_status().get("time", 0.0) <= written:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the autoscaler did not update in {timeout_s}s: {self.monitor_log()[-3000:]}")
+            time.sleep(0.2)
+
+    def provider_workers(self) -> dict[str, int]:
+        """Worker nodes the autoscaler holds, alive or not, by type (its last report: active,
+        pending and queued launches). A killed node counts until its heartbeat times out and
+        the autoscaler terminates it ("lost contact with raylet")."""
+        report = autoscaler_status().get("autoscaler_report") or {}
+        out: dict[str, int] = {}
+        for t, n in (report.get("active_nodes") or {}).items():
+            if t != FAKE_HEAD_TYPE and n:
+                out[t] = out.get(t, 0) + int(n)
+        for pending in report.get("pending_nodes") or []:  # (..., ip, type, status)
+            out[pending[-2]] = out.get(pending[-2], 0) + 1
+        for t, n in (report.get("pending_launches") or {}).items():
+            if n:
+                out[t] = out.get(t, 0) + int(n)
+        return out
 
     def head_log(self) -> str:
         return Path(self.tmp, "head.log").read_text(errors="replace")
@@ -274,7 +364,9 @@ class FakeAutoscalingCluster:
                 pass
         return len(pids)
 
-    def _pids(self, needle: str) -> list[int]:
+    def _pids(self, needle: str, prefix: bool = False) -> list[int]:
+        """Processes of this cluster with ``needle`` in their environment (an entry that
+        starts with it where ``prefix``)."""
         out = []
         key = needle.encode()
         mine = f"RAY_TMPDIR={self.tmp}".encode()
@@ -285,19 +377,30 @@ class FakeAutoscalingCluster:
                 env = Path("/proc", d, "environ").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if mine in env and key in env:
+            if mine in env and (any(e.startswith(key) for e in env) if prefix else key in env):
                 out.append(int(d))
         return out
 
     def shutdown(self) -> None:
+        """Disconnect; and where this process started the cluster, stop it."""
         import ray
 
         if ray.is_initialized():
             ray.shutdown()
+        if not self.owner:
+            return
+        # The fake worker nodes first: with nodes up, the head's own stop (below) drains
+        # them and took over 30 s; they hold nothing that needs a clean stop. Then the head,
+        # a clean stop for up to 10 s.
+        for pid in self._pids("RAY_OVERRIDE_NODE_ID_FOR_TESTING=", prefix=True):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
         # Whatever is left of this cluster (fake nodes, their workers): by our RAY_TMPDIR only.

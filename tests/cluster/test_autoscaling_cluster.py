@@ -2,14 +2,21 @@
 
 The cluster (``tests/cluster/fake_autoscaler.py``) is Ray's fake multi-node provider behind
 a real head and Ray's own autoscaler; its node types are ``ray_cluster.yaml``'s, scaled
-down by ``cluster.autoscaling.fake_node_types`` (GPUs are logical: the simulated teacher and
+down by ``cluster.runtime.autoscaling.fake_node_types`` (GPUs are logical: the simulated teacher and
 the student run on CPU where they land). The run asks what the ``cluster`` preset asks: a
 one-GPU teacher actor, training workers that need ``train_slot`` (only ``gpu_train`` offers
 it), a one-GPU re-scoring actor. The stages are the real ones (``cluster.pipeline``), run
 one after the other so the recorder knows which stage each node change belongs to.
 
-Each test runs in a fresh interpreter (as test_two_node.py does): Ray Data keeps state of
-the first Ray session a process joins.
+Each test runs in a fresh interpreter (as test_two_node.py does): Ray Data and Ray Train keep
+state of the first Ray session a process joins, and a driver that exits takes its actors,
+tasks and placement groups with it, so no scenario sees another's. The cluster is one for
+the module (``shared_cluster_handle``, started here, joined by each child): its start-up and
+the autoscaler's idle timeouts were most of this lane's time. Each scenario starts from the
+head alone (``_scenario`` waits, under a short idle timeout, until the autoscaler holds no
+worker node), then sets its own idle timeout and node types on the running cluster
+(``FakeAutoscalingCluster.reconfigure``); its recorder and the autoscaler decisions it
+checks are its own.
 """
 
 import contextlib
@@ -21,15 +28,23 @@ import time
 import numpy as np
 import pytest
 
+from tests.backends import here
 from tests.conftest import run_test_fresh
 
-# Minutes each (a fake cluster scaling up and down): the autoscaling lane only; the children
+# Minutes (a fake cluster scaling up and down): the autoscaling lane only; the children
 # too, so that the other lanes deselect them rather than listing them as skipped.
 pytestmark = pytest.mark.autoscaling
 
 CHILD = "PARTDISTILL_AUTOSCALING_CHILD"
+CLUSTER = "PARTDISTILL_FAKE_CLUSTER"
+"""The shared cluster's ``FakeAutoscalingCluster.handle`` (a child started alone starts its own)."""
 IDLE_TIMEOUT_S = 8.0
 PATIENT_IDLE_TIMEOUT_S = 45.0
+QUICK_IDLE_TIMEOUT_S = 3.0
+"""While nothing runs and a test only waits for idle nodes to go (before each scenario, and
+the stages scenario's idle waits): how long an idle node is kept is not what is tested there."""
+SETTLED_S = 3.0
+"""The head alone this long (a few autoscaler updates) before a scenario starts."""
 WAIT_S = 300.0
 """Liveness bound on waiting for a node change (not a timing assertion: a machine this
 busy may take minutes, and a hung test must still end)."""
@@ -40,52 +55,114 @@ ARGS = [
 ]  # fmt: skip
 
 
+@pytest.fixture(scope="module")
+def shared_cluster_handle():
+    """One fake cluster for this module's tests, started here (this process does not join
+    it); the children find it through ``CLUSTER``."""
+    from tests.cluster.fake_autoscaler import FakeAutoscalingCluster
+
+    cluster = FakeAutoscalingCluster(idle_timeout_s=IDLE_TIMEOUT_S).start()
+    saved = os.environ.get(CLUSTER)
+    os.environ[CLUSTER] = cluster.handle()  # fresh_env passes it on
+    try:
+        yield cluster.handle()
+    finally:
+        if saved is None:
+            os.environ.pop(CLUSTER, None)
+        else:
+            os.environ[CLUSTER] = saved
+        cluster.shutdown()
+
+
 def _in_fresh_interpreter(test: str) -> None:
     run_test_fresh(__file__, test, CHILD, timeout=1500, show=True)
 
 
-def test_stages_scale_the_cluster_up_and_down():
+def test_stages_scale_the_cluster_up_and_down(shared_cluster_handle):
     _in_fresh_interpreter("test_child_stages_scale_the_cluster_up_and_down")
 
 
-def test_held_capacity_outlives_the_idle_timeout():
+def test_held_capacity_outlives_the_idle_timeout(shared_cluster_handle):
     _in_fresh_interpreter("test_child_held_capacity_outlives_the_idle_timeout")
 
 
-def test_node_lost_mid_extraction_and_mid_training():
+def test_node_lost_mid_extraction_and_mid_training(shared_cluster_handle):
     _in_fresh_interpreter("test_child_node_lost_mid_extraction_and_mid_training")
+
+
+def test_elastic_training_goes_on_with_fewer_workers(shared_cluster_handle):
+    _in_fresh_interpreter("test_child_elastic_training_goes_on_with_fewer_workers")
 
 
 child = pytest.mark.skipif(not os.environ.get(CHILD), reason="runs in a fresh interpreter, started by a test above")
 
 
-@contextlib.contextmanager
-def _fake_cluster(idle_timeout_s: float):
-    from tests.cluster.fake_autoscaler import FakeAutoscalingCluster, Recorder
+@pytest.fixture(scope="module")
+def shared_cluster():
+    """The module's cluster (``CLUSTER``), this process joined to it; a cluster of its own
+    when started alone."""
+    from tests.cluster.fake_autoscaler import FakeAutoscalingCluster
 
-    cluster = FakeAutoscalingCluster(idle_timeout_s=idle_timeout_s).start()
+    handle = os.environ.get(CLUSTER)
+    cluster = FakeAutoscalingCluster.attach(handle) if handle else FakeAutoscalingCluster().start()
     try:
         cluster.connect()
-        recorder = Recorder(cluster.node_types).start()
-        yield cluster, recorder
+        yield cluster
+    finally:
+        cluster.shutdown()  # disconnects; stops the cluster only where this process started it
+
+
+def _head_alone(cluster) -> bool:
+    """No worker node alive, none held by the autoscaler (a killed one until its heartbeat
+    times out), and no standing request that would start one."""
+    import ray
+
+    from tests.cluster.fake_autoscaler import standing_request
+
+    workers = [n for n in ray.nodes() if n["Alive"] and "node:__internal_head__" not in n["Resources"]]
+    return not workers and not cluster.provider_workers() and not standing_request()
+
+
+@contextlib.contextmanager
+def _scenario(cluster, idle_timeout_s: float, node_types: dict | None = None):
+    """The cluster back to the head alone (the last scenario's nodes gone), then under this
+    scenario's idle timeout and node types (default: ``default_node_types``) → (cluster, a
+    recorder started now, the autoscaler's decisions from now)."""
+    from tests.cluster.fake_autoscaler import Recorder, default_node_types
+
+    cluster.reconfigure(idle_timeout_s=QUICK_IDLE_TIMEOUT_S)
+    since: list[float] = []
+
+    def settled() -> bool:
+        if not _head_alone(cluster):
+            since.clear()
+            return False
+        since[:] = since or [time.monotonic()]
+        return time.monotonic() - since[0] >= SETTLED_S
+
+    _wait("the cluster to be the head alone (the last scenario's nodes gone)", settled)
+    cluster.reconfigure(idle_timeout_s=idle_timeout_s, node_types=node_types or default_node_types())
+    mark = len(cluster.decisions())
+    recorder = Recorder(cluster.node_types).start()
+    try:
+        yield cluster, recorder, lambda: cluster.decisions()[mark:]
+    finally:
         recorder.stop()
         print("\nnodes alive over time:\n" + recorder.table())
-        print("autoscaler decisions:\n" + "\n".join(cluster.decisions()))
-    finally:
-        cluster.shutdown()
+        print("autoscaler decisions:\n" + "\n".join(cluster.decisions()[mark:]))
 
 
 @pytest.fixture
-def fake_cluster():
-    with _fake_cluster(IDLE_TIMEOUT_S) as c:
+def fake_cluster(shared_cluster):
+    with _scenario(shared_cluster, IDLE_TIMEOUT_S) as c:
         yield c
 
 
 @pytest.fixture
-def patient_cluster():
+def patient_cluster(shared_cluster):
     """Idle timeout above a fit's start-up (the gap between a pass's hold and Ray Train's own
     request: 10–20 s measured here), as the real 10 minutes are."""
-    with _fake_cluster(PATIENT_IDLE_TIMEOUT_S) as c:
+    with _scenario(shared_cluster, PATIENT_IDLE_TIMEOUT_S) as c:
         yield c
 
 
@@ -101,14 +178,14 @@ def _wait(what: str, cond, timeout_s: float = WAIT_S, every_s: float = 0.5):
 
 def _config(tmp_path, cluster, run: str):
     from cluster.config import load_config
-    from cluster.storage import Storage
+    from cluster.store.storage import Storage
 
     cfg = load_config([*ARGS, f"run={run}", f"storage.root={tmp_path}", f"cluster.address={cluster.address}"])
     return cfg, Storage.from_config(cfg.storage)
 
 
 def _workers_alive(recorder) -> dict[str, int]:
-    from cluster.autoscaling import FAKE_HEAD_TYPE
+    from cluster.runtime.autoscaling import FAKE_HEAD_TYPE
 
     recorder.poll()
     counts: dict[str, int] = {}
@@ -119,18 +196,18 @@ def _workers_alive(recorder) -> dict[str, int]:
 
 
 def _bound(cfg, types: dict, stage_bundles: list[dict], node_type: str) -> int:
-    from cluster.autoscaling import nodes_needed
+    from cluster.runtime.autoscaling import nodes_needed
 
     return nodes_needed(stage_bundles, types[node_type]["resources"])
 
 
 @child
 def test_child_stages_scale_the_cluster_up_and_down(tmp_path, patient_cluster):
-    from cluster.autoscaling import training_bundles
     from cluster.pipeline import evaluate_stage, extract_stage, train_stage
-    from cluster.runtime import resource_requests, teacher_actor_options
+    from cluster.runtime.autoscaling import training_bundles
+    from cluster.runtime.resources import resource_requests, teacher_actor_options
 
-    cluster, rec = patient_cluster
+    cluster, rec, decisions = patient_cluster
     assert _workers_alive(rec) == {}, "the cluster starts as the head alone"
     cfg, storage = _config(tmp_path, cluster, "auto")
     types = cluster.node_types
@@ -144,11 +221,14 @@ def test_child_stages_scale_the_cluster_up_and_down(tmp_path, patient_cluster):
     (student,) = trained["students"]
     assert student["epochs"] == cfg.train.epochs and len(student["rescoring"]) == cfg.train.bd_rounds
     rec.set_stage("idle")
+    cluster.reconfigure(idle_timeout_s=QUICK_IDLE_TIMEOUT_S)  # nothing runs: only waiting for the nodes to go
     _wait("every worker node to idle out", lambda: _workers_alive(rec) == {})
+    cluster.reconfigure(idle_timeout_s=PATIENT_IDLE_TIMEOUT_S)
     rec.set_stage("evaluate")
     evaluated = evaluate_stage(cfg, storage)
     assert evaluated["evaluated_shapes"] == 6 and "student" in evaluated
     rec.set_stage("end")
+    cluster.reconfigure(idle_timeout_s=QUICK_IDLE_TIMEOUT_S)
     _wait("every worker node to idle out", lambda: _workers_alive(rec) == {})
     print("\n" + rec.table())
 
@@ -173,21 +253,67 @@ def test_child_stages_scale_the_cluster_up_and_down(tmp_path, patient_cluster):
     # Evaluation extracts the held-out shapes' knowledge: a teacher node again, no training node.
     assert "gpu_teacher" in rec.launched("evaluate") and "gpu_train" not in rec.launched("evaluate")
     # Idle nodes go: the autoscaler's own log says it removed them as idle.
-    removed = [d for d in cluster.decisions() if d.startswith("Removing")]
+    removed = [d for d in decisions() if d.startswith("Removing")]
     assert any("gpu_teacher (idle)" in d for d in removed) and any("gpu_train (idle)" in d for d in removed)
+
+
+@child
+def test_child_held_capacity_outlives_the_idle_timeout(fake_cluster):
+    """``hold_capacity`` keeps an idle training node for as long as the block runs (four idle
+    timeouts here, as a re-scoring pass longer than ``idle_timeout_minutes`` would), and the
+    node goes once the block ends."""
+    import ray
+    from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+        get_or_create_autoscaling_coordinator,
+    )
+
+    from cluster.config import load_config
+    from cluster.runtime.autoscaling import held_bundles, hold_capacity
+
+    _cluster, rec, decisions = fake_cluster
+    cfg = load_config(ARGS)
+    # Up before the node idles: in a run, Ray Data and Ray Train have started it long before.
+    ray.get(get_or_create_autoscaling_coordinator().__ray_ready__.remote())
+
+    @ray.remote(num_cpus=1, resources={"train_slot": 1})
+    def on_a_training_node() -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    rec.set_stage("fit")
+    node = ray.get(on_a_training_node.remote())
+    assert rec.samples[-1].nodes.get(node) == "gpu_train" or _wait("the node", lambda: node in rec.samples[-1].nodes)
+    rec.set_stage("held")
+    with hold_capacity(held_bundles(cfg)):
+        deadline = time.monotonic() + 4 * IDLE_TIMEOUT_S
+        while time.monotonic() < deadline:
+            rec.poll()
+            assert node in rec.samples[-1].nodes, "the held training node was removed"
+            time.sleep(0.5)
+    rec.set_stage("released")
+    _wait("the released node to idle out", lambda: _workers_alive(rec) == {})
+    # The monitor logs an update's decisions after the update: the node can be seen gone first.
+    _wait(
+        "the removal in the autoscaler's log",
+        lambda: any(d.startswith("Removing") and "gpu_train" in d for d in decisions()),
+    )
+    assert [d for d in decisions() if "gpu_train" in d] == [
+        "Adding 1 node(s) of type gpu_train.",
+        "Removing 1 nodes of type gpu_train (idle).",
+    ]
 
 
 @child
 def test_child_node_lost_mid_extraction_and_mid_training(tmp_path, fake_cluster):
     import ray
 
-    from cluster.extract import extract_local
-    from cluster.pipeline import dirs, ensure_shapes, extract, train_stage
+    from cluster.passes.extract import extract as extract_parts
+    from cluster.pipeline import ensure_shapes, extract, train_stage
+    from cluster.store.paths import distill_tables
     from distill.records import UNIT_SCHEMA, table_to_units
 
-    cluster, rec = fake_cluster
+    cluster, rec, decisions = fake_cluster
     cfg, storage = _config(tmp_path, cluster, "loss")
-    shapes_dir, units_dir = dirs(cfg)
+    shapes_dir, units_dir = distill_tables(cfg)
     ensure_shapes(cfg, storage, cfg.data, shapes_dir)
 
     def node_of(node_type: str) -> str | None:
@@ -217,7 +343,7 @@ def test_child_node_lost_mid_extraction_and_mid_training(tmp_path, fake_cluster)
     assert killed > 0 and done_before < 12, "the node went while extraction ran"
     assert len(storage.done_ids(units_dir)) == 12 and out["rejected"] == 0
     # Every shape's knowledge exactly once: the same units as a single-process extraction.
-    ref = extract_local(cfg, storage, shapes_dir, f"{cfg.run}/reference")
+    ref = extract_parts(here(cfg), storage, shapes_dir, f"{cfg.run}/reference")
     got = storage.read_table(units_dir, schema=UNIT_SCHEMA).column("shape_id").to_pylist()
     want = storage.read_table(f"{cfg.run}/reference", schema=UNIT_SCHEMA).column("shape_id").to_pylist()
     assert sorted(got) == sorted(want) and ref["new"] == 12
@@ -250,79 +376,35 @@ def test_child_node_lost_mid_extraction_and_mid_training(tmp_path, fake_cluster)
     assert info["epochs"] == cfg.train.epochs and info["rounds"] == cfg.train.bd_rounds
     assert storage.exists(ckpt, "final.pt")
     assert trained["students"] or trained["skipped"] == ["all"]
-    launched = [d for d in cluster.decisions() if d.startswith("Adding") and "gpu_train" in d]
+    launched = [d for d in decisions() if d.startswith("Adding") and "gpu_train" in d]
     print("training-node launches:", launched)
 
 
 @child
-def test_child_held_capacity_outlives_the_idle_timeout(fake_cluster):
-    """``hold_capacity`` keeps an idle training node for as long as the block runs (four idle
-    timeouts here, as a re-scoring pass longer than ``idle_timeout_minutes`` would), and the
-    node goes once the block ends."""
-    import ray
-    from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
-        get_or_create_autoscaling_coordinator,
-    )
-
-    from cluster.autoscaling import held_bundles, hold_capacity
-    from cluster.config import load_config
-
-    cluster, rec = fake_cluster
-    cfg = load_config(ARGS)
-    # Up before the node idles: in a run, Ray Data and Ray Train have started it long before.
-    ray.get(get_or_create_autoscaling_coordinator().__ray_ready__.remote())
-
-    @ray.remote(num_cpus=1, resources={"train_slot": 1})
-    def on_a_training_node() -> str:
-        return ray.get_runtime_context().get_node_id()
-
-    rec.set_stage("fit")
-    node = ray.get(on_a_training_node.remote())
-    assert rec.samples[-1].nodes.get(node) == "gpu_train" or _wait("the node", lambda: node in rec.samples[-1].nodes)
-    rec.set_stage("held")
-    with hold_capacity(held_bundles(cfg)):
-        deadline = time.monotonic() + 4 * IDLE_TIMEOUT_S
-        while time.monotonic() < deadline:
-            rec.poll()
-            assert node in rec.samples[-1].nodes, "the held training node was removed"
-            time.sleep(0.5)
-    rec.set_stage("released")
-    _wait("the released node to idle out", lambda: _workers_alive(rec) == {})
-    assert [d for d in cluster.decisions() if "gpu_train" in d] == [
-        "Adding 1 node(s) of type gpu_train.",
-        "Removing 1 nodes of type gpu_train (idle).",
-    ]
-
-
-def test_elastic_training_goes_on_with_fewer_workers():
-    _in_fresh_interpreter("test_child_elastic_training_goes_on_with_fewer_workers")
-
-
-@child
-def test_child_elastic_training_goes_on_with_fewer_workers(tmp_path, capfd):
+def test_child_elastic_training_goes_on_with_fewer_workers(tmp_path, capfd, shared_cluster):
     """``cluster.min_train_workers=1`` of 2, on training nodes of one ``train_slot`` each (so
     the two workers take two nodes): one node lost mid-fit, and Ray Train's elastic policy
     restarts the group on the workers that still fit instead of waiting for a replacement;
     the student still reaches every planned epoch, from its last checkpoint."""
     import ray
 
-    from cluster.autoscaling import fake_node_types
-    from cluster.extract import extract_local
-    from cluster.pipeline import dirs, ensure_shapes, train_stage
-    from tests.cluster.fake_autoscaler import FakeAutoscalingCluster, Recorder, load_cluster_yaml
+    from cluster.passes.extract import extract as extract_parts
+    from cluster.pipeline import ensure_shapes, train_stage
+    from cluster.runtime.autoscaling import fake_node_types
+    from cluster.store.paths import distill_tables
+    from tests.cluster.fake_autoscaler import load_cluster_yaml
 
     types = fake_node_types(load_cluster_yaml(), max_cpus=4, max_other=1)
     assert types["gpu_train"]["resources"]["train_slot"] == 1 and types["gpu_train"]["max_workers"] == 2
-    cluster = FakeAutoscalingCluster(types, idle_timeout_s=PATIENT_IDLE_TIMEOUT_S).start()
-    try:
-        cluster.connect()
-        rec = Recorder(types).start()
+    # The shared cluster, from the head alone, with these node types from now on.
+    with _scenario(shared_cluster, PATIENT_IDLE_TIMEOUT_S, node_types=types) as (cluster, rec, _decisions):
         cfg, storage = _config(tmp_path, cluster, "elastic")
         cfg.cluster.min_train_workers = 1
         cfg.train.bd_rounds, cfg.train.epochs = 0, 6
-        shapes_dir, units_dir = dirs(cfg)
+        shapes_dir, units_dir = distill_tables(cfg)
         ensure_shapes(cfg, storage, cfg.data, shapes_dir)
-        extract_local(cfg, storage, shapes_dir, units_dir)  # knowledge in this process: the test is about training
+        # Knowledge in this process: the test is about training.
+        extract_parts(here(cfg), storage, shapes_dir, units_dir)
         ckpt = f"{cfg.run}/checkpoints/all"
 
         def two_workers_checkpointed() -> list[str] | None:
@@ -342,14 +424,19 @@ def test_child_elastic_training_goes_on_with_fewer_workers(tmp_path, capfd):
         killer.start()
         trained = train_stage(cfg, storage)
         killer.join()
-        rec.stop()
-        print("\n" + rec.table())
-    finally:
-        cluster.shutdown()
-    captured = capfd.readouterr()
-    out = captured.out + captured.err  # the Train controller's log lines, forwarded to this driver
+    # The Train controller's log lines, forwarded to this driver (asynchronously: a few
+    # seconds at most for the last ones to arrive).
+    out = ""
+    deadline = time.monotonic() + 30.0
+    while True:
+        captured = capfd.readouterr()
+        out += captured.out + captured.err
+        sizes = sorted({int(m) for m in re.findall(r"Started training worker group of size (\d+)", out)})
+        if sizes == [1, 2] or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    print("\n" + rec.table())  # the scenario's own print went to capfd
     assert lost["killed"] > 0
     info = storage.read_json(f"{ckpt}/train_info.json")
     assert info["epochs"] == 6 and storage.exists(ckpt, "final.pt") and trained["students"]
-    sizes = sorted({int(m) for m in re.findall(r"Started training worker group of size (\d+)", out)})
     assert sizes == [1, 2], sizes  # two workers, then one after the node went
