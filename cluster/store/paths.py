@@ -14,6 +14,8 @@ Under ``{storage.root}/{run}/`` (docs/data.md has each table's schema):
 ``knowledge/relabel_{r}/``, ``relabel/round_{r}[-fold_{f}]/``
     self-training: relabel round r's knowledge, and the students of the rounds before the
     last (each a run of its own, inside this one); the last round's students are the run's.
+``ray_train/``, ``encoder/ray_train/``
+    Ray Train's own state of the students' and the encoder's fits.
 ``predictions/``, ``evaluation.md``, ``segment/``, ``encoder/``, ``rejects/``,
 ``metrics.json``, ``config/{job}.json``
     what evaluation, segmentation, encoder pretraining, every stage's rejects and the jobs
@@ -73,6 +75,11 @@ class RunPaths:
         """The run holding an earlier self-training round's students (one per fold when
         cross-fitted), inside this run's folder."""
         return RunPaths(self / f"relabel/round_{round}" + (f"-fold_{fold}" if fold >= 0 else ""))
+
+    @property
+    def ray_train(self) -> str:
+        """Ray Train's own run state (its checkpoints are ours, under ``checkpoints/``)."""
+        return self / "ray_train"
 
     @property
     def predictions(self) -> str:

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from cluster.config import Config, to_dict
+from cluster.store.paths import RunPaths
 from cluster.store.storage import Storage
-from cluster.training.encoder import EncoderPlan, encoder_dir, read_clouds
+from cluster.training.encoder import EncoderPlan, read_clouds
 
 SHUFFLE_BUFFER = 256
 """Clouds a worker shuffles among (Ray Data's local shuffle buffer), beside the random
@@ -147,7 +148,7 @@ def pretrain_on_ray(
         ),
         run_config=ray.train.RunConfig(
             name=f"{cfg.run}-encoder",
-            storage_path=storage.path(encoder_dir(cfg.run), "ray_train"),
+            storage_path=storage.path(RunPaths(cfg.run).encoder("ray_train")),
             storage_filesystem=storage.pyarrow_filesystem(),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
         ),

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from cluster.config import Config, to_dict
+from cluster.store.paths import RunPaths
 from cluster.store.storage import Storage
 from cluster.training.checkpoints import checkpoint_dir
 from cluster.training.students import StudentPlan, plan_students
@@ -197,7 +198,7 @@ def fit_on_ray(
         ),
         run_config=ray.train.RunConfig(
             name=f"{cfg.run}-{plan.name}",
-            storage_path=storage.path(cfg.run, "ray_train"),
+            storage_path=storage.path(RunPaths(cfg.run).ray_train),
             storage_filesystem=storage.pyarrow_filesystem(),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
         ),
