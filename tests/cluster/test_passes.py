@@ -5,7 +5,9 @@ a re-run.
 
 One small run (smoke, 3 categories, 2-shape parts) is made once a module, in this
 process; each pass then runs on copies of it, once here and once on a real local Ray
-whose first worker to take a batch is killed (``runner.FAULT_HOOK``).
+whose first worker to take a batch is killed (``runner.FAULT_HOOK``). The fast lane keeps
+each pass's own Ray tests (``test_extract_ray``, ``test_rescore_ray``, ``test_generate_ray``)
+and the runner's pure pieces (``test_runner``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ from cluster.store.storage import Storage
 from distill.records import UNIT_SCHEMA, table_to_units
 from tests.backends import here, on_ray
 from tests.cluster.bd_run import CKPT, pending_run
+
+# About 2 minutes (a Ray run of every pass, a killed worker each): the slow lane.
+pytestmark = pytest.mark.slow
 
 RUN = "c"
 ARGS = ["--config", "smoke", f"run={RUN}", "cluster.backend=local", "cluster.part_shapes=2", "progress=false"]
