@@ -1,6 +1,6 @@
 """Backward distillation in one process (docs/design.md §3): re-score the units of in-memory
 samples with a snapshot of the student, and move a state that stopped for an external
-re-scoring (``cluster.rescore``) on to the next round.
+re-scoring (``cluster.passes.rescore``) on to the next round.
 
 The pure per-shape rules are in ``distill.rescore``; this module runs them over samples
 with a model: ``units_of`` (a sample's units), ``predict_probs`` (a snapshot's per-point

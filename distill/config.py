@@ -314,10 +314,10 @@ class TrainConfig:
     The cross-fitted rules are a study in ``bench/bd_variants.py``, not a setting: each
     round would train K more students, and they scored below in-sample agreement."""
     relabel_rounds: int = 0
-    """Self-training generations after the first student (``cluster/relabel.py``): each
+    """Self-training relabel rounds after the first student (``cluster/passes/relabel.py``): each
     relabels every point of every distillation shape with ``student_units`` (the student
     with the shape's teacher units, ``eval.units_weight``), and a fresh student learns from
-    those labels. Each generation costs one more training. At the default teacher one
+    those labels. Each relabel round costs one more training. At the default teacher one
     round lifts the PSB student alone by 2.3 (TTA) and 1.1 (Pre) with ``eval.units_weight``
     0.5 (on in ``configs/psb.yaml``), and the default job's by 1.7 at twice the time, so it
     is off by default (``--config selftrain`` turns it on; docs/results.md)."""
@@ -340,7 +340,7 @@ class TrainConfig:
     mean_teacher_threshold: float = 0.9
     relabel_folds: int = 1
     """Self-training's relabelling students (``train.relabel_rounds`` > 0). 1: the student
-    relabels the very shapes it learnt from. K ≥ 2 (cross-fitted): every generation before
+    relabels the very shapes it learnt from. K ≥ 2 (cross-fitted): every relabel round before
     the last trains K students, student f without the shapes of hash fold f
     (``distill.sources.fold_of``), and each shape is relabelled by the student that never
     saw its units, so an error the teacher repeats on one shape in every view, which a

@@ -7,7 +7,7 @@ generator seeded by (seed, epoch, rank), so a fit resumed from the state of epoc
 continues exactly as the uninterrupted fit would, given the same batches.
 
 Pure torch, no IO: where the batches come from and where states go is the caller's
-(``cluster.encoder``).
+(``cluster.training.encoder``).
 """
 
 from __future__ import annotations

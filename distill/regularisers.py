@@ -4,7 +4,7 @@
 to every step (``distill.passes.train_epoch``), or None when both are off:
 
 * ``train.superpoint_consistency`` (β): β · ``distill.losses.superpoint_consistency`` over
-  the batch's superpoints (the samples carry them, ``cluster.samples.Tables.superpoints``).
+  the batch's superpoints (the samples carry them, ``cluster.training.samples.Tables.superpoints``).
 * ``train.mean_teacher`` (α): online self-training in the mean-teacher form (Tarvainen &
   Valpola 2017; GGSD applies it to 3D part distillation). The teacher is the student's
   weight average (``distill.ema.WeightAverage``, ``train.ema``); on each batch it predicts

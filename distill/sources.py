@@ -7,8 +7,8 @@ training batches, and, when it needs them, for a bounded set of un-augmented sam
 * ``InMemorySource`` — a list of ``ShapeSample`` held in memory (tests, benchmarks, small
   corpora): the unit scores live in ``DistilState.scores`` and backward distillation can
   re-score inside the loop.
-* Streaming sources (``cluster.samples.PartSource`` for one process,
-  ``cluster.train_ray`` for Ray Train workers) read bounded parts from storage on every
+* Streaming sources (``cluster.training.samples.PartSource`` for one process,
+  ``cluster.training.train_ray`` for Ray Train workers) read bounded parts from storage on every
   epoch; their scores live in the round's score table, so ``distil`` stops for an
   external re-scoring pass and is resumed with the next round.
 

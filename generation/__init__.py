@@ -6,7 +6,7 @@ the code that needs them, so importing ``generation`` stays cheap.
 
 Importing ``generation`` also registers the ``data.source=procedural`` reader with
 ``distill.readers`` (``generation.procedural.reader``): distill never imports generation,
-so the layer that lists items (``cluster.ingest``) imports this package.
+so the layer that lists items (``cluster.passes.ingest``) imports this package.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A reader is ``read(data: DataConfig, seed: int) -> Iterator[SourceItem]``. This 
 readers (``psb``, ``shapenetpart``, ``files``, ``mix``) are imported on first use, so
 ``distill.config`` can validate names against ``SOURCES`` without importing any of them.
 ``procedural`` is made by ``generation``, which registers its reader with
-``register_reader`` when imported (distill never imports generation; ``cluster.ingest``
+``register_reader`` when imported (distill never imports generation; ``cluster.passes.ingest``
 imports ``generation`` for it). Import-light on purpose: no numpy, no ``distill.config``.
 """
 
@@ -75,7 +75,7 @@ def reader(name: str) -> Reader:
         owner = PROVIDED_READERS[name]
         raise ValueError(
             f"data.source={name} is served by {owner}, which registers its reader when imported: "
-            f"import {owner} before listing items (cluster.ingest does)"
+            f"import {owner} before listing items (cluster.passes.ingest does)"
         )
     raise ValueError(
         f"data.source={name!r} has no file reader here (readers: {', '.join(sorted(SOURCES))}); "

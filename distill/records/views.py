@@ -1,5 +1,5 @@
 """Rendered shapes as batch columns: what the split extraction layout's render tasks hand
-its teacher actors (``cluster.extract_stages``), one row a shape.
+its teacher actors (``cluster.passes.extract_stages``), one row a shape.
 
 RENDERED_COLUMNS
     shape_id: string · header: string (JSON of ``shape_header``: shape_id, category,
