@@ -147,8 +147,8 @@ def test_pending_checkpoint_is_rescored_in_process_when_run_locally(pending):
     assert storage.exists(f"{RUN}/checkpoints/all/final.pt")
 
 
-def test_rescore_local_matches_the_ray_pass_scores(pending):
-    """``rescore_local`` on the snapshot writes what the hand-made pass computes (and so
+def test_rescore_here_matches_the_hand_made_pass_scores(pending):
+    """``rescore_pass`` in this process on the snapshot writes what the hand-made pass computes (and so
     what the Ray pass writes, see above); ``last.pt`` stays pending for ``prepare_fit``."""
     cfg, storage, plan = pending
     expected = _expected_scores(cfg, storage, plan)
