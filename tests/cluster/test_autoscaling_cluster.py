@@ -390,7 +390,7 @@ def test_child_elastic_training_goes_on_with_fewer_workers(tmp_path, capfd, shar
 
     from cluster.passes.extract import extract as extract_parts
     from cluster.pipeline import ensure_shapes, train_stage
-    from cluster.runtime.autoscaling import fake_node_types
+    from cluster.runtime.autoscaling import fake_node_types, held_bundles, hold_capacity
     from cluster.store.paths import distill_tables
     from tests.cluster.fake_autoscaler import load_cluster_yaml
 
@@ -407,9 +407,24 @@ def test_child_elastic_training_goes_on_with_fewer_workers(tmp_path, capfd, shar
         extract_parts(here(cfg), storage, shapes_dir, units_dir)
         ckpt = f"{cfg.run}/checkpoints/all"
 
-        def two_workers_checkpointed() -> list[str] | None:
+        def training_nodes() -> list[str]:
             rec.poll()
-            nodes = [n for n, t in rec.samples[-1].nodes.items() if t == "gpu_train"]
+            return [n for n, t in rec.samples[-1].nodes.items() if t == "gpu_train"]
+
+        # Both training nodes up before the fit: the elastic policy starts a group with what
+        # is ready (one node, where the second is still starting) and looks again only
+        # after ``elastic_resize_monitor_interval_s``, longer than this fit. The hold is
+        # released before the fit (the coordinator would reserve the nodes for it, not for
+        # Ray Train); the patient idle timeout keeps them until the fit takes them.
+        rec.set_stage("warm")
+        with hold_capacity(held_bundles(cfg), name="elastic-warm"):
+            _wait(
+                "two idle training nodes",
+                lambda: len(training_nodes()) == 2 and ray.available_resources().get("train_slot", 0.0) == 2,
+            )
+
+        def two_workers_checkpointed() -> list[str] | None:
+            nodes = training_nodes()
             busy = ray.available_resources().get("train_slot", 0.0) == 0 and len(nodes) == 2
             return nodes if busy and storage.exists(ckpt, "last.pt") else None
 
