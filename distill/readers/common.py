@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from distill.categories import canonical_name
 from distill.errors import NotFoundError, UnknownNameError
 from distill.records import ShapeError
+
+T = TypeVar("T")
 
 
 def id_key(item_id: str) -> tuple[int, int, str]:
@@ -28,6 +31,12 @@ def split_ids(ids: list[str], split: str) -> list[str]:
     return []  # val: these sources have no validation split
 
 
+def split_range(count: int, split: str) -> range:
+    """``split_ids`` by position: the indices of ``split`` among ``count`` sorted ids."""
+    half = (count + 1) // 2
+    return {"all": range(count), "train": range(half), "test": range(half, count)}.get(split, range(0))
+
+
 def select_categories(available: list[str], wanted: list[str], source: str) -> list[str]:
     """``data.categories`` matched case-insensitively against what the source has."""
     if not wanted:
@@ -41,7 +50,7 @@ def select_categories(available: list[str], wanted: list[str], source: str) -> l
     return list(dict.fromkeys(out))
 
 
-def cap(items: list[str], per_category: int) -> list[str]:
+def cap(items: Sequence[T], per_category: int) -> Sequence[T]:
     """The first ``per_category`` of ``items`` (0: all)."""
     return items[:per_category] if per_category > 0 else items
 

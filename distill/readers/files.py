@@ -18,7 +18,7 @@ import numpy as np
 
 from distill.categories import part_names_for
 from distill.errors import NotFoundError
-from distill.readers.common import cap, naming, select_categories, split_ids
+from distill.readers.common import cap, naming, select_categories, split_range
 from distill.readers.registry import SourceItem
 from distill.records import Mesh, Shape, ShapeError
 from distill.sampling import derive_seed, shape_from_mesh, shape_from_points
@@ -99,33 +99,70 @@ _SAFE = re.compile(r"[^A-Za-z0-9._/\-]")
 def read(data: DataConfig, seed: int) -> Iterator[SourceItem]:
     given = Path(data.path).expanduser()
     if given.is_file():
-        root, files = given.parent, [given]
+        root, listing = given.parent, {data.category or given.parent.resolve().name: [given.name]}
     elif given.is_dir():
-        root = given
-        files = sorted(p for p in given.rglob("*") if p.is_file() and p.suffix.lower() in MESH_EXTENSIONS)
+        root, listing = given, _listing(given, data.category)
     else:
         raise NotFoundError(
             f"data.path={data.path!r} is neither a file nor a folder (data.source=files) — "
             "point data.path at a mesh or point-cloud file, or a folder of them"
         )
-    # Ids drop the extension; two files differing only by extension keep theirs, to stay unique.
-    keys = [_SAFE.sub("_", p.relative_to(root).with_suffix("").as_posix()) for p in files]
-    counts = collections.Counter(keys)
-    by_category: dict[str, list[tuple[str, Path]]] = {}
-    for key, p in zip(keys, files):
-        if counts[key] > 1:
-            key = f"{key}_{p.suffix.lstrip('.').lower()}"
-        category = data.category or (p.parent.name if p.parent != root else root.resolve().name)
-        by_category.setdefault(category, []).append((f"files/{key}", p))
     # data.part_names, when given, name the parts of every file (normally with data.category).
     names = list(data.part_names) if data.part_names else None
-    for category in select_categories(list(by_category), data.categories, "files"):
-        entries = sorted(by_category[category], key=lambda e: e[0])
-        selected = set(cap(split_ids([e[0] for e in entries], data.split), data.per_category))
-        for shape_id, p in entries:
-            if shape_id not in selected:
-                continue
+    for category in select_categories(list(listing), data.categories, "files"):
+        rels = listing.pop(category)  # handed on: the driver keeps no listing it has yielded
+        rels.sort(key=_file_key)
+        chosen = cap(split_range(len(rels), data.split), data.per_category)
+        previous = ""
+        for i in chosen:
+            path, key = _path_and_key(rels[i])
+            shape_id = f"files/{key}"
+            if key == previous:  # two paths made one id by the safe-character rule
+                shape_id = f"{shape_id}_{i}"
+            previous = key
             load = functools.partial(
-                load_any_file, str(p), shape_id, category, names, data.num_points, derive_seed(seed, shape_id)
+                load_any_file, str(root / path), shape_id, category, names, data.num_points, derive_seed(seed, shape_id)
             )
-            yield SourceItem(shape_id, category, str(p), load)
+            yield SourceItem(shape_id, category, str(root / path), load)
+
+
+_SUFFIXED = "\0"
+"""Marks a listed path whose id keeps its extension (another file of its folder has its stem)."""
+
+
+def _path_and_key(rel: str) -> tuple[str, str]:
+    """A listed file (its path relative to ``data.path``, ``_SUFFIXED`` at its end where
+    it keeps its extension) → (that path, its id without ``files/``): the path without
+    extension, unsafe characters as ``_``, plus ``_<ext>`` where files of one folder
+    share that id."""
+    if not rel.endswith(_SUFFIXED):
+        return rel, _SAFE.sub("_", os.path.splitext(rel)[0])
+    path = rel[: -len(_SUFFIXED)]
+    stem, ext = os.path.splitext(path)
+    return path, f"{_SAFE.sub('_', stem)}_{ext.lstrip('.').lower()}"
+
+
+def _file_key(rel: str) -> str:
+    return _path_and_key(rel)[1]
+
+
+def _listing(root: Path, category: str) -> dict[str, list[str]]:
+    """The mesh files under ``root`` by category → one string each (its path relative to
+    ``root``), about 80 bytes a file: a listing of 800K files is ~65 MB, not the ~520 MB
+    of ``Path`` objects and id tuples. Symlinked folders are not followed (as ``rglob``)."""
+    by_category: dict[str, list[str]] = {}
+    root_category = category or root.resolve().name
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        meshes = sorted(f for f in files if os.path.splitext(f)[1].lower() in MESH_EXTENSIONS)
+        if not meshes:
+            continue
+        rel_folder = os.path.relpath(folder, root)
+        prefix = "" if rel_folder == "." else rel_folder.replace(os.sep, "/") + "/"
+        stems = collections.Counter(_SAFE.sub("_", os.path.splitext(f)[0]) for f in meshes)
+        out = by_category.setdefault(category or (Path(folder).name if prefix else root_category), [])
+        for f in meshes:
+            if not os.path.isfile(os.path.join(folder, f)):
+                continue
+            out.append(prefix + f + (_SUFFIXED if stems[_SAFE.sub("_", os.path.splitext(f)[0])] > 1 else ""))
+    return by_category

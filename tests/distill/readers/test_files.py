@@ -66,3 +66,53 @@ def test_files_source_keeps_ids_unique_and_reports_bad_files(tmp_path):
     assert items["files/a_stl"].load().num_points == 2048
     with pytest.raises(FileNotFoundError, match="neither a file nor a folder"):
         iter_items(DataConfig(source="files", path=str(tmp_path / "nope")), seed=0)
+
+
+def _ids_as_listed_before(root: Path, data: DataConfig) -> list[tuple[str, str, str]]:
+    """The listing as the reader built it before it kept one string a file (``Path``
+    objects and id tuples of the whole tree): the order and ids it must keep."""
+    import collections
+    import re
+
+    from distill.readers.common import cap, select_categories, split_ids
+    from distill.readers.files import MESH_EXTENSIONS
+
+    safe = re.compile(r"[^A-Za-z0-9._/\-]")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in MESH_EXTENSIONS)
+    keys = [safe.sub("_", p.relative_to(root).with_suffix("").as_posix()) for p in files]
+    counts = collections.Counter(keys)
+    by_category: dict[str, list[tuple[str, Path]]] = {}
+    for key, p in zip(keys, files):
+        if counts[key] > 1:
+            key = f"{key}_{p.suffix.lstrip('.').lower()}"
+        category = data.category or (p.parent.name if p.parent != root else root.resolve().name)
+        by_category.setdefault(category, []).append((f"files/{key}", p))
+    out = []
+    for category in select_categories(list(by_category), data.categories, "files"):
+        entries = sorted(by_category[category], key=lambda e: e[0])
+        selected = set(cap(split_ids([e[0] for e in entries], data.split), data.per_category))
+        out += [(i, category, str(p)) for i, p in entries if i in selected]
+    return out
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"split": "train"}, {"split": "test", "per_category": 3}, {"category": "Chair"}, {"categories": ["chair"]}],
+)
+def test_files_listing_keeps_the_ids_and_order_of_a_full_sort(tmp_path, overrides):
+    """One string a file instead of the whole tree's ``Path`` objects: the same items in the
+    same order, over nested folders of one category name, unsafe characters, upper-case
+    and shared-stem extensions, files beside folders, and other files."""
+    root = tmp_path / "shapes"
+    names = [
+        "chair/b.obj", "chair/a.PLY", "chair/a.obj", "chair/10.off", "chair/9.off", "chair/x y.stl",
+        "chair/chair/c.obj", "chair/chair/a.glb", "chair/d-e.obj", "chair/d.e.obj", "chair/notes.txt",
+        "lamp/q.obj", "lamp/deep/lamp/r.obj", "lamp/deep/s.gltf", "top.obj", "top.off", "other/readme.md",
+    ]  # fmt: skip
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"")
+    data = DataConfig(source="files", path=str(root), **overrides)
+    listed = [(i.shape_id, i.category, i.path) for i in iter_items(data, seed=0)]
+    assert listed == _ids_as_listed_before(root, data)
+    assert len(listed) == len({i for i, _, _ in listed})
