@@ -402,8 +402,11 @@ def test_child_elastic_training_goes_on_with_fewer_workers(tmp_path, capfd, shar
         cfg.cluster.min_train_workers = 1
         cfg.train.bd_rounds, cfg.train.epochs = 0, 6
         shapes_dir, units_dir = distill_tables(cfg)
-        ensure_shapes(cfg, storage, cfg.data, shapes_dir)
-        # Knowledge in this process: the test is about training.
+        # Shapes and knowledge in this process: the test is about training. A Ray Data pass
+        # in this driver would leave its requester in Ray's autoscaling coordinator, which
+        # reserves CPUs on the GPU nodes first (training nodes here) and so can leave the
+        # elastic fit room for one worker on two nodes.
+        ensure_shapes(here(cfg), storage, cfg.data, shapes_dir)
         extract_parts(here(cfg), storage, shapes_dir, units_dir)
         ckpt = f"{cfg.run}/checkpoints/all"
 
@@ -450,8 +453,10 @@ def test_child_elastic_training_goes_on_with_fewer_workers(tmp_path, capfd, shar
         if sizes == [1, 2] or time.monotonic() > deadline:
             break
         time.sleep(1.0)
-    print("\n" + rec.table())  # the scenario's own print went to capfd
-    assert lost["killed"] > 0
+    table = rec.table()
+    print("\n" + table)  # the scenario's own print went to capfd
+    tail = "\n".join(table.splitlines()[-12:])
+    assert lost.get("killed", 0) > 0, f"no training node lost; worker groups of sizes {sizes}:\n{tail}"
     info = storage.read_json(f"{ckpt}/train_info.json")
     assert info["epochs"] == 6 and storage.exists(ckpt, "final.pt") and trained["students"]
     assert sizes == [1, 2], sizes  # two workers, then one after the node went
