@@ -100,6 +100,11 @@ class TrainScaling:
         Elastic groups keep it when they shrink (``per_worker_batch``); 0 when not elastic."""
         return per_worker * self.num_workers if self.elastic else 0
 
+    @property
+    def threads(self) -> int:
+        """Torch threads a worker uses: its CPUs (at least one)."""
+        return max(1, int(self.resources_per_worker.get("CPU", 1)))
+
     def scaling_config(self) -> Any:
         """As a ``ray.train.ScalingConfig``."""
         from ray.train import ScalingConfig

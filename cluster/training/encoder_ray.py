@@ -124,34 +124,24 @@ def pretrain_on_ray(
 ) -> list[dict[str, float]]:
     """The fit on Ray Train (Ray must be connected) → its history (read from ``encoder.pt``).
     fault_hook: tests only, called on every worker after each epoch as (epoch, rank, world)."""
-    import ray.train
     from ray.train.torch import TorchTrainer
 
     from cluster.runtime.resources import train_scaling
     from cluster.training.checkpoints import load_torch
     from cluster.training.encoder import encoder_file
+    from cluster.training.train_ray import run_config
 
     scaling = train_scaling(cfg)
-    cpus = max(1, int(scaling.resources_per_worker.get("CPU", 1)))
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={
             "config": to_dict(cfg),
             "plan": plan.to_dict(),
-            "threads": cpus,
+            "threads": scaling.threads,
             "fault_hook": fault_hook,
         },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=scaling.ray_num_workers,
-            use_gpu=scaling.use_gpu,
-            resources_per_worker=scaling.resources_per_worker,
-        ),
-        run_config=ray.train.RunConfig(
-            name=f"{cfg.run}-encoder",
-            storage_path=storage.path(RunPaths(cfg.run).encoder("ray_train")),
-            storage_filesystem=storage.pyarrow_filesystem(),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-        ),
+        scaling_config=scaling.scaling_config(),
+        run_config=run_config(cfg, storage, f"{cfg.run}-encoder", RunPaths(cfg.run).encoder("ray_train")),
         datasets={"train": pretraining_dataset(cfg, plan)},
     )
     result = trainer.fit()

@@ -166,13 +166,25 @@ def _worker_loop(config: dict[str, Any]) -> None:
         storage.write_json(f"{ckpt}/train_info.json", outcome.to_dict())
 
 
+def run_config(cfg: Config, storage: Storage, name: str, state_dir: str) -> Any:
+    """A Ray Train ``RunConfig``: its state in ``state_dir`` on the run's storage, and
+    ``train.max_failures`` worker-group restarts."""
+    import ray.train
+
+    return ray.train.RunConfig(
+        name=name,
+        storage_path=storage.path(state_dir),
+        storage_filesystem=storage.pyarrow_filesystem(),
+        failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+    )
+
+
 def fit_on_ray(
     cfg: Config, storage: Storage, plan: StudentPlan, state: dict[str, Any] | None, fault_hook: FaultHook | None = None
 ) -> FitOutcome:
     """One Ray Train fit of a student from ``state`` (its ``last.pt``, read by the driver
     for the round its data pipeline reads; the workers load the weights themselves), to
     its end or to its next re-scoring."""
-    import ray.train
     from ray.train.torch import TorchTrainer
 
     from cluster.runtime.resources import train_scaling
@@ -180,28 +192,18 @@ def fit_on_ray(
     ckpt = checkpoint_dir(cfg.run, plan.name)
     at_round = int(state["round"]) if state else 0
     scaling = train_scaling(cfg)
-    cpus = max(1, int(scaling.resources_per_worker.get("CPU", 1)))
     loop_config = {
         "config": to_dict(cfg),
         "plan": plan.to_dict(),
-        "threads": cpus,
+        "threads": scaling.threads,
         "fault_hook": fault_hook,
         "global_batch": scaling.global_batch(cfg.train.batch_size),
     }
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=scaling.ray_num_workers,
-            use_gpu=scaling.use_gpu,
-            resources_per_worker=scaling.resources_per_worker,
-        ),
-        run_config=ray.train.RunConfig(
-            name=f"{cfg.run}-{plan.name}",
-            storage_path=storage.path(RunPaths(cfg.run).ray_train),
-            storage_filesystem=storage.pyarrow_filesystem(),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-        ),
+        scaling_config=scaling.scaling_config(),
+        run_config=run_config(cfg, storage, f"{cfg.run}-{plan.name}", RunPaths(cfg.run).ray_train),
         datasets={"train": training_dataset(cfg, plan, at_round)},
     )
     result = trainer.fit()
